@@ -1,0 +1,418 @@
+"""The chat-platform-free core: score an image, record a vote, retrain heads, report stats.
+
+Platform adapters parse an update, make one call here, and render the record it
+returns. Everything slow (hashing, decoding, CLIP, training) runs on worker
+threads so the event loop keeps answering button taps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from learner.head import DISLIKE, LIKE, SUPER_LIKE, TasteHead, cold_start_scores
+from learner.images import DecodedImage, ImageRejected, decode_image
+from learner.training import HeadTrainingResult, train_and_compare, trainable
+from bot.settings import Settings
+from storage.db import Database
+from storage.files import DataDir
+from storage.records import ModelVersion, Totals, User, UserCounts, Vote
+from storage.store import Store
+from storage.vectors import LikedIndex, index_directory
+
+log = logging.getLogger(__name__)
+
+VOTE_CODES = {Vote.DISLIKE: DISLIKE, Vote.LIKE: LIKE, Vote.SUPER_LIKE: SUPER_LIKE}
+
+
+class ImageEmbedder(Protocol):
+    """What the core needs of the CLIP encoder (learner.encoder.ClipImageEncoder)."""
+
+    version: str
+    dim: int
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Person:
+    """Who sent or tapped, as the platform identifies them."""
+
+    platform: str
+    platform_user_id: str
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class IncomingImage:
+    person: Person
+    chat_id: str
+    message_id: str
+    caption: str | None
+    claimed_bytes: int | None  # the size the platform reports, checked before downloading
+
+
+@dataclass(frozen=True)
+class Scored:
+    submission_id: int
+    score: float
+    model_version: int | None  # None = cold start
+    close_liked: int  # liked images at least `similar_threshold` similar
+    closest_liked: float | None  # None when the person has liked nothing yet
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str  # ImageRejected.reason codes
+    message: str  # one sentence for the person
+
+
+@dataclass(frozen=True)
+class AlreadyAnswered:
+    submission_id: int
+
+
+ScoreOutcome = Scored | Refused | AlreadyAnswered
+
+
+@dataclass(frozen=True)
+class VoteOutcome:
+    submission_id: int
+    vote: Vote
+    changed: bool
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    user: User
+    version: int | None  # None when nothing was trained
+    promoted: bool
+    auc: float | None
+    previous_auc: float | None
+    train_size: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stats:
+    counts: UserCounts
+    active: ModelVersion | None
+    totals: Totals | None  # admins only
+
+
+Notifier = Callable[[User, str], Awaitable[None]]
+
+
+class TasteService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        data_dir: DataDir,
+        embedder: ImageEmbedder,
+        liked_index: LikedIndex,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.embedder = embedder
+        self.liked_index = liked_index
+        self.settings = settings
+        # One thread for CLIP: torch already uses every core inside one forward pass.
+        self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="clip")
+        self._train_pool = ThreadPoolExecutor(1, thread_name_prefix="train")
+        self._train_lock = asyncio.Lock()  # one training run at a time
+        self._heads: dict[int, TasteHead] = {}  # model_versions.id → loaded head
+        self.notifiers: dict[str, Notifier] = {}  # platform → how to message a person there
+
+    @classmethod
+    async def open(cls, settings: Settings, embedder: ImageEmbedder) -> TasteService:
+        """Open the database, mark runs a dead process left 'running' as failed, sync FAISS."""
+        data_dir = DataDir(settings.data_dir)
+        db = await Database.open(data_dir.database)
+        store = Store(db)
+        abandoned = await store.fail_abandoned_runs()
+        if abandoned:
+            log.warning("marked %d abandoned training run(s) as failed", abandoned)
+        index = LikedIndex(index_directory(data_dir.faiss, embedder.version), embedder.dim)
+        service = cls(
+            store=store, data_dir=data_dir, embedder=embedder, liked_index=index, settings=settings
+        )
+        await service.sync_liked_index()
+        return service
+
+    async def close(self) -> None:
+        self.liked_index.flush()
+        self._encode_pool.shutdown(wait=True, cancel_futures=True)
+        self._train_pool.shutdown(wait=True, cancel_futures=True)
+        await self.store.db.close()
+
+    async def sync_liked_index(self) -> int:
+        """Rebuild every person's FAISS index that is missing or stale; returns how many."""
+        rebuilt = 0
+        for user_id in await self.store.users_with_likes():
+            liked = await self.store.liked_image_vectors(user_id, self.embedder.version)
+            rebuilt += self.liked_index.sync(user_id, liked)
+        self.liked_index.flush()
+        return rebuilt
+
+    # -- scoring -------------------------------------------------------------
+
+    def check_claimed_size(self, claimed_bytes: int | None) -> Refused | None:
+        if claimed_bytes is not None and claimed_bytes > self.settings.max_image_bytes:
+            return Refused(
+                "too_large_bytes",
+                f"That file is over {self.settings.max_image_bytes // (1024 * 1024)} MB; "
+                "please send a smaller image.",
+            )
+        return None
+
+    async def score_image(
+        self, incoming: IncomingImage, download: Callable[[], Awaitable[bytes]]
+    ) -> ScoreOutcome:
+        """Download, decode, embed (once per content), score for the sender, store, explain."""
+        refused = self.check_claimed_size(incoming.claimed_bytes)
+        if refused:
+            return refused
+        p = incoming.person
+        user = await self.store.get_or_create_user(p.platform, p.platform_user_id, p.display_name)
+        earlier = await self.store.find_submission(user.id, incoming.chat_id, incoming.message_id)
+        if earlier is not None and earlier.reply_message_id is not None:
+            return AlreadyAnswered(earlier.id)
+
+        data = await download()
+        loop = asyncio.get_running_loop()
+        sha256 = await loop.run_in_executor(None, lambda: hashlib.sha256(data).hexdigest())
+        known = await self.store.find_embedding(sha256, self.embedder.version)
+        try:
+            decoded = None if known else await loop.run_in_executor(
+                self._encode_pool, self._decode, data
+            )
+        except ImageRejected as rejected:
+            log.info("refused image from user %d: %s (%s)", user.id, rejected.reason, rejected)
+            return Refused(rejected.reason, str(rejected))
+
+        if known is not None:
+            vector = np.frombuffer(known[1], np.float32)
+        else:
+            assert decoded is not None
+            vector = (await loop.run_in_executor(
+                self._encode_pool, self.embedder.embed, [decoded.image]
+            ))[0]
+        score, active = await self._score(user, vector)
+
+        file_path = None
+        created_file = False
+        if decoded is not None and self.settings.retain_images:
+            rel = self.data_dir.image_relpath(sha256, decoded.format)
+            created_file = not self.data_dir.path(rel).exists()
+            file_path = await loop.run_in_executor(
+                None, self.data_dir.save_image, sha256, decoded.format, data
+            )
+        try:
+            submission = await self.store.record_submission(
+                user_id=user.id,
+                chat_id=incoming.chat_id,
+                message_id=incoming.message_id,
+                caption=incoming.caption,
+                sha256=sha256,
+                byte_size=len(data),
+                width=decoded.width if decoded else 0,
+                height=decoded.height if decoded else 0,
+                image_format=decoded.format if decoded else "",
+                file_path=file_path,
+                encoder_version=self.embedder.version,
+                vector=np.ascontiguousarray(vector, np.float32).tobytes(),
+                dim=int(vector.shape[0]),
+                score=score,
+                model_version_id=None if active is None else active.id,
+            )
+        except BaseException:
+            if created_file and file_path is not None:
+                self.data_dir.path(file_path).unlink(missing_ok=True)
+            raise
+
+        neighbours = self.liked_index.search(
+            user.id, vector, self.settings.similar_neighbours, exclude_image_id=submission.image_id
+        )
+        return Scored(
+            submission_id=submission.id,
+            score=score,
+            model_version=None if active is None else active.version,
+            close_liked=sum(n.similarity >= self.settings.similar_threshold for n in neighbours),
+            closest_liked=neighbours[0].similarity if neighbours else None,
+        )
+
+    def _decode(self, data: bytes) -> DecodedImage:
+        return decode_image(data, max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes)
+
+    async def _score(self, user: User, vector: np.ndarray) -> tuple[float, ModelVersion | None]:
+        active = await self.store.active_model(user.id)
+        if active is not None and active.encoder_version == self.embedder.version:
+            head = await self._load_head(active)
+            return float(head.predict(vector.reshape(1, -1))[0]), active
+        # Cold start: no head for this encoder yet; the prior uses the votes so far.
+        votes = await self.store.labelled_embeddings(user.id, self.embedder.version)
+        liked = [np.frombuffer(v.vector, np.float32) for v in votes if v.vote.is_liked]
+        disliked = [np.frombuffer(v.vector, np.float32) for v in votes if not v.vote.is_liked]
+        dim = vector.shape[0]
+        prior = cold_start_scores(
+            vector.reshape(1, -1),
+            np.stack(liked) if liked else np.zeros((0, dim), np.float32),
+            np.stack(disliked) if disliked else np.zeros((0, dim), np.float32),
+        )
+        return float(prior[0]), None
+
+    async def _load_head(self, model: ModelVersion) -> TasteHead:
+        head = self._heads.get(model.id)
+        if head is None:
+            path = self.data_dir.path(model.file_path)
+            head = await asyncio.get_running_loop().run_in_executor(None, TasteHead.load, path)
+            self._heads[model.id] = head
+        return head
+
+    async def reply_sent(self, submission_id: int, reply_message_id: str) -> None:
+        await self.store.set_reply_message(submission_id, reply_message_id)
+
+    # -- votes ---------------------------------------------------------------
+
+    async def record_vote(self, person: Person, submission_id: int, vote: Vote) -> VoteOutcome | None:
+        """Commit the vote (before the platform acknowledges it) and keep FAISS in step."""
+        user = await self.store.get_or_create_user(
+            person.platform, person.platform_user_id, person.display_name
+        )
+        change = await self.store.upsert_vote(user.id, submission_id, vote)
+        if change is None:
+            return None
+        image_id = change.submission.image_id
+        if change.changed and vote.is_liked:
+            vector = await self.store.find_embedding_by_image(image_id, self.embedder.version)
+            if vector is not None:
+                self.liked_index.add(user.id, image_id, np.frombuffer(vector, np.float32))
+        elif change.changed and not await self.store.image_liked_by(user.id, image_id):
+            self.liked_index.remove(user.id, image_id)
+        return VoteOutcome(submission_id, vote, change.changed)
+
+    # -- retraining ----------------------------------------------------------
+
+    async def retrain_due_heads(self, min_new_votes: int, trigger: str) -> list[RetrainOutcome]:
+        """Retrain everyone with ≥ min_new_votes new votes; tell each person whose model improved."""
+        outcomes = []
+        for user_id, _ in await self.store.users_with_new_votes(min_new_votes):
+            outcome = await self.retrain_user(user_id, trigger)
+            outcomes.append(outcome)
+            if outcome.promoted and trigger == "schedule":
+                await self._notify(outcome.user, _promotion_message(outcome))
+        self.liked_index.flush()
+        return outcomes
+
+    async def retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome:
+        async with self._train_lock:
+            return await self._retrain_user(user_id, trigger)
+
+    async def _retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome:
+        user = await self.store.get_user(user_id)
+        assert user is not None, f"no user {user_id}"
+        encoder = self.embedder.version
+        revision = await self.store.latest_revision(user_id)
+        labelled = await self.store.labelled_embeddings(user_id, encoder)
+        submission_ids = np.array([v.submission_id for v in labelled], np.int64)
+        votes = np.array([VOTE_CODES[v.vote] for v in labelled], np.int8)
+        active = await self.store.active_model(user_id)
+        previous_auc = None if active is None else active.metrics.get("auc")
+
+        run_id = await self.store.start_training_run(user_id, "head", trigger)
+        why_not = trainable(submission_ids, votes, self.settings.head_min_votes)
+        if why_not is not None:
+            await self.store.finish_training_run(
+                run_id, outcome="skipped", n_labels=len(votes), detail=why_not
+            )
+            return RetrainOutcome(user, None, False, None, previous_auc, 0, why_not)
+
+        embeddings = np.stack([np.frombuffer(v.vector, np.float32) for v in labelled])
+        unlabelled_rows = await self.store.unlabelled_vectors(user_id, encoder)
+        unlabelled = (
+            np.stack([np.frombuffer(v, np.float32) for v in unlabelled_rows])
+            if unlabelled_rows else None
+        )
+        active_head = (
+            await self._load_head(active)
+            if active is not None and active.encoder_version == encoder else None
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            result: HeadTrainingResult = await loop.run_in_executor(
+                self._train_pool,
+                train_and_compare, submission_ids, embeddings, votes, unlabelled, active_head,
+            )
+            version = await self.store.next_model_version(user_id)
+            rel = self.data_dir.head_relpath(user_id, version)
+            head_path = self.data_dir.path(rel)
+            head_path.parent.mkdir(parents=True, exist_ok=True)
+            await loop.run_in_executor(None, result.head.save, head_path)
+            model = await self.store.add_model_version(
+                owner_user_id=user_id,
+                kind="head",
+                version=version,
+                parent_id=None if active is None else active.id,
+                file_path=rel,
+                encoder_version=encoder,
+                train_size=result.train_size,
+                holdout_size=result.candidate.size,
+                metrics=result.metrics(),
+                trained_through=revision,
+                promote=result.promote,
+            )
+        except Exception as error:
+            log.exception("training user %d failed", user_id)
+            await self.store.finish_training_run(
+                run_id, outcome="failed", n_labels=len(votes), detail=repr(error)
+            )
+            raise
+        self._heads[model.id] = result.head
+        await self.store.finish_training_run(
+            run_id,
+            outcome="promoted" if result.promote else "rejected",
+            n_labels=len(votes),
+            model_version_id=model.id,
+            detail=result.reason,
+        )
+        log.info("user %d head v%d: %s (%s)", user_id, version,
+                 "promoted" if result.promote else "rejected", result.reason)
+        return RetrainOutcome(user, version, result.promote, result.candidate.auc, previous_auc,
+                              result.train_size, result.reason)
+
+    async def _notify(self, user: User, text: str) -> None:
+        notifier = self.notifiers.get(user.platform)
+        if notifier is None:
+            return
+        try:
+            await notifier(user, text)
+        except Exception:  # a blocked bot or a deleted chat must not stop the retrain loop
+            log.warning("could not notify user %d", user.id, exc_info=True)
+
+    # -- stats ---------------------------------------------------------------
+
+    async def stats(self, person: Person, *, include_totals: bool) -> Stats:
+        user = await self.store.get_or_create_user(
+            person.platform, person.platform_user_id, person.display_name
+        )
+        return Stats(
+            counts=await self.store.user_counts(user.id),
+            active=await self.store.active_model(user.id),
+            totals=await self.store.totals() if include_totals else None,
+        )
+
+
+def _promotion_message(outcome: RetrainOutcome) -> str:
+    auc = "n/a" if outcome.auc is None else f"{outcome.auc:.2f}"
+    was = "" if outcome.previous_auc is None else f", was {outcome.previous_auc:.2f}"
+    return f"Your model v{outcome.version} is ready: AUC {auc}{was}."

@@ -1,0 +1,36 @@
+"""The scheduled retrain: APScheduler 3 on the bot's event loop."""
+
+from __future__ import annotations
+
+import logging
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bot.core import TasteService
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def retrain_tick(service: TasteService, min_new_votes: int) -> None:
+    """Retrain every person with enough new votes; the training itself runs off the loop."""
+    outcomes = await service.retrain_due_heads(min_new_votes, trigger="schedule")
+    if outcomes:
+        promoted = sum(o.promoted for o in outcomes)
+        log.info("scheduled retrain: %d trained, %d promoted", len(outcomes), promoted)
+
+
+def start_scheduler(service: TasteService, settings: Settings) -> AsyncIOScheduler:
+    scheduler = AsyncIOScheduler()
+    scheduler.add_job(
+        retrain_tick,
+        "interval",
+        minutes=settings.retrain_check_minutes,
+        args=(service, settings.retrain_min_new_votes),
+        id="retrain_heads",
+        # A tick that overlaps a slow previous one is skipped, not queued.
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.start()
+    return scheduler

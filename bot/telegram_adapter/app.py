@@ -1,0 +1,99 @@
+"""Build the python-telegram-bot Application: handlers, lifecycle, Bot API location."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from telegram import BotCommand
+from telegram.ext import (
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+from telegram.request import HTTPXRequest
+
+from bot.core import TasteService
+from bot.scheduler import start_scheduler
+from bot.settings import Settings
+from bot.telegram_adapter import handlers
+from bot.telegram_adapter.handlers import PLATFORM, BotState, TasteApplication, TasteContext
+from storage.records import User
+
+log = logging.getLogger(__name__)
+
+COMMANDS = [
+    BotCommand("help", "what this bot does"),
+    BotCommand("stats", "your votes and your model"),
+    BotCommand("retrain", "admins: retrain models now"),
+]
+
+
+def build_application(
+    settings: Settings,
+    open_service: Callable[[], Awaitable[TasteService]],
+    *,
+    httpx_kwargs: dict[str, Any] | None = None,
+) -> TasteApplication:
+    """The Application; `open_service` runs in post_init, so the CLIP model loads once
+    the bot has checked its token."""
+
+    async def post_init(app: TasteApplication) -> None:
+        service = await open_service()
+        app.bot_data.service = service
+
+        async def notify(user: User, text: str) -> None:
+            await app.bot.send_message(chat_id=int(user.platform_user_id), text=text)
+
+        service.notifiers[PLATFORM] = notify
+        app.bot_data.scheduler = start_scheduler(service, settings)
+        await app.bot.set_my_commands(COMMANDS)
+
+    async def post_shutdown(app: TasteApplication) -> None:
+        if app.bot_data.scheduler is not None:
+            app.bot_data.scheduler.shutdown(wait=False)
+        if app.bot_data.service is not None:
+            await app.bot_data.service.close()
+
+    def request(read_timeout: float) -> HTTPXRequest:
+        return HTTPXRequest(
+            connection_pool_size=64, read_timeout=read_timeout, httpx_kwargs=httpx_kwargs
+        )
+
+    token = settings.telegram_bot_token.get_secret_value()
+    app: TasteApplication = (
+        ApplicationBuilder()
+        .token(token)
+        # PTB appends the token: requests go to {url}/bot<token>/<method>,
+        # files come from {url}/file/bot<token>/<path> — as with a self-hosted server.
+        .base_url(f"{settings.telegram_api_url}/bot")
+        .base_file_url(f"{settings.telegram_api_url}/file/bot")
+        .request(request(read_timeout=30))
+        .get_updates_request(request(read_timeout=60))
+        .context_types(ContextTypes(context=TasteContext, bot_data=BotState))
+        # Photos take ~100 ms of CLIP each; without this every button tap would wait behind them.
+        .concurrent_updates(True)
+        .post_init(post_init)
+        .post_shutdown(post_shutdown)
+        .build()
+    )
+    app.bot_data.settings = settings
+    add_handlers(app)
+    return app
+
+
+def add_handlers(app: TasteApplication) -> None:
+    app.add_handler(CommandHandler(["start", "help"], handlers.on_help))
+    app.add_handler(CommandHandler("stats", handlers.cmd_stats))
+    app.add_handler(CommandHandler("retrain", handlers.cmd_retrain))
+    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, handlers.on_image))
+    app.add_handler(MessageHandler(filters.Document.ALL, handlers.on_other_document))
+    app.add_handler(
+        MessageHandler(filters.ChatType.PRIVATE & filters.TEXT & ~filters.COMMAND, handlers.on_text)
+    )
+    app.add_handler(CallbackQueryHandler(handlers.on_vote))
+    app.add_error_handler(handlers.on_error)

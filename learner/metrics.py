@@ -1,0 +1,66 @@
+"""Quality metrics for taste heads: ranking (ROC AUC) and calibration (ECE).
+
+Pure numpy, so the bot can report holdout metrics without scikit-learn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _midranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values``; tied values share the mean of their ranks."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_vals = values[order]
+    # Start index of each run of equal values, and the run each element belongs to.
+    is_new = np.empty(len(sorted_vals), dtype=bool)
+    is_new[:1] = True
+    is_new[1:] = sorted_vals[1:] != sorted_vals[:-1]
+    run_id = np.cumsum(is_new) - 1
+    starts = np.flatnonzero(is_new)
+    ends = np.append(starts[1:], len(sorted_vals))  # exclusive
+    run_rank = (starts + 1 + ends) / 2.0  # mean of ranks starts+1 .. ends
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = run_rank[run_id]
+    return ranks
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve, or None when only one class is present.
+
+    Computed as the Mann-Whitney U statistic with midranks, so a tie between a
+    positive and a negative counts one half.
+    """
+    y = np.asarray(y_true).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"y_true has {y.size} entries but scores has {s.size}")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = _midranks(s)
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over ``bins`` equal-width bins of [0, 1].
+
+    ECE = sum over bins of (bin count / n) * |mean label - mean prob| in the bin.
+    A probability of exactly 1.0 falls in the last bin. Returns 0.0 for no data.
+    """
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"y_true has {y.size} entries but probs has {p.size}")
+    if bins < 1:
+        raise ValueError("bins must be >= 1")
+    if y.size == 0:
+        return 0.0
+    idx = np.clip(np.floor(p * bins).astype(np.int64), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins).astype(np.float64)
+    sum_y = np.bincount(idx, weights=y, minlength=bins)
+    sum_p = np.bincount(idx, weights=p, minlength=bins)
+    # |sum_y - sum_p| / n per bin == (count / n) * |mean_y - mean_p|.
+    return float(np.abs(sum_y - sum_p).sum() / y.size)

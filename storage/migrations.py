@@ -1,0 +1,105 @@
+"""Schema, as an ordered list of migrations applied by `PRAGMA user_version`.
+
+Never edit a released migration: append a new one. Migration N brings the
+database from user_version N-1 to N.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the data model of DESIGN.md.
+    """
+    CREATE TABLE users (
+        id               INTEGER PRIMARY KEY,
+        platform         TEXT NOT NULL,
+        platform_user_id TEXT NOT NULL,
+        display_name     TEXT,
+        created_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        UNIQUE (platform, platform_user_id)
+    );
+
+    CREATE TABLE images (
+        id          INTEGER PRIMARY KEY,
+        sha256      TEXT NOT NULL UNIQUE,
+        byte_size   INTEGER NOT NULL,
+        width       INTEGER NOT NULL,
+        height      INTEGER NOT NULL,
+        format      TEXT NOT NULL,
+        file_path   TEXT,  -- relative to DATA_DIR; NULL once the file is not retained
+        created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+
+    CREATE TABLE model_versions (
+        id              INTEGER PRIMARY KEY,
+        owner_user_id   INTEGER REFERENCES users (id) ON DELETE CASCADE,  -- NULL = global
+        kind            TEXT NOT NULL CHECK (kind IN ('head', 'backbone')),
+        version         INTEGER NOT NULL,
+        parent_id       INTEGER REFERENCES model_versions (id) ON DELETE SET NULL,
+        file_path       TEXT NOT NULL,
+        encoder_version TEXT NOT NULL,
+        train_size      INTEGER NOT NULL,
+        holdout_size    INTEGER NOT NULL,
+        metrics_json    TEXT NOT NULL,
+        -- feedback.revision this model has seen up to: "new votes" are those above it
+        trained_through INTEGER NOT NULL,
+        status          TEXT NOT NULL
+                        CHECK (status IN ('candidate', 'active', 'retired', 'rejected')),
+        created_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        UNIQUE (owner_user_id, kind, version)
+    );
+    -- at most one active model per owner and kind
+    CREATE UNIQUE INDEX one_active_model
+        ON model_versions (IFNULL(owner_user_id, -1), kind) WHERE status = 'active';
+
+    CREATE TABLE submissions (
+        id               INTEGER PRIMARY KEY,
+        user_id          INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        image_id         INTEGER NOT NULL REFERENCES images (id),
+        chat_id          TEXT NOT NULL,
+        message_id       TEXT NOT NULL,
+        caption          TEXT,
+        score            REAL NOT NULL,
+        model_version_id INTEGER REFERENCES model_versions (id) ON DELETE SET NULL,
+        reply_message_id TEXT,  -- set once the reply is sent; a redelivered update with it set is not answered twice
+        created_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        UNIQUE (user_id, chat_id, message_id)
+    );
+    CREATE INDEX submissions_by_image ON submissions (image_id);
+
+    CREATE TABLE embeddings (
+        image_id        INTEGER NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        encoder_version TEXT NOT NULL,
+        kind            TEXT NOT NULL DEFAULT 'image',
+        dim             INTEGER NOT NULL,
+        vector          BLOB NOT NULL,  -- float32, L2-normalised, little-endian
+        PRIMARY KEY (image_id, encoder_version, kind)
+    );
+
+    CREATE TABLE feedback (
+        id            INTEGER PRIMARY KEY,
+        user_id       INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        submission_id INTEGER NOT NULL REFERENCES submissions (id) ON DELETE CASCADE,
+        vote          TEXT NOT NULL CHECK (vote IN ('dislike', 'like', 'super_like')),
+        -- global, strictly increasing on every change: orders votes without trusting clocks
+        revision      INTEGER NOT NULL,
+        created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        updated_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        UNIQUE (user_id, submission_id)
+    );
+    CREATE INDEX feedback_by_user_revision ON feedback (user_id, revision);
+
+    CREATE TABLE training_runs (
+        id               INTEGER PRIMARY KEY,
+        user_id          INTEGER REFERENCES users (id) ON DELETE CASCADE,
+        kind             TEXT NOT NULL,
+        trigger          TEXT NOT NULL,
+        started_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        finished_at      TEXT,
+        n_labels         INTEGER,
+        outcome          TEXT NOT NULL DEFAULT 'running'
+                         CHECK (outcome IN ('running', 'promoted', 'rejected', 'skipped', 'failed')),
+        model_version_id INTEGER REFERENCES model_versions (id) ON DELETE SET NULL,
+        detail           TEXT
+    );
+    """,
+)

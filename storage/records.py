@@ -1,0 +1,109 @@
+"""Plain records returned by the store: nouns, no behaviour."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Vote(StrEnum):
+    DISLIKE = "dislike"
+    LIKE = "like"
+    SUPER_LIKE = "super_like"
+
+    @property
+    def is_liked(self) -> bool:
+        return self is not Vote.DISLIKE
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    platform: str
+    platform_user_id: str
+
+
+@dataclass(frozen=True)
+class Submission:
+    id: int
+    user_id: int
+    image_id: int
+    chat_id: str
+    message_id: str
+    score: float
+    model_version_id: int | None
+    reply_message_id: str | None
+
+
+@dataclass(frozen=True)
+class VoteChange:
+    """What an upsert did: `changed` is False for a repeated tap or a redelivered update."""
+
+    submission: Submission
+    vote: Vote
+    previous: Vote | None
+    changed: bool
+
+
+@dataclass(frozen=True)
+class LabelledEmbedding:
+    submission_id: int
+    image_id: int
+    vote: Vote
+    vector: bytes
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    id: int
+    owner_user_id: int | None
+    kind: str
+    version: int
+    file_path: str
+    encoder_version: str
+    train_size: int
+    holdout_size: int
+    trained_through: int
+    status: str
+    created_at: str
+    metrics: dict[str, float | None] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> ModelVersion:
+        return cls(
+            id=r["id"],
+            owner_user_id=r["owner_user_id"],
+            kind=r["kind"],
+            version=r["version"],
+            file_path=r["file_path"],
+            encoder_version=r["encoder_version"],
+            train_size=r["train_size"],
+            holdout_size=r["holdout_size"],
+            trained_through=r["trained_through"],
+            status=r["status"],
+            created_at=r["created_at"],
+            metrics=json.loads(r["metrics_json"]),
+        )
+
+
+@dataclass(frozen=True)
+class UserCounts:
+    images: int
+    likes: int
+    super_likes: int
+    dislikes: int
+
+    @property
+    def votes(self) -> int:
+        return self.likes + self.super_likes + self.dislikes
+
+
+@dataclass(frozen=True)
+class Totals:
+    users: int
+    images: int
+    submissions: int
+    votes: int
+    active_models: int

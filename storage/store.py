@@ -1,0 +1,387 @@
+"""Every query Tastebot runs, as named async methods over one `Database`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+
+from storage.db import Database
+from storage.records import (
+    LabelledEmbedding,
+    ModelVersion,
+    Submission,
+    Totals,
+    User,
+    UserCounts,
+    Vote,
+    VoteChange,
+)
+
+_SUBMISSION_COLUMNS = (
+    "id, user_id, image_id, chat_id, message_id, score, model_version_id, reply_message_id"
+)
+
+
+def _submission(row: sqlite3.Row) -> Submission:
+    return Submission(
+        id=row["id"],
+        user_id=row["user_id"],
+        image_id=row["image_id"],
+        chat_id=row["chat_id"],
+        message_id=row["message_id"],
+        score=row["score"],
+        model_version_id=row["model_version_id"],
+        reply_message_id=row["reply_message_id"],
+    )
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- users -------------------------------------------------------------
+
+    async def get_or_create_user(
+        self, platform: str, platform_user_id: str, display_name: str | None = None
+    ) -> User:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO users (platform, platform_user_id, display_name) VALUES (?, ?, ?)"
+                " ON CONFLICT (platform, platform_user_id)"
+                " DO UPDATE SET display_name = excluded.display_name",
+                (platform, platform_user_id, display_name),
+            )
+            async with conn.execute(
+                "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?",
+                (platform, platform_user_id),
+            ) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return User(id=row["id"], platform=platform, platform_user_id=platform_user_id)
+
+    async def get_user(self, user_id: int) -> User | None:
+        row = await self.db.fetch_one(
+            "SELECT id, platform, platform_user_id FROM users WHERE id = ?", (user_id,)
+        )
+        if row is None:
+            return None
+        return User(row["id"], row["platform"], row["platform_user_id"])
+
+    # -- images and embeddings ----------------------------------------------
+
+    async def find_embedding(self, sha256: str, encoder_version: str) -> tuple[int, bytes] | None:
+        """(image_id, vector) if this content was already embedded by this encoder."""
+        row = await self.db.fetch_one(
+            "SELECT i.id, e.vector FROM images i JOIN embeddings e ON e.image_id = i.id"
+            " WHERE i.sha256 = ? AND e.encoder_version = ? AND e.kind = 'image'",
+            (sha256, encoder_version),
+        )
+        return None if row is None else (row[0], row[1])
+
+    async def find_embedding_by_image(self, image_id: int, encoder_version: str) -> bytes | None:
+        row = await self.db.fetch_one(
+            "SELECT vector FROM embeddings WHERE image_id = ? AND encoder_version = ? AND kind = 'image'",
+            (image_id, encoder_version),
+        )
+        return None if row is None else bytes(row[0])
+
+    async def find_submission(self, user_id: int, chat_id: str, message_id: str) -> Submission | None:
+        row = await self.db.fetch_one(
+            f"SELECT {_SUBMISSION_COLUMNS} FROM submissions"
+            " WHERE user_id = ? AND chat_id = ? AND message_id = ?",
+            (user_id, chat_id, message_id),
+        )
+        return None if row is None else _submission(row)
+
+    async def get_submission(self, submission_id: int) -> Submission | None:
+        row = await self.db.fetch_one(
+            f"SELECT {_SUBMISSION_COLUMNS} FROM submissions WHERE id = ?", (submission_id,)
+        )
+        return None if row is None else _submission(row)
+
+    async def record_submission(
+        self,
+        *,
+        user_id: int,
+        chat_id: str,
+        message_id: str,
+        caption: str | None,
+        sha256: str,
+        byte_size: int,
+        width: int,
+        height: int,
+        image_format: str,
+        file_path: str | None,
+        encoder_version: str,
+        vector: bytes,
+        dim: int,
+        score: float,
+        model_version_id: int | None,
+    ) -> Submission:
+        """Image (once per content), its embedding (once per encoder) and the submission,
+        in one transaction. A redelivered message returns the submission already stored."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO images (sha256, byte_size, width, height, format, file_path)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (sha256) DO UPDATE SET file_path = COALESCE(file_path, excluded.file_path)",
+                (sha256, byte_size, width, height, image_format, file_path),
+            )
+            async with conn.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)) as cur:
+                image_row = await cur.fetchone()
+            assert image_row is not None
+            image_id = int(image_row[0])
+            await conn.execute(
+                "INSERT OR IGNORE INTO embeddings (image_id, encoder_version, kind, dim, vector)"
+                " VALUES (?, ?, 'image', ?, ?)",
+                (image_id, encoder_version, dim, vector),
+            )
+            await conn.execute(
+                "INSERT OR IGNORE INTO submissions"
+                " (user_id, image_id, chat_id, message_id, caption, score, model_version_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (user_id, image_id, chat_id, message_id, caption, score, model_version_id),
+            )
+            async with conn.execute(
+                f"SELECT {_SUBMISSION_COLUMNS} FROM submissions"
+                " WHERE user_id = ? AND chat_id = ? AND message_id = ?",
+                (user_id, chat_id, message_id),
+            ) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return _submission(row)
+
+    async def set_reply_message(self, submission_id: int, reply_message_id: str) -> None:
+        await self.db.execute(
+            "UPDATE submissions SET reply_message_id = ? WHERE id = ?",
+            (reply_message_id, submission_id),
+        )
+
+    # -- votes -------------------------------------------------------------
+
+    async def upsert_vote(self, user_id: int, submission_id: int, vote: Vote) -> VoteChange | None:
+        """Record `user_id`'s vote on a submission; None if the submission does not exist.
+
+        The revision is bumped only when the vote actually changes, so a repeated
+        tap or a redelivered callback changes nothing twice.
+        """
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                f"SELECT {_SUBMISSION_COLUMNS} FROM submissions WHERE id = ?", (submission_id,)
+            ) as cur:
+                sub_row = await cur.fetchone()
+            if sub_row is None:
+                return None
+            async with conn.execute(
+                "SELECT vote FROM feedback WHERE user_id = ? AND submission_id = ?",
+                (user_id, submission_id),
+            ) as cur:
+                old = await cur.fetchone()
+            previous = None if old is None else Vote(old[0])
+            if previous is not vote:
+                await conn.execute(
+                    "INSERT INTO feedback (user_id, submission_id, vote, revision)"
+                    " VALUES (?, ?, ?, (SELECT IFNULL(MAX(revision), 0) + 1 FROM feedback))"
+                    " ON CONFLICT (user_id, submission_id) DO UPDATE SET"
+                    "  vote = excluded.vote, revision = excluded.revision,"
+                    "  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                    (user_id, submission_id, vote.value),
+                )
+        return VoteChange(_submission(sub_row), vote, previous, changed=previous is not vote)
+
+    async def liked_image_vectors(self, user_id: int, encoder_version: str) -> dict[int, bytes]:
+        """image_id → vector for every image this person liked or super-liked."""
+        rows = await self.db.fetch_all(
+            "SELECT DISTINCT s.image_id, e.vector FROM feedback f"
+            " JOIN submissions s ON s.id = f.submission_id"
+            " JOIN embeddings e ON e.image_id = s.image_id"
+            "  AND e.encoder_version = ? AND e.kind = 'image'"
+            " WHERE f.user_id = ? AND f.vote IN ('like', 'super_like')",
+            (encoder_version, user_id),
+        )
+        return {int(r[0]): r[1] for r in rows}
+
+    async def image_liked_by(self, user_id: int, image_id: int) -> bool:
+        row = await self.db.fetch_one(
+            "SELECT 1 FROM feedback f JOIN submissions s ON s.id = f.submission_id"
+            " WHERE f.user_id = ? AND s.image_id = ? AND f.vote IN ('like', 'super_like')",
+            (user_id, image_id),
+        )
+        return row is not None
+
+    async def users_with_likes(self) -> list[int]:
+        rows = await self.db.fetch_all(
+            "SELECT DISTINCT user_id FROM feedback WHERE vote IN ('like', 'super_like')"
+        )
+        return [int(r[0]) for r in rows]
+
+    async def labelled_embeddings(
+        self, user_id: int, encoder_version: str
+    ) -> list[LabelledEmbedding]:
+        rows = await self.db.fetch_all(
+            "SELECT f.submission_id, s.image_id, f.vote, e.vector FROM feedback f"
+            " JOIN submissions s ON s.id = f.submission_id"
+            " JOIN embeddings e ON e.image_id = s.image_id"
+            "  AND e.encoder_version = ? AND e.kind = 'image'"
+            " WHERE f.user_id = ? ORDER BY f.revision",
+            (encoder_version, user_id),
+        )
+        return [LabelledEmbedding(r[0], r[1], Vote(r[2]), r[3]) for r in rows]
+
+    async def unlabelled_vectors(self, user_id: int, encoder_version: str) -> list[bytes]:
+        """Embeddings of images this person sent but has not voted on."""
+        rows = await self.db.fetch_all(
+            "SELECT e.vector FROM submissions s"
+            " JOIN embeddings e ON e.image_id = s.image_id"
+            "  AND e.encoder_version = ? AND e.kind = 'image'"
+            " WHERE s.user_id = ? AND NOT EXISTS"
+            "  (SELECT 1 FROM feedback f WHERE f.submission_id = s.id AND f.user_id = ?)",
+            (encoder_version, user_id, user_id),
+        )
+        return [r[0] for r in rows]
+
+    async def latest_revision(self, user_id: int) -> int:
+        row = await self.db.fetch_one(
+            "SELECT IFNULL(MAX(revision), 0) FROM feedback WHERE user_id = ?", (user_id,)
+        )
+        return int(row[0]) if row else 0
+
+    async def users_with_new_votes(self, min_new_votes: int) -> list[tuple[int, int]]:
+        """(user_id, n) for everyone with ≥ min_new_votes votes changed since their newest head
+        (any status: a rejected candidate also consumed the votes it was trained on)."""
+        rows = await self.db.fetch_all(
+            "SELECT f.user_id, COUNT(*) FROM feedback f"
+            " WHERE f.revision > IFNULL((SELECT MAX(m.trained_through) FROM model_versions m"
+            "   WHERE m.owner_user_id = f.user_id AND m.kind = 'head'), 0)"
+            " GROUP BY f.user_id HAVING COUNT(*) >= ? ORDER BY f.user_id",
+            (min_new_votes,),
+        )
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    async def user_counts(self, user_id: int) -> UserCounts:
+        row = await self.db.fetch_one(
+            "SELECT (SELECT COUNT(DISTINCT image_id) FROM submissions WHERE user_id = ?1),"
+            " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'like'),"
+            " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'super_like'),"
+            " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'dislike')",
+            (user_id,),
+        )
+        assert row is not None
+        return UserCounts(images=row[0], likes=row[1], super_likes=row[2], dislikes=row[3])
+
+    async def totals(self) -> Totals:
+        row = await self.db.fetch_one(
+            "SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM images),"
+            " (SELECT COUNT(*) FROM submissions), (SELECT COUNT(*) FROM feedback),"
+            " (SELECT COUNT(*) FROM model_versions WHERE status = 'active')"
+        )
+        assert row is not None
+        return Totals(*(int(v) for v in row))
+
+    # -- model versions ------------------------------------------------------
+
+    async def active_model(self, user_id: int, kind: str = "head") -> ModelVersion | None:
+        row = await self.db.fetch_one(
+            "SELECT * FROM model_versions WHERE owner_user_id = ? AND kind = ? AND status = 'active'",
+            (user_id, kind),
+        )
+        return None if row is None else ModelVersion.from_row(row)
+
+    async def model_versions(self, user_id: int, kind: str = "head") -> list[ModelVersion]:
+        rows = await self.db.fetch_all(
+            "SELECT * FROM model_versions WHERE owner_user_id = ? AND kind = ? ORDER BY version",
+            (user_id, kind),
+        )
+        return [ModelVersion.from_row(r) for r in rows]
+
+    async def next_model_version(self, user_id: int, kind: str = "head") -> int:
+        row = await self.db.fetch_one(
+            "SELECT IFNULL(MAX(version), 0) + 1 FROM model_versions"
+            " WHERE owner_user_id = ? AND kind = ?",
+            (user_id, kind),
+        )
+        return int(row[0]) if row else 1
+
+    async def add_model_version(
+        self,
+        *,
+        owner_user_id: int,
+        kind: str,
+        version: int,
+        parent_id: int | None,
+        file_path: str,
+        encoder_version: str,
+        train_size: int,
+        holdout_size: int,
+        metrics: Mapping[str, float | None],
+        trained_through: int,
+        promote: bool,
+    ) -> ModelVersion:
+        """Insert a trained model; if `promote`, it becomes active and the old one retired,
+        atomically."""
+        async with self.db.transaction() as conn:
+            if promote:
+                await conn.execute(
+                    "UPDATE model_versions SET status = 'retired'"
+                    " WHERE owner_user_id = ? AND kind = ? AND status = 'active'",
+                    (owner_user_id, kind),
+                )
+            async with conn.execute(
+                "INSERT INTO model_versions (owner_user_id, kind, version, parent_id, file_path,"
+                " encoder_version, train_size, holdout_size, metrics_json, trained_through, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                (
+                    owner_user_id,
+                    kind,
+                    version,
+                    parent_id,
+                    file_path,
+                    encoder_version,
+                    train_size,
+                    holdout_size,
+                    json.dumps(dict(metrics)),
+                    trained_through,
+                    "active" if promote else "rejected",
+                ),
+            ) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return ModelVersion.from_row(row)
+
+    # -- training runs -------------------------------------------------------
+
+    async def start_training_run(self, user_id: int | None, kind: str, trigger: str) -> int:
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                "INSERT INTO training_runs (user_id, kind, trigger) VALUES (?, ?, ?) RETURNING id",
+                (user_id, kind, trigger),
+            ) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def finish_training_run(
+        self,
+        run_id: int,
+        *,
+        outcome: str,
+        n_labels: int | None = None,
+        model_version_id: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        await self.db.execute(
+            "UPDATE training_runs SET outcome = ?, n_labels = ?, model_version_id = ?, detail = ?,"
+            " finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
+            (outcome, n_labels, model_version_id, detail, run_id),
+        )
+
+    async def fail_abandoned_runs(self) -> int:
+        """At start-up: a run still 'running' belongs to a process that died."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE training_runs SET outcome = 'failed',"
+                " detail = 'abandoned: the bot stopped while it ran',"
+                " finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE outcome = 'running'"
+            )
+            return cur.rowcount

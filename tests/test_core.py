@@ -1,0 +1,124 @@
+"""The core service with real SQLite, FAISS and the tiny CLIP: score → vote → retrain → rescore."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bot.core import AlreadyAnswered, IncomingImage, Person, Refused, Scored, TasteService
+from storage.records import Vote
+from tests.conftest import image_bytes
+
+ALICE = Person("telegram", "1", "Alice")
+
+
+def incoming(message_id: int, person: Person = ALICE, claimed: int | None = None) -> IncomingImage:
+    return IncomingImage(person, chat_id=person.platform_user_id, message_id=str(message_id),
+                         caption=None, claimed_bytes=claimed)
+
+
+def fetch(data: bytes):  # noqa: ANN201 - tiny helper
+    async def download() -> bytes:
+        return data
+    return download
+
+
+async def score(service: TasteService, seed: int, message_id: int | None = None) -> Scored:
+    outcome = await service.score_image(incoming(message_id or seed), fetch(image_bytes(seed)))
+    assert isinstance(outcome, Scored), outcome
+    return outcome
+
+
+async def test_cold_start_then_first_model(service: TasteService) -> None:
+    first = await score(service, 1)
+    assert first.model_version is None and first.score == 0.5  # no votes: the prior says 50 %
+    assert first.closest_liked is None
+
+    # Votes: even seeds liked, odd disliked.
+    for seed in range(1, 13):
+        scored = first if seed == 1 else await score(service, seed)
+        vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
+        result = await service.record_vote(ALICE, scored.submission_id, vote)
+        assert result is not None and result.changed
+
+    [outcome] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    assert outcome.version == 1 and outcome.promoted, outcome.reason
+
+    later = await score(service, 100)
+    assert later.model_version == 1
+    assert 0.0 <= later.score <= 1.0
+    assert later.closest_liked is not None  # six liked images in this person's FAISS index
+
+    # Nothing new since v1: nobody is due.
+    assert await service.retrain_due_heads(min_new_votes=1, trigger="test") == []
+
+
+async def test_same_content_embedded_once_and_redelivery(service: TasteService) -> None:
+    a = await score(service, 7, message_id=1)
+    b = await score(service, 7, message_id=2)  # same bytes, new message
+    assert a.submission_id != b.submission_id
+    rows = await service.store.db.fetch_all("SELECT COUNT(*) FROM embeddings")
+    assert rows[0][0] == 1
+    # The first message delivered again: same submission, and once replied, not answered again.
+    again = await score(service, 7, message_id=1)
+    assert again.submission_id == a.submission_id
+    await service.reply_sent(a.submission_id, "55")
+    outcome = await service.score_image(incoming(1), fetch(image_bytes(7)))
+    assert outcome == AlreadyAnswered(a.submission_id)
+
+
+async def test_repeated_vote_changes_nothing_twice(service: TasteService) -> None:
+    s = await score(service, 3)
+    first = await service.record_vote(ALICE, s.submission_id, Vote.LIKE)
+    again = await service.record_vote(ALICE, s.submission_id, Vote.LIKE)
+    assert first is not None and first.changed
+    assert again is not None and not again.changed
+    user = await service.store.get_or_create_user("telegram", "1")
+    revision = await service.store.latest_revision(user.id)
+    changed = await service.record_vote(ALICE, s.submission_id, Vote.DISLIKE)
+    assert changed is not None and changed.changed
+    assert await service.store.latest_revision(user.id) == revision + 1
+    counts = await service.store.user_counts(user.id)
+    assert (counts.likes, counts.dislikes) == (0, 1)
+    assert service.liked_index.count(user.id) == 0  # un-liked: gone from FAISS
+
+
+async def test_unknown_submission_vote(service: TasteService) -> None:
+    assert await service.record_vote(ALICE, 999, Vote.LIKE) is None
+
+
+async def test_refusals_store_nothing(service: TasteService) -> None:
+    downloads = []
+
+    async def never() -> bytes:
+        downloads.append(1)
+        return b""
+
+    big = await service.score_image(incoming(1, claimed=25 * 1024 * 1024), never)
+    assert isinstance(big, Refused) and big.reason == "too_large_bytes"
+    assert downloads == []  # refused before downloading
+
+    for message_id, data in enumerate([b"%PDF-1.4 not an image", image_bytes(1)[:300], b""], 2):
+        outcome = await service.score_image(incoming(message_id), fetch(data))
+        assert isinstance(outcome, Refused), outcome
+    for table in ("images", "embeddings", "submissions"):
+        rows = await service.store.db.fetch_all(f"SELECT COUNT(*) FROM {table}")
+        assert rows[0][0] == 0, table
+    assert not (service.data_dir.root / "images").exists()
+
+
+async def test_people_are_scored_by_their_own_models(service: TasteService) -> None:
+    bob = Person("telegram", "2", "Bob")
+    # Alice likes even seeds, Bob likes odd ones: their heads must disagree on new images.
+    for seed in range(1, 21):
+        for person, liked in ((ALICE, seed % 2 == 0), (bob, seed % 2 == 1)):
+            out = await service.score_image(incoming(seed, person), fetch(image_bytes(seed)))
+            assert isinstance(out, Scored)
+            await service.record_vote(person, out.submission_id, Vote.LIKE if liked else Vote.DISLIKE)
+    outcomes = await service.retrain_due_heads(min_new_votes=1, trigger="test")
+    assert sorted(o.user.platform_user_id for o in outcomes if o.promoted) == ["1", "2"]
+    a = [await service.score_image(incoming(200 + s), fetch(image_bytes(s))) for s in range(1, 9)]
+    b = [await service.score_image(incoming(200 + s, bob), fetch(image_bytes(s))) for s in range(1, 9)]
+    a_scores = np.array([o.score for o in a if isinstance(o, Scored)])
+    b_scores = np.array([o.score for o in b if isinstance(o, Scored)])
+    # Opposite tastes → negatively correlated scores on the same images.
+    assert np.corrcoef(a_scores, b_scores)[0, 1] < 0

@@ -1,0 +1,165 @@
+"""ClipImageEncoder against a tiny random CLIP loaded from disk, as users load the real one."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessorPil
+
+from learner.encoder import ClipImageEncoder
+from learner.images import decode_image
+from tests.tiny_clip import build_tiny_clip
+
+# The preprocessor_config.json that openai/clip-vit-base-patch32 ships (legacy int sizes).
+HUB_PREPROCESSOR_CONFIG = {
+    "crop_size": 224,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": 224,
+}
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip", seed=0)
+
+
+@pytest.fixture(scope="module")
+def encoder(clip_dir: Path) -> ClipImageEncoder:
+    return ClipImageEncoder(str(clip_dir), device="cpu")
+
+
+def noise(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    values = np.random.default_rng(seed).integers(0, 256, (height, width, channels), np.uint8)
+    return Image.fromarray(values.squeeze(-1) if channels == 1 else values, mode)
+
+
+def some_images() -> list[Image.Image]:
+    sizes = [(300, 500), (224, 224), (640, 360), (100, 50), (225, 1000), (1000, 225), (223, 223)]
+    return [noise(w, h, seed) for seed, (w, h) in enumerate(sizes)]
+
+
+def reference_pixels(clip_dir: Path, images: list[Image.Image]) -> torch.Tensor:
+    processor = CLIPImageProcessorPil.from_pretrained(str(clip_dir))
+    pixels = processor(images, return_tensors="pt")["pixel_values"]
+    assert isinstance(pixels, torch.Tensor)
+    return pixels
+
+
+def test_loads_from_a_directory_with_dim_and_version(encoder: ClipImageEncoder) -> None:
+    assert encoder.dim == 16
+    assert encoder.input_size == 224
+    name, digest = encoder.version.split("@")
+    assert name == "tiny-clip" and len(digest) == 12 and int(digest, 16) >= 0
+    assert not encoder.model.training
+    assert all(not p.requires_grad for p in encoder.model.parameters())
+
+
+def test_preprocess_matches_clip_image_processor(
+    encoder: ClipImageEncoder, clip_dir: Path
+) -> None:
+    images = some_images()
+    ours = encoder.preprocess(images)
+    theirs = reference_pixels(clip_dir, images)
+    assert ours.shape == theirs.shape == (len(images), 3, 224, 224)
+    assert ours.dtype == torch.float32
+    assert (ours - theirs).abs().max().item() < 0.02
+
+
+def test_preprocess_matches_for_other_modes(encoder: ClipImageEncoder, clip_dir: Path) -> None:
+    images = [noise(260, 240, 1, "RGBA"), noise(240, 260, 2, "L"), noise(50, 40, 3).convert("P")]
+    theirs = reference_pixels(clip_dir, images)
+    assert (encoder.preprocess(images) - theirs).abs().max().item() < 0.02
+
+
+def test_preprocess_with_the_hub_config_format(tmp_path: Path) -> None:
+    clip_dir = build_tiny_clip(tmp_path / "hub-style")
+    (clip_dir / "preprocessor_config.json").write_text(json.dumps(HUB_PREPROCESSOR_CONFIG))
+    encoder = ClipImageEncoder(str(clip_dir), device="cpu")
+    images = [noise(400, 250, 5), noise(250, 400, 6)]
+    theirs = reference_pixels(clip_dir, images)
+    assert (encoder.preprocess(images) - theirs).abs().max().item() < 0.02
+
+
+def test_embeddings_are_unit_float32_rows(encoder: ClipImageEncoder) -> None:
+    images = some_images()
+    embeddings = encoder.embed(images)
+    assert embeddings.shape == (len(images), 16) and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    # Different pictures, different vectors (a constant output would pass the checks above).
+    similarity = embeddings @ embeddings.T
+    assert similarity[~np.eye(len(images), dtype=bool)].max() < 0.9999
+
+
+def test_embeddings_are_clips_image_embeds(encoder: ClipImageEncoder) -> None:
+    images = some_images()[:3]
+    with torch.inference_mode():
+        outputs = encoder.model(
+            input_ids=torch.tensor([[126, 5, 127]]), pixel_values=encoder.preprocess(images)
+        )
+    expected = torch.nn.functional.normalize(outputs.image_embeds, dim=-1).numpy()
+    np.testing.assert_allclose(encoder.embed(images), expected, atol=1e-5)
+
+
+def test_embed_is_deterministic(encoder: ClipImageEncoder) -> None:
+    images = some_images()
+    np.testing.assert_array_equal(encoder.embed(images), encoder.embed(images))
+
+
+def test_batched_equals_one_at_a_time(encoder: ClipImageEncoder) -> None:
+    images = some_images()
+    together = encoder.embed(images, batch_size=32)
+    alone = np.concatenate([encoder.embed([im]) for im in images])
+    in_pairs = encoder.embed(images, batch_size=2)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(together, in_pairs, atol=1e-5)
+
+
+def test_embed_nothing(encoder: ClipImageEncoder) -> None:
+    empty = encoder.embed([])
+    assert empty.shape == (0, 16) and empty.dtype == np.float32
+    with pytest.raises(ValueError):
+        encoder.embed([noise(10, 10, 0)], batch_size=0)
+
+
+def test_decoded_images_embed(encoder: ClipImageEncoder) -> None:
+    buffer = io.BytesIO()
+    noise(1280, 720, 9).save(buffer, "JPEG", quality=90)
+    decoded = decode_image(buffer.getvalue(), target_size=encoder.input_size)
+    assert encoder.embed([decoded.image]).shape == (1, 16)
+
+
+def test_version_follows_the_weights(
+    encoder: ClipImageEncoder, clip_dir: Path, tmp_path: Path
+) -> None:
+    same_dir_again = ClipImageEncoder(str(clip_dir), device="cpu")
+    assert same_dir_again.version == encoder.version
+
+    rebuilt_same_seed = build_tiny_clip(tmp_path / "tiny-clip", seed=0)
+    assert ClipImageEncoder(str(rebuilt_same_seed)).version == encoder.version
+
+    other_seed = ClipImageEncoder(str(build_tiny_clip(tmp_path / "other", seed=1)))
+    assert other_seed.version.split("@")[1] != encoder.version.split("@")[1]
+    images = some_images()[:2]
+    assert not np.allclose(other_seed.embed(images), encoder.embed(images), atol=1e-3)
+
+
+def test_version_follows_the_preprocessing(clip_dir: Path, tmp_path: Path) -> None:
+    changed = build_tiny_clip(tmp_path / "tiny-clip", seed=0)
+    config = json.loads((changed / "preprocessor_config.json").read_text())
+    config["image_mean"] = [0.5, 0.5, 0.5]
+    (changed / "preprocessor_config.json").write_text(json.dumps(config))
+    original = ClipImageEncoder(str(clip_dir), device="cpu")
+    assert ClipImageEncoder(str(changed), device="cpu").version != original.version

@@ -1,0 +1,123 @@
+"""The per-person taste head: learning, edge cases, persistence, cold start."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learner.head import DISLIKE, LIKE, SUPER_LIKE, TasteHead, cold_start_scores, train_head
+from learner.metrics import roc_auc
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _toy(n: int, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Liked iff the first coordinate is positive; some likes are super likes."""
+    rng = np.random.default_rng(seed)
+    x = _unit(rng.normal(size=(n, d)))
+    votes = np.where(x[:, 0] > 0, LIKE, DISLIKE).astype(np.int8)
+    votes[(votes == LIKE) & (x[:, 1] > 0.3)] = SUPER_LIKE
+    return x, votes
+
+
+def test_learns_separable_toy_problem() -> None:
+    x, votes = _toy(300)
+    head = train_head(x[:100], votes[:100], unlabeled=x[100:200])
+    auc = roc_auc(votes[200:] >= LIKE, head.predict(x[200:]))
+    assert auc is not None and auc > 0.9
+
+
+def test_learns_multi_cluster_taste() -> None:
+    # Liked: two of six clusters. No single direction separates them from the rest.
+    rng = np.random.default_rng(1)
+    centres = _unit(rng.normal(size=(6, 16)))
+    cls = rng.integers(0, 6, 600)
+    x = _unit(centres[cls] + 0.15 * rng.normal(size=(600, 16)))
+    votes = np.where(np.isin(cls, [0, 3]), LIKE, DISLIKE).astype(np.int8)
+    head = train_head(x[:200], votes[:200], unlabeled=x[200:400])
+    auc = roc_auc(votes[400:] >= LIKE, head.predict(x[400:]))
+    assert auc is not None and auc > 0.9
+
+
+def test_predictions_are_probabilities() -> None:
+    x, votes = _toy(200)
+    p = train_head(x[:150], votes[:150]).predict(x[150:])
+    assert p.shape == (50,) and p.dtype == np.float64
+    assert np.all((p >= 0) & (p <= 1))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+@pytest.mark.parametrize("code", [DISLIKE, LIKE, SUPER_LIKE])
+def test_one_sided_and_tiny_vote_sets_do_not_raise(n: int, code: int) -> None:
+    x, _ = _toy(n + 10)
+    votes = np.full(n, code, dtype=np.int8)
+    for unlabeled in (None, x[n:]):
+        p = train_head(x[:n], votes, unlabeled=unlabeled).predict(x[n:])
+        assert p.shape == (10,) and np.all((p >= 0) & (p <= 1)) and np.all(np.isfinite(p))
+
+
+def test_one_sided_likes_rank_by_similarity() -> None:
+    x, _ = _toy(50)
+    liked = x[:3]
+    p = train_head(liked, np.full(3, LIKE, dtype=np.int8)).predict(np.vstack([liked[0], -liked[0]]))
+    assert p[0] > p[1]
+
+
+def test_mixed_tiny_vote_set() -> None:
+    x, _ = _toy(20)
+    votes = np.array([LIKE, DISLIKE, SUPER_LIKE], dtype=np.int8)
+    p = train_head(x[:3], votes).predict(x)
+    assert np.all((p >= 0) & (p <= 1))
+    assert p[0] > p[1] and p[2] > p[1]
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    x, votes = _toy(200)
+    head = train_head(x[:120], votes[:120], unlabeled=x[120:160])
+    path = tmp_path / "head.npz"
+    head.save(path)
+    loaded = TasteHead.load(path)
+    np.testing.assert_array_equal(loaded.predict(x[160:]), head.predict(x[160:]))
+    assert loaded.info == head.info
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def test_saved_file_loads_without_pickle(tmp_path: Path) -> None:
+    x, votes = _toy(60)
+    path = tmp_path / "head.npz"
+    train_head(x, votes).save(path)
+    with np.load(path, allow_pickle=False) as z:
+        assert all(z[k].dtype != object for k in z.files)
+
+
+def test_info_is_json_serialisable() -> None:
+    import json
+
+    x, votes = _toy(80)
+    info = train_head(x, votes).info
+    assert json.loads(json.dumps(info)) == info
+    assert info["n_train"] == 80
+
+
+def test_predict_single_image_accepts_1d_and_2d() -> None:
+    x, votes = _toy(80)
+    head = train_head(x, votes)
+    assert head.predict(x[:1]).shape == (1,)
+
+
+def test_cold_start_without_votes_is_one_half() -> None:
+    x, _ = _toy(5)
+    empty = np.zeros((0, 16), dtype=np.float32)
+    np.testing.assert_array_equal(cold_start_scores(x, empty, empty), np.full(5, 0.5))
+
+
+def test_cold_start_prefers_what_resembles_likes() -> None:
+    x, _ = _toy(5)
+    empty = np.zeros((0, 16), dtype=np.float32)
+    liked, disliked = x[:1], x[1:2]
+    for lk, dk in ((liked, disliked), (liked, empty), (empty, disliked)):
+        p = cold_start_scores(x[:2], lk, dk)
+        assert np.all((p >= 0) & (p <= 1))
+        assert p[0] > p[1]

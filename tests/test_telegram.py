@@ -1,0 +1,242 @@
+"""The real PTB Application against a fake Bot API: the whole loop and its edges."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from PIL import Image
+
+from bot.core import TasteService
+from bot.settings import Settings
+from bot.telegram_adapter.app import build_application
+from bot.telegram_adapter.callback_data import decode_vote, encode_vote
+from learner.encoder import ClipImageEncoder
+from storage.records import Vote
+from tests.conftest import image_bytes
+from tests.fake_bot_api import FakeBotAPI
+
+ADMIN = 1000
+ALICE = 1
+
+
+@dataclass
+class Harness:
+    api: FakeBotAPI
+    service: TasteService
+
+    async def send_photo(self, user_id: int, data: bytes, **kwargs: object) -> dict:
+        """Send a photo and return the bot's reply to it."""
+        before = len(self.api.sent_messages(chat_id=kwargs.get("chat_id", user_id)))  # type: ignore[arg-type]
+        update = self.api.send_photo(user_id, data, **kwargs)  # type: ignore[arg-type]
+        chat = update["message"]["chat"]["id"]
+        messages = await self.api.wait_for(
+            lambda: (m if len(m := self.api.sent_messages(chat_id=chat)) > before else None)
+        )
+        return messages[-1]
+
+    async def command(self, user_id: int, text: str) -> str:
+        before = len(self.api.sent_messages(chat_id=user_id))
+        self.api.send_text(user_id, text)
+        messages = await self.api.wait_for(
+            lambda: (m if len(m := self.api.sent_messages(chat_id=user_id)) > before else None),
+            timeout=30,
+        )
+        return str(messages[-1]["text"])
+
+    async def vote(self, user_id: int, reply: dict, vote: Vote) -> str:
+        before = len(self.api.answered_callbacks())
+        self.api.press_button(user_id, reply, encode_vote(_submission_id(reply), vote))
+        answers = await self.api.wait_for(
+            lambda: (a if len(a := self.api.answered_callbacks()) > before else None)
+        )
+        return str(answers[-1].get("text"))
+
+
+def _submission_id(reply: dict) -> int:
+    data = reply["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+    parsed = decode_vote(data)
+    assert parsed is not None
+    return parsed[0]
+
+
+@pytest.fixture
+async def bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[Harness]:
+    api = FakeBotAPI()
+    settings = settings.model_copy(update={
+        "telegram_bot_token": type(settings.telegram_bot_token)(api.token),
+        "telegram_api_url": "http://fake-telegram",
+    })
+
+    async def open_service() -> TasteService:
+        return await TasteService.open(settings, encoder)
+
+    app = build_application(settings, open_service, httpx_kwargs={"transport": api.transport()})
+    # The order run_polling uses, spelled out so the test owns the loop.
+    await app.initialize()
+    assert app.post_init is not None and app.post_shutdown is not None
+    await app.post_init(app)
+    await app.start()
+    assert app.updater is not None
+    await app.updater.start_polling(poll_interval=0, timeout=1)
+    try:
+        assert app.bot_data.service is not None
+        yield Harness(api, app.bot_data.service)
+    finally:
+        await app.updater.stop()
+        await app.stop()
+        await app.shutdown()
+        await app.post_shutdown(app)
+        api.close()
+
+
+async def test_whole_loop(bot: Harness) -> None:
+    assert "Send me an image" in await bot.command(ALICE, "/start")
+
+    first = await bot.send_photo(ALICE, image_bytes(1))
+    assert "Your score: 50% · cold start" in first["text"]
+    labels = [b["text"] for b in first["reply_markup"]["inline_keyboard"][0]]
+    assert labels == ["👎 Dislike", "👍 Like", "⭐ Super like"]
+
+    replies = [first] + [await bot.send_photo(ALICE, image_bytes(s)) for s in range(2, 13)]
+    for seed, reply in enumerate(replies, start=1):
+        vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
+        assert (await bot.vote(ALICE, reply, vote)).startswith("Saved")
+    # The buttons show the choice.
+    shown = bot.api.message(ALICE, replies[1]["message_id"])["reply_markup"]["inline_keyboard"][0]
+    assert [b["text"] for b in shown] == ["👎 Dislike", "✓ 👍 Like", "⭐ Super like"]
+
+    assert "Model: cold start" in await bot.command(ALICE, "/stats")
+    result = await bot.command(ADMIN, "/retrain")
+    assert "v1 promoted" in result, result
+
+    later = await bot.send_photo(ALICE, image_bytes(40))
+    assert "· model v1" in later["text"]
+    assert "you liked" in later["text"]  # "Looks like …" or "Not close to anything you liked yet"
+    stats = await bot.command(ALICE, "/stats")
+    assert "Images: 13 · 👍 6 · ⭐ 0 · 👎 6" in stats and "Model v1" in stats
+    assert "All users" not in stats
+
+
+async def test_document_image_and_changed_vote(bot: Harness) -> None:
+    png = image_bytes(5, fmt="PNG")
+    reply = await _send_document(bot, png, "image/png", "shot.png")
+    assert "Your score" in reply["text"]
+    assert (await bot.vote(ALICE, reply, Vote.LIKE)).startswith("Saved")
+    assert (await bot.vote(ALICE, reply, Vote.SUPER_LIKE)).startswith("Saved")
+    assert (await bot.vote(ALICE, reply, Vote.SUPER_LIKE)).startswith("Already saved")
+    user = await bot.service.store.get_or_create_user("telegram", str(ALICE))
+    counts = await bot.service.store.user_counts(user.id)
+    assert (counts.likes, counts.super_likes) == (0, 1)
+
+
+async def _send_document(bot: Harness, data: bytes, mime: str, name: str, **kw: object) -> dict:
+    before = len(bot.api.sent_messages(chat_id=ALICE))
+    bot.api.send_document(ALICE, data, mime_type=mime, file_name=name, **kw)  # type: ignore[arg-type]
+    messages = await bot.api.wait_for(
+        lambda: (m if len(m := bot.api.sent_messages(chat_id=ALICE)) > before else None)
+    )
+    return messages[-1]
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR claiming a huge image, with no pixel data behind it."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue", "green")]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "mime", "name", "claimed", "expected"),
+    [
+        (b"%PDF-1.4\n%%EOF", "application/pdf", "doc.pdf", None, "not an image"),
+        (image_bytes(2)[:400], "image/jpeg", "cut.jpg", None, "damaged"),
+        (b"\x00" * 64, "image/png", "zeros.png", None, "image"),
+        (png_header(60000, 60000), "image/png", "bomb.png", None, "pixels"),
+        (image_bytes(3), "image/jpeg", "huge.jpg", 25 * 1024 * 1024, "over 20 MB"),
+    ],
+    ids=["pdf", "truncated", "garbage", "decompression-bomb", "over-20MB"],
+)
+async def test_bad_input_gets_one_sentence_and_stores_nothing(
+    bot: Harness, data: bytes, mime: str, name: str, claimed: int | None, expected: str
+) -> None:
+    reply = await _send_document(bot, data, mime, name, file_size=claimed)
+    assert expected in reply["text"], reply["text"]
+    assert "reply_markup" not in reply or not reply["reply_markup"]
+    if claimed is not None:
+        assert bot.api.calls_to("getFile") == []  # refused before downloading
+    for table in ("images", "embeddings", "submissions"):
+        rows = await bot.service.store.db.fetch_all(f"SELECT COUNT(*) FROM {table}")
+        assert rows[0][0] == 0, table
+    # …and the bot is still working.
+    assert "Your score" in (await bot.send_photo(ALICE, image_bytes(9)))["text"]
+
+
+async def test_animated_gif_uses_first_frame(bot: Harness) -> None:
+    reply = await _send_document(bot, animated_gif(), "image/gif", "loop.gif")
+    assert "Your score" in reply["text"]
+
+
+async def test_duplicate_updates_change_nothing_twice(bot: Harness) -> None:
+    update = bot.api.send_photo(ALICE, image_bytes(4))
+    replies = await bot.api.wait_for(lambda: bot.api.sent_messages(chat_id=ALICE))
+    bot.api.redeliver(update)  # Telegram re-sends after a crash
+    press = bot.api.press_button(ALICE, replies[0], encode_vote(_submission_id(replies[0]), Vote.LIKE))
+    await bot.api.wait_for(lambda: len(bot.api.answered_callbacks()) == 1)
+    bot.api.redeliver(press)  # its late answer fails ("query is too old"), as on Telegram
+    await bot.api.wait_for(lambda: len(bot.api.calls_to("answerCallbackQuery")) == 2)
+    await bot.api.wait_for(lambda: not bot.api.pending_updates)
+    await asyncio.sleep(0.2)
+    assert len(bot.api.sent_messages(chat_id=ALICE)) == 1  # one reply, not two
+    rows = await bot.service.store.db.fetch_all("SELECT COUNT(*), MAX(revision) FROM feedback")
+    assert tuple(rows[0]) == (1, 1)
+    assert len(bot.api.calls_to("editMessageReplyMarkup")) == 1
+
+
+async def test_retrain_is_for_admins_only(bot: Harness) -> None:
+    assert await bot.command(ALICE, "/retrain") == "Only the bot's admins can use /retrain."
+    assert "Nobody has new votes" in await bot.command(ADMIN, "/retrain")
+    assert "All users: " in await bot.command(ADMIN, "/stats")
+
+
+async def test_foreign_callback_data_is_answered(bot: Harness) -> None:
+    reply = await bot.send_photo(ALICE, image_bytes(6))
+    bot.api.messages[(ALICE, reply["message_id"])]["reply_markup"]["inline_keyboard"][0][0][
+        "callback_data"] = "something-else"
+    bot.api.press_button(ALICE, reply, "something-else")
+    answers = await bot.api.wait_for(bot.api.answered_callbacks)
+    assert answers[-1]["text"] == "This button is not mine."
+
+
+async def test_slow_image_does_not_hold_up_button_taps(bot: Harness) -> None:
+    reply = await bot.send_photo(ALICE, image_bytes(8))
+    release = asyncio.Event()
+    original = bot.service.embedder.embed
+
+    def slow_embed(images):  # type: ignore[no-untyped-def]
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=10)
+        return original(images)
+
+    loop = asyncio.get_running_loop()
+    bot.service.embedder.embed = slow_embed  # type: ignore[method-assign]
+    try:
+        bot.api.send_photo(2, image_bytes(99))  # another person's photo is stuck in CLIP
+        await asyncio.sleep(0.2)
+        assert await bot.vote(ALICE, reply, Vote.LIKE) == "Saved: 👍 Like"
+        assert bot.api.sent_messages(chat_id=2) == []  # still stuck, yet the tap was answered
+    finally:
+        release.set()
+    await bot.api.wait_for(lambda: bot.api.sent_messages(chat_id=2))
+    bot.service.embedder.embed = original  # type: ignore[method-assign]
