@@ -18,10 +18,10 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from bot.settings import Settings
 from learner.head import DISLIKE, LIKE, SUPER_LIKE, TasteHead, cold_start_scores
 from learner.images import DecodedImage, ImageRejected, decode_image
 from learner.training import HeadTrainingResult, train_and_compare, trainable
-from bot.settings import Settings
 from storage.db import Database
 from storage.files import DataDir
 from storage.records import ModelVersion, Totals, User, UserCounts, Vote
@@ -193,8 +193,8 @@ class TasteService:
         sha256 = await loop.run_in_executor(None, lambda: hashlib.sha256(data).hexdigest())
         known = await self.store.find_embedding(sha256, self.embedder.version)
         try:
-            decoded = None if known else await loop.run_in_executor(
-                self._encode_pool, self._decode, data
+            decoded = (
+                None if known else await loop.run_in_executor(self._encode_pool, self._decode, data)
             )
         except ImageRejected as rejected:
             log.info("refused image from user %d: %s (%s)", user.id, rejected.reason, rejected)
@@ -204,9 +204,9 @@ class TasteService:
             vector = np.frombuffer(known[1], np.float32)
         else:
             assert decoded is not None
-            vector = (await loop.run_in_executor(
-                self._encode_pool, self.embedder.embed, [decoded.image]
-            ))[0]
+            vector = (
+                await loop.run_in_executor(self._encode_pool, self.embedder.embed, [decoded.image])
+            )[0]
         score, active = await self._score(user, vector)
 
         file_path = None
@@ -252,7 +252,9 @@ class TasteService:
         )
 
     def _decode(self, data: bytes) -> DecodedImage:
-        return decode_image(data, max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes)
+        return decode_image(
+            data, max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes
+        )
 
     async def _score(self, user: User, vector: np.ndarray) -> tuple[float, ModelVersion | None]:
         active = await self.store.active_model(user.id)
@@ -284,7 +286,9 @@ class TasteService:
 
     # -- votes ---------------------------------------------------------------
 
-    async def record_vote(self, person: Person, submission_id: int, vote: Vote) -> VoteOutcome | None:
+    async def record_vote(
+        self, person: Person, submission_id: int, vote: Vote
+    ) -> VoteOutcome | None:
         """Commit the vote (before the platform acknowledges it) and keep FAISS in step."""
         user = await self.store.get_or_create_user(
             person.platform, person.platform_user_id, person.display_name
@@ -341,17 +345,24 @@ class TasteService:
         unlabelled_rows = await self.store.unlabelled_vectors(user_id, encoder)
         unlabelled = (
             np.stack([np.frombuffer(v, np.float32) for v in unlabelled_rows])
-            if unlabelled_rows else None
+            if unlabelled_rows
+            else None
         )
         active_head = (
             await self._load_head(active)
-            if active is not None and active.encoder_version == encoder else None
+            if active is not None and active.encoder_version == encoder
+            else None
         )
         loop = asyncio.get_running_loop()
         try:
             result: HeadTrainingResult = await loop.run_in_executor(
                 self._train_pool,
-                train_and_compare, submission_ids, embeddings, votes, unlabelled, active_head,
+                train_and_compare,
+                submission_ids,
+                embeddings,
+                votes,
+                unlabelled,
+                active_head,
             )
             version = await self.store.next_model_version(user_id)
             rel = self.data_dir.head_relpath(user_id, version)
@@ -385,10 +396,22 @@ class TasteService:
             model_version_id=model.id,
             detail=result.reason,
         )
-        log.info("user %d head v%d: %s (%s)", user_id, version,
-                 "promoted" if result.promote else "rejected", result.reason)
-        return RetrainOutcome(user, version, result.promote, result.candidate.auc, previous_auc,
-                              result.train_size, result.reason)
+        log.info(
+            "user %d head v%d: %s (%s)",
+            user_id,
+            version,
+            "promoted" if result.promote else "rejected",
+            result.reason,
+        )
+        return RetrainOutcome(
+            user,
+            version,
+            result.promote,
+            result.candidate.auc,
+            previous_auc,
+            result.train_size,
+            result.reason,
+        )
 
     async def _notify(self, user: User, text: str) -> None:
         notifier = self.notifiers.get(user.platform)

@@ -33,7 +33,9 @@ def score_text(scored: Scored) -> str:
                 f"Looks like {scored.close_liked} {noun} you liked · closest {scored.closest_liked:.2f}"
             )
         else:
-            lines.append(f"Not close to anything you liked yet · closest {scored.closest_liked:.2f}")
+            lines.append(
+                f"Not close to anything you liked yet · closest {scored.closest_liked:.2f}"
+            )
     return "\n".join(lines)
 
 

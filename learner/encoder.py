@@ -55,8 +55,10 @@ class ClipImageEncoder:
         # Hash on the CPU, before moving: same weights + same preprocessing = same version.
         digest = _weights_digest(model, extra=self._preprocessing.describe())
         self.version: str = f"{_short_name(model_name_or_path)}@{digest[:12]}"
-        torch.nn.Module.to(model, self.device)  # in place; transformers' typing of .to is odd
-        self.model: CLIPModel = model.eval()
+        # In place, through nn.Module: transformers' own typing of .to/.eval trips mypy.
+        torch.nn.Module.to(model, self.device)
+        torch.nn.Module.eval(model)
+        self.model: CLIPModel = model
         projection_dim = model.config.projection_dim
         if projection_dim is None:
             raise ValueError(f"{model_name_or_path}: CLIP config has no projection_dim")
@@ -74,12 +76,13 @@ class ClipImageEncoder:
         if not images:
             return torch.empty((0, 3, settings.crop_height, settings.crop_width))
         arrays = [settings.resize_and_crop(im) for im in images]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32)
-        return (batch * settings.scale - settings.shift).contiguous()
+        # numpy, not torch: on a busy 2-core CPU torch's small elementwise ops cost ~20x more.
+        batch = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32, order="C")
+        batch *= settings.scale
+        batch -= settings.shift
+        return torch.from_numpy(batch)
 
-    def embed(
-        self, images: Sequence[Image.Image], batch_size: int = 32
-    ) -> npt.NDArray[np.float32]:
+    def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> npt.NDArray[np.float32]:
         """Embed ``images`` as an (n, dim) float32 array of unit-length rows."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -124,11 +127,11 @@ class _PreprocessSettings:
         self.rescale_factor = rescale_factor
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        std_t = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        mean_t = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        # (x * rescale - mean) / std  ==  x * scale - shift, one multiply-add over the batch
-        self.scale = rescale_factor / std_t
-        self.shift = mean_t / std_t
+        std_ = np.asarray(self.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        mean_ = np.asarray(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        # (x * rescale - mean) / std  ==  x * scale - shift: one multiply, one subtract
+        self.scale = np.float32(rescale_factor) / std_
+        self.shift = mean_ / std_
 
     @classmethod
     def from_processor(cls, processor: Any) -> _PreprocessSettings:
@@ -199,6 +202,6 @@ def _weights_digest(model: torch.nn.Module, *, extra: str) -> str:
 
 
 def _short_name(model_name_or_path: str) -> str:
-    """"openai/clip-vit-base-patch32" -> "clip-vit-base-patch32"; a directory -> its name."""
+    """Hub id "openai/clip-vit-base-patch32" -> "clip-vit-base-patch32"; a directory -> its name."""
     name = Path(model_name_or_path.rstrip("/\\")).name or "clip"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)

@@ -50,12 +50,28 @@ _SIGNATURES: Final = (
     b"MM\x00*",
 )
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+# Pillow's own pixel limit; the warning is an exception too when warnings are errors.
+_BOMB_ERRORS: Final = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+# What Pillow's EXIF parser raises on a damaged block (anything else counts as corrupt).
+_EXIF_ERRORS: Final = (OSError, SyntaxError, ValueError, KeyError, IndexError, struct.error)
+
+
+_DEFAULT_MESSAGES: Final[dict[RejectReason, str]] = {
+    "empty": "That file is empty.",
+    "not_image": "That file is not an image I can read.",
+    "corrupt": "That image seems to be damaged or incomplete, so I can't read it.",
+    "too_large_pixels": "That image is too large for me to process.",
+    "too_large_bytes": "That file is too big for me to process.",
+}
 
 
 class ImageRejected(Exception):
     """A file we will not decode. ``str(exc)`` is one sentence for the person who sent it."""
 
-    def __init__(self, reason: RejectReason, message: str, *, detail: str = "") -> None:
+    def __init__(
+        self, reason: RejectReason, message: str | None = None, *, detail: str = ""
+    ) -> None:
+        message = message or _DEFAULT_MESSAGES[reason]
         super().__init__(message)
         self.reason: RejectReason = reason
         self.message = message
@@ -82,7 +98,7 @@ def decode_image(
 ) -> DecodedImage:
     """Decode ``data`` into an upright RGB image, or raise :class:`ImageRejected`."""
     if not data:
-        raise ImageRejected("empty", "That file is empty.")
+        raise ImageRejected("empty")
     if len(data) > max_bytes:
         raise ImageRejected(
             "too_large_bytes",
@@ -98,16 +114,14 @@ def decode_image(
 
     try:
         im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as exc:  # Pillow's own (global) limit, if lower
+    except _BOMB_ERRORS as exc:  # Pillow's own (global) limit, if it is lower than ours
         raise _too_many_pixels(str(exc)) from exc
     except MemoryError:
         raise
     except Exception as exc:  # UnidentifiedImageError, SyntaxError, OSError, struct.error...
         if data.startswith(_SIGNATURES) or _is_webp(data):
             raise _corrupt(f"open: {exc!r}") from exc
-        raise ImageRejected(
-            "not_image", "That file is not an image I can read.", detail=repr(exc)
-        ) from exc
+        raise ImageRejected("not_image", detail=repr(exc)) from exc
 
     width, height = im.size
     _check_pixels(width, height, max_pixels=max_pixels)
@@ -125,6 +139,8 @@ def decode_image(
         rgb = to_rgb(im)
         if rgb is im and animated:
             rgb = im.copy()  # let go of the multi-frame file, which Pillow keeps open
+    except _BOMB_ERRORS as exc:
+        raise _too_many_pixels(str(exc)) from exc
     except MemoryError:
         raise
     except Exception as exc:  # OSError("image file is truncated"), SyntaxError, ...
@@ -151,9 +167,7 @@ def _exif_upright_in_place(im: Image.Image) -> None:
     """Apply the EXIF orientation; a broken EXIF block leaves the image as it is."""
     try:
         ImageOps.exif_transpose(im, in_place=True)
-    except MemoryError:
-        raise
-    except Exception as exc:  # malformed EXIF is common and harmless: keep the pixels
+    except _EXIF_ERRORS as exc:  # malformed EXIF is common and harmless: keep the pixels
         log.info("ignoring unreadable EXIF orientation: %r", exc)
 
 
@@ -184,9 +198,7 @@ def _too_many_pixels(detail: str, max_pixels: int | None = None) -> ImageRejecte
 
 
 def _corrupt(detail: str) -> ImageRejected:
-    return ImageRejected(
-        "corrupt", "That image seems to be damaged or incomplete, so I can't read it.", detail=detail
-    )
+    return ImageRejected("corrupt", detail=detail)
 
 
 def _human_bytes(n: int) -> str:

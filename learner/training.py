@@ -57,7 +57,9 @@ def evaluate(head: TasteHead, embeddings: np.ndarray, votes: np.ndarray) -> Hold
         return HoldoutMetrics(None, None, 0)
     liked = (votes != DISLIKE).astype(np.float64)
     scores = head.predict(embeddings)
-    return HoldoutMetrics(roc_auc(liked, scores), expected_calibration_error(liked, scores), len(votes))
+    return HoldoutMetrics(
+        roc_auc(liked, scores), expected_calibration_error(liked, scores), len(votes)
+    )
 
 
 def promotion_decision(
@@ -69,7 +71,10 @@ def promotion_decision(
     if candidate.auc is None or active.auc is None:
         if active.auc is not None:
             return False, "held-out votes are all of one kind, so the new model cannot be compared"
-        return True, "held-out votes cannot rank either model; promoted for being trained on more votes"
+        return (
+            True,
+            "held-out votes cannot rank either model; promoted for being trained on more votes",
+        )
     if candidate.auc >= active.auc:
         return True, f"holdout AUC {candidate.auc:.3f} ≥ active {active.auc:.3f}"
     return False, f"holdout AUC {candidate.auc:.3f} < active {active.auc:.3f}"

@@ -42,7 +42,11 @@ class Database:
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         await conn.execute("PRAGMA foreign_keys = ON")
         db = cls(conn)
-        await db._migrate()
+        try:
+            await db._migrate()
+        except BaseException:
+            await conn.close()
+            raise
         return db
 
     async def close(self) -> None:
@@ -81,14 +85,12 @@ class Database:
             await self._conn.commit()
 
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
-        async with self._lock:
-            async with self._conn.execute(sql, tuple(params)) as cursor:
-                return list(await cursor.fetchall())
+        async with self._lock, self._conn.execute(sql, tuple(params)) as cursor:
+            return list(await cursor.fetchall())
 
     async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
-        async with self._lock:
-            async with self._conn.execute(sql, tuple(params)) as cursor:
-                return await cursor.fetchone()
+        async with self._lock, self._conn.execute(sql, tuple(params)) as cursor:
+            return await cursor.fetchone()
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> None:
         """One statement in its own transaction."""

@@ -86,7 +86,9 @@ class Store:
         )
         return None if row is None else bytes(row[0])
 
-    async def find_submission(self, user_id: int, chat_id: str, message_id: str) -> Submission | None:
+    async def find_submission(
+        self, user_id: int, chat_id: str, message_id: str
+    ) -> Submission | None:
         row = await self.db.fetch_one(
             f"SELECT {_SUBMISSION_COLUMNS} FROM submissions"
             " WHERE user_id = ? AND chat_id = ? AND message_id = ?",
@@ -352,12 +354,11 @@ class Store:
     # -- training runs -------------------------------------------------------
 
     async def start_training_run(self, user_id: int | None, kind: str, trigger: str) -> int:
-        async with self.db.transaction() as conn:
-            async with conn.execute(
-                "INSERT INTO training_runs (user_id, kind, trigger) VALUES (?, ?, ?) RETURNING id",
-                (user_id, kind, trigger),
-            ) as cur:
-                row = await cur.fetchone()
+        async with self.db.transaction() as conn, conn.execute(
+            "INSERT INTO training_runs (user_id, kind, trigger) VALUES (?, ?, ?) RETURNING id",
+            (user_id, kind, trigger),
+        ) as cur:
+            row = await cur.fetchone()
         assert row is not None
         return int(row[0])
 

@@ -83,10 +83,12 @@ class LikedIndex:
         except RuntimeError:
             log.warning("unreadable FAISS index %s; rebuilding it", path)
             return None
-        if index.d != self.dim:
+        # read_index already returns the concrete class, and it owns the memory
+        # (a downcast_index() wrapper would not: the index could be freed under it).
+        if not isinstance(index, faiss.IndexIDMap2) or index.d != self.dim:
             return None
         person = _PersonIndex(self.dim)
-        person.index = faiss.downcast_index(index)
+        person.index = index
         person.ids = {int(i) for i in faiss.vector_to_array(person.index.id_map)}
         return person
 
@@ -100,7 +102,8 @@ class LikedIndex:
         with self._lock:
             person = self._people.get(user_id)
             if person is not None and image_id in person.ids:
-                person.index.remove_ids(np.array([image_id], np.int64))
+                # The SWIG wrapper accepts an id array in place of an IDSelector.
+                person.index.remove_ids(np.array([image_id], np.int64))  # type: ignore[arg-type]
                 person.ids.discard(image_id)
                 person.dirty = True
 
@@ -123,7 +126,9 @@ class LikedIndex:
             if person is None or person.index.ntotal == 0:
                 return []
             n = min(k + (exclude_image_id is not None), int(person.index.ntotal))
-            sims, ids = person.index.search(np.ascontiguousarray(query.reshape(1, -1), np.float32), n)
+            sims, ids = person.index.search(
+                np.ascontiguousarray(query.reshape(1, -1), np.float32), n
+            )
         found = [
             Neighbour(int(i), float(s))
             for s, i in zip(sims[0], ids[0], strict=True)

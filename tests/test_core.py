@@ -12,13 +12,19 @@ ALICE = Person("telegram", "1", "Alice")
 
 
 def incoming(message_id: int, person: Person = ALICE, claimed: int | None = None) -> IncomingImage:
-    return IncomingImage(person, chat_id=person.platform_user_id, message_id=str(message_id),
-                         caption=None, claimed_bytes=claimed)
+    return IncomingImage(
+        person,
+        chat_id=person.platform_user_id,
+        message_id=str(message_id),
+        caption=None,
+        claimed_bytes=claimed,
+    )
 
 
-def fetch(data: bytes):  # noqa: ANN201 - tiny helper
+def fetch(data: bytes):
     async def download() -> bytes:
         return data
+
     return download
 
 
@@ -113,11 +119,16 @@ async def test_people_are_scored_by_their_own_models(service: TasteService) -> N
         for person, liked in ((ALICE, seed % 2 == 0), (bob, seed % 2 == 1)):
             out = await service.score_image(incoming(seed, person), fetch(image_bytes(seed)))
             assert isinstance(out, Scored)
-            await service.record_vote(person, out.submission_id, Vote.LIKE if liked else Vote.DISLIKE)
+            await service.record_vote(
+                person, out.submission_id, Vote.LIKE if liked else Vote.DISLIKE
+            )
     outcomes = await service.retrain_due_heads(min_new_votes=1, trigger="test")
     assert sorted(o.user.platform_user_id for o in outcomes if o.promoted) == ["1", "2"]
     a = [await service.score_image(incoming(200 + s), fetch(image_bytes(s))) for s in range(1, 9)]
-    b = [await service.score_image(incoming(200 + s, bob), fetch(image_bytes(s))) for s in range(1, 9)]
+    b = [
+        await service.score_image(incoming(200 + s, bob), fetch(image_bytes(s)))
+        for s in range(1, 9)
+    ]
     a_scores = np.array([o.score for o in a if isinstance(o, Scored)])
     b_scores = np.array([o.score for o in b if isinstance(o, Scored)])
     # Opposite tastes → negatively correlated scores on the same images.

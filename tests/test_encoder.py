@@ -67,9 +67,7 @@ def test_loads_from_a_directory_with_dim_and_version(encoder: ClipImageEncoder) 
     assert all(not p.requires_grad for p in encoder.model.parameters())
 
 
-def test_preprocess_matches_clip_image_processor(
-    encoder: ClipImageEncoder, clip_dir: Path
-) -> None:
+def test_preprocess_matches_clip_image_processor(encoder: ClipImageEncoder, clip_dir: Path) -> None:
     images = some_images()
     ours = encoder.preprocess(images)
     theirs = reference_pixels(clip_dir, images)

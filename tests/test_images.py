@@ -240,7 +240,11 @@ def test_messages_are_one_sentence_for_a_person() -> None:
         rejected(encode(gradient(50, 50), "JPEG")[:300]),
     ]
     assert {e.reason for e in errors} == {
-        "empty", "not_image", "too_large_bytes", "too_large_pixels", "corrupt"
+        "empty",
+        "not_image",
+        "too_large_bytes",
+        "too_large_pixels",
+        "corrupt",
     }
     for error in errors:
         message = str(error)
@@ -249,6 +253,7 @@ def test_messages_are_one_sentence_for_a_person() -> None:
         assert "Error" not in message and "PIL" not in message and "0x" not in message
     assert "50 bytes" in str(errors[2]) and "2 KB" in str(errors[3])
     assert "20 MB" in str(rejected(b"x" * (20 * 1024 * 1024 + 1)))
+    assert str(ImageRejected("corrupt")) == str(errors[-1])  # a default sentence per reason
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the damage it skips

@@ -36,7 +36,7 @@ class Harness:
         update = self.api.send_photo(user_id, data, **kwargs)  # type: ignore[arg-type]
         chat = update["message"]["chat"]["id"]
         messages = await self.api.wait_for(
-            lambda: (m if len(m := self.api.sent_messages(chat_id=chat)) > before else None)
+            lambda: m if len(m := self.api.sent_messages(chat_id=chat)) > before else None
         )
         return messages[-1]
 
@@ -44,7 +44,7 @@ class Harness:
         before = len(self.api.sent_messages(chat_id=user_id))
         self.api.send_text(user_id, text)
         messages = await self.api.wait_for(
-            lambda: (m if len(m := self.api.sent_messages(chat_id=user_id)) > before else None),
+            lambda: m if len(m := self.api.sent_messages(chat_id=user_id)) > before else None,
             timeout=30,
         )
         return str(messages[-1]["text"])
@@ -53,7 +53,7 @@ class Harness:
         before = len(self.api.answered_callbacks())
         self.api.press_button(user_id, reply, encode_vote(_submission_id(reply), vote))
         answers = await self.api.wait_for(
-            lambda: (a if len(a := self.api.answered_callbacks()) > before else None)
+            lambda: a if len(a := self.api.answered_callbacks()) > before else None
         )
         return str(answers[-1].get("text"))
 
@@ -68,10 +68,12 @@ def _submission_id(reply: dict) -> int:
 @pytest.fixture
 async def bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[Harness]:
     api = FakeBotAPI()
-    settings = settings.model_copy(update={
-        "telegram_bot_token": type(settings.telegram_bot_token)(api.token),
-        "telegram_api_url": "http://fake-telegram",
-    })
+    settings = settings.model_copy(
+        update={
+            "telegram_bot_token": type(settings.telegram_bot_token)(api.token),
+            "telegram_api_url": "http://fake-telegram",
+        }
+    )
 
     async def open_service() -> TasteService:
         return await TasteService.open(settings, encoder)
@@ -139,7 +141,7 @@ async def _send_document(bot: Harness, data: bytes, mime: str, name: str, **kw: 
     before = len(bot.api.sent_messages(chat_id=ALICE))
     bot.api.send_document(ALICE, data, mime_type=mime, file_name=name, **kw)  # type: ignore[arg-type]
     messages = await bot.api.wait_for(
-        lambda: (m if len(m := bot.api.sent_messages(chat_id=ALICE)) > before else None)
+        lambda: m if len(m := bot.api.sent_messages(chat_id=ALICE)) > before else None
     )
     return messages[-1]
 
@@ -148,7 +150,9 @@ def png_header(width: int, height: int) -> bytes:
     """A PNG signature and IHDR claiming a huge image, with no pixel data behind it."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return (
+        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    )
 
 
 def animated_gif() -> bytes:
@@ -193,7 +197,9 @@ async def test_duplicate_updates_change_nothing_twice(bot: Harness) -> None:
     update = bot.api.send_photo(ALICE, image_bytes(4))
     replies = await bot.api.wait_for(lambda: bot.api.sent_messages(chat_id=ALICE))
     bot.api.redeliver(update)  # Telegram re-sends after a crash
-    press = bot.api.press_button(ALICE, replies[0], encode_vote(_submission_id(replies[0]), Vote.LIKE))
+    press = bot.api.press_button(
+        ALICE, replies[0], encode_vote(_submission_id(replies[0]), Vote.LIKE)
+    )
     await bot.api.wait_for(lambda: len(bot.api.answered_callbacks()) == 1)
     bot.api.redeliver(press)  # its late answer fails ("query is too old"), as on Telegram
     await bot.api.wait_for(lambda: len(bot.api.calls_to("answerCallbackQuery")) == 2)
@@ -214,7 +220,8 @@ async def test_retrain_is_for_admins_only(bot: Harness) -> None:
 async def test_foreign_callback_data_is_answered(bot: Harness) -> None:
     reply = await bot.send_photo(ALICE, image_bytes(6))
     bot.api.messages[(ALICE, reply["message_id"])]["reply_markup"]["inline_keyboard"][0][0][
-        "callback_data"] = "something-else"
+        "callback_data"
+    ] = "something-else"
     bot.api.press_button(ALICE, reply, "something-else")
     answers = await bot.api.wait_for(bot.api.answered_callbacks)
     assert answers[-1]["text"] == "This button is not mine."

@@ -77,6 +77,7 @@ def build_application(
         .context_types(ContextTypes(context=TasteContext, bot_data=BotState))
         # Photos take ~100 ms of CLIP each; without this every button tap would wait behind them.
         .concurrent_updates(True)
+        .job_queue(None)  # scheduling is APScheduler's, in bot/scheduler.py
         .post_init(post_init)
         .post_shutdown(post_shutdown)
         .build()

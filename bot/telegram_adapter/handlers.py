@@ -6,7 +6,14 @@ import logging
 from dataclasses import dataclass
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram import (
+    Document,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    PhotoSize,
+    Update,
+)
 from telegram.error import BadRequest
 from telegram.ext import Application, CallbackContext, ExtBot
 
@@ -46,13 +53,17 @@ TasteApplication = Application[ExtBot[None], TasteContext, dict, dict, BotState,
 
 
 def vote_keyboard(submission_id: int, chosen: Vote | None = None) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[
-        InlineKeyboardButton(
-            ("✓ " if vote is chosen else "") + render.VOTE_LABELS[vote],
-            callback_data=encode_vote(submission_id, vote),
-        )
-        for vote in render.VOTE_ORDER
-    ]])
+    return InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton(
+                    ("✓ " if vote is chosen else "") + render.VOTE_LABELS[vote],
+                    callback_data=encode_vote(submission_id, vote),
+                )
+                for vote in render.VOTE_ORDER
+            ]
+        ]
+    )
 
 
 def _person(update: Update) -> Person:
@@ -71,6 +82,7 @@ async def on_image(update: Update, context: TasteContext) -> None:
     """A photo (largest size) or an image sent as a file → score + vote buttons."""
     message = update.effective_message
     assert message is not None and update.effective_user is not None
+    media: PhotoSize | Document
     if message.photo:
         media = message.photo[-1]  # sizes come smallest first
     else:
@@ -121,7 +133,9 @@ async def on_vote(update: Update, context: TasteContext) -> None:
     # Answer every callback query, or the client keeps spinning; the vote is already committed.
     try:
         await query.answer(
-            "I no longer know this image." if outcome is None else render.vote_ack(vote, outcome.changed)
+            "I no longer know this image."
+            if outcome is None
+            else render.vote_ack(vote, outcome.changed)
         )
     except BadRequest as error:  # a redelivered update: the query expired, the vote is saved
         log.info("late callback answer failed: %s", error)
@@ -170,4 +184,6 @@ async def on_error(update: object, context: TasteContext) -> None:
         except Exception:
             pass
     elif isinstance(update, Update) and update.effective_message is not None:
-        await update.effective_message.reply_text("Something went wrong on my side; please try again.")
+        await update.effective_message.reply_text(
+            "Something went wrong on my side; please try again."
+        )

@@ -1,0 +1,151 @@
+"""SQLite schema and FAISS cache, on real files in a temp dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage.db import Database
+from storage.migrations import MIGRATIONS
+from storage.store import Store
+from storage.vectors import LikedIndex
+
+
+async def test_fresh_database_is_migrated_with_pragmas(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "t.sqlite3")
+    try:
+        assert await db.schema_version() == len(MIGRATIONS)
+        assert (await db.fetch_one("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+        assert (await db.fetch_one("PRAGMA foreign_keys"))[0] == 1  # type: ignore[index]
+        assert (await db.fetch_one("PRAGMA busy_timeout"))[0] == 5000  # type: ignore[index]
+    finally:
+        await db.close()
+    # Reopening applies nothing twice.
+    db = await Database.open(tmp_path / "t.sqlite3")
+    assert await db.schema_version() == len(MIGRATIONS)
+    await db.close()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "t.sqlite3")
+    await db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    await db.close()
+    with pytest.raises(RuntimeError, match="newer than this code"):
+        await Database.open(tmp_path / "t.sqlite3")
+
+
+async def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    with pytest.raises(ZeroDivisionError):
+        async with store.db.transaction() as conn:
+            await conn.execute("INSERT INTO users (platform, platform_user_id) VALUES ('t', '1')")
+            1 / 0  # noqa: B018
+    assert (await store.totals()).users == 0
+    await store.db.close()
+
+
+async def _vote_fixture(store: Store) -> tuple[int, int]:
+    user = await store.get_or_create_user("telegram", "1")
+    vector = np.ones(4, np.float32) / 2
+    submission = await store.record_submission(
+        user_id=user.id,
+        chat_id="1",
+        message_id="10",
+        caption=None,
+        sha256="ab" * 32,
+        byte_size=10,
+        width=2,
+        height=2,
+        image_format="PNG",
+        file_path=None,
+        encoder_version="enc",
+        vector=vector.tobytes(),
+        dim=4,
+        score=0.5,
+        model_version_id=None,
+    )
+    return user.id, submission.id
+
+
+async def test_votes_survive_a_crash(tmp_path: Path) -> None:
+    """Committed votes are on disk even when the process never closes the connection."""
+    path = tmp_path / "t.sqlite3"
+    store = Store(await Database.open(path))
+    user_id, submission_id = await _vote_fixture(store)
+    from storage.records import Vote
+
+    await store.upsert_vote(user_id, submission_id, Vote.LIKE)
+    # No close(): a fresh connection, as after kill -9, sees the committed vote.
+    other = Store(await Database.open(path))
+    counts = await other.user_counts(user_id)
+    assert (counts.images, counts.likes) == (1, 1)
+    await other.db.close()
+    await store.db.close()
+
+
+async def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.db.execute(
+            "INSERT INTO feedback (user_id, submission_id, vote, revision) VALUES (99, 99, 'like', 1)"
+        )
+    await store.db.close()
+
+
+def _vectors(n: int, dim: int = 8, seed: int = 0) -> dict[int, bytes]:
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(n, dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return {100 + i: v[i].tobytes() for i in range(n)}
+
+
+def test_liked_index_search_and_exclude(tmp_path: Path) -> None:
+    liked = _vectors(20)
+    index = LikedIndex(tmp_path, dim=8)
+    assert index.sync(1, liked) is True
+    query = np.frombuffer(liked[105], np.float32)
+    found = index.search(1, query, k=3)
+    assert found[0].image_id == 105 and found[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert [n.similarity for n in found] == sorted((n.similarity for n in found), reverse=True)
+    assert 105 not in [n.image_id for n in index.search(1, query, k=3, exclude_image_id=105)]
+    assert index.search(2, query, k=3) == []  # another person sees nothing of person 1
+
+
+def test_liked_index_is_rebuilt_only_when_stale(tmp_path: Path) -> None:
+    liked = _vectors(10)
+    index = LikedIndex(tmp_path, dim=8)
+    index.sync(1, liked)
+    assert index.flush() == 1
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically, no leftovers
+
+    fresh = LikedIndex(tmp_path, dim=8)
+    assert fresh.sync(1, liked) is False  # file matches SQLite: loaded, not rebuilt
+    assert fresh.count(1) == 10
+
+    stale = dict(liked)
+    stale.pop(100)
+    stale[999] = _vectors(1, seed=9)[100]  # one unliked, one newly liked
+    again = LikedIndex(tmp_path, dim=8)
+    assert again.sync(1, stale) is True
+    assert again.count(1) == 10
+    assert {
+        n.image_id for n in again.search(1, np.frombuffer(stale[999], np.float32), k=10)
+    } == set(stale)
+
+    (tmp_path / "liked-1.faiss").write_bytes(b"garbage")
+    assert LikedIndex(tmp_path, dim=8).sync(1, liked) is True  # unreadable file: rebuilt
+
+
+def test_liked_index_add_remove_no_duplicates(tmp_path: Path) -> None:
+    liked = _vectors(3)
+    index = LikedIndex(tmp_path, dim=8)
+    vector = np.frombuffer(liked[100], np.float32)
+    index.add(1, 100, vector)
+    index.add(1, 100, vector)  # FAISS itself would keep both
+    assert index.count(1) == 1
+    index.remove(1, 100)
+    assert index.count(1) == 0 and index.search(1, vector, k=1) == []
