@@ -333,12 +333,9 @@ class TasteService:
         active = await self.store.active_model(user_id)
         previous_auc = None if active is None else active.metrics.get("auc")
 
-        run_id = await self.store.start_training_run(user_id, "head", trigger)
         why_not = trainable(submission_ids, votes, self.settings.head_min_votes)
         if why_not is not None:
-            await self.store.finish_training_run(
-                run_id, outcome="skipped", n_labels=len(votes), detail=why_not
-            )
+            # Not a run: nothing is trained, and the scheduler would log one every tick.
             return RetrainOutcome(user, None, False, None, previous_auc, 0, why_not)
 
         embeddings = np.stack([np.frombuffer(v.vector, np.float32) for v in labelled])
@@ -354,6 +351,7 @@ class TasteService:
             else None
         )
         loop = asyncio.get_running_loop()
+        run_id = await self.store.start_training_run(user_id, "head", trigger)
         try:
             result: HeadTrainingResult = await loop.run_in_executor(
                 self._train_pool,

@@ -97,7 +97,7 @@ MIGRATIONS: tuple[str, ...] = (
         finished_at      TEXT,
         n_labels         INTEGER,
         outcome          TEXT NOT NULL DEFAULT 'running'
-                         CHECK (outcome IN ('running', 'promoted', 'rejected', 'skipped', 'failed')),
+                         CHECK (outcome IN ('running', 'promoted', 'rejected', 'failed')),
         model_version_id INTEGER REFERENCES model_versions (id) ON DELETE SET NULL,
         detail           TEXT
     );

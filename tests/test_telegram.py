@@ -7,6 +7,7 @@ import io
 import struct
 import zlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -32,13 +33,20 @@ class Harness:
 
     async def send_photo(self, user_id: int, data: bytes, **kwargs: object) -> dict:
         """Send a photo and return the bot's reply to it."""
-        before = len(self.api.sent_messages(chat_id=kwargs.get("chat_id", user_id)))  # type: ignore[arg-type]
         update = self.api.send_photo(user_id, data, **kwargs)  # type: ignore[arg-type]
-        chat = update["message"]["chat"]["id"]
-        messages = await self.api.wait_for(
-            lambda: m if len(m := self.api.sent_messages(chat_id=chat)) > before else None
-        )
-        return messages[-1]
+        return await self.reply_to(update["message"])
+
+    async def reply_to(self, message: dict) -> dict:
+        key = (message["chat"]["id"], message["message_id"])
+
+        def replies() -> list[dict]:
+            return [
+                m
+                for m in self.api.sent_messages(chat_id=key[0])
+                if (r := m.get("reply_to_message")) and (r["chat"]["id"], r["message_id"]) == key
+            ]
+
+        return (await self.api.wait_for(replies))[-1]
 
     async def command(self, user_id: int, text: str) -> str:
         before = len(self.api.sent_messages(chat_id=user_id))
@@ -65,8 +73,9 @@ def _submission_id(reply: dict) -> int:
     return parsed[0]
 
 
-@pytest.fixture
-async def bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[Harness]:
+@asynccontextmanager
+async def running_bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[Harness]:
+    """The real Application, polling a fake Bot API, with the lifecycle run_polling uses."""
     api = FakeBotAPI()
     settings = settings.model_copy(
         update={
@@ -79,7 +88,6 @@ async def bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[Ha
         return await TasteService.open(settings, encoder)
 
     app = build_application(settings, open_service, httpx_kwargs={"transport": api.transport()})
-    # The order run_polling uses, spelled out so the test owns the loop.
     await app.initialize()
     assert app.post_init is not None and app.post_shutdown is not None
     await app.post_init(app)
@@ -95,6 +103,12 @@ async def bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[Ha
         await app.shutdown()
         await app.post_shutdown(app)
         api.close()
+
+
+@pytest.fixture
+async def bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[Harness]:
+    async with running_bot(settings, encoder) as harness:
+        yield harness
 
 
 async def test_whole_loop(bot: Harness) -> None:
@@ -138,12 +152,8 @@ async def test_document_image_and_changed_vote(bot: Harness) -> None:
 
 
 async def _send_document(bot: Harness, data: bytes, mime: str, name: str, **kw: object) -> dict:
-    before = len(bot.api.sent_messages(chat_id=ALICE))
-    bot.api.send_document(ALICE, data, mime_type=mime, file_name=name, **kw)  # type: ignore[arg-type]
-    messages = await bot.api.wait_for(
-        lambda: m if len(m := bot.api.sent_messages(chat_id=ALICE)) > before else None
-    )
-    return messages[-1]
+    update = bot.api.send_document(ALICE, data, mime_type=mime, file_name=name, **kw)  # type: ignore[arg-type]
+    return await bot.reply_to(update["message"])
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -247,3 +257,24 @@ async def test_slow_image_does_not_hold_up_button_taps(bot: Harness) -> None:
         release.set()
     await bot.api.wait_for(lambda: bot.api.sent_messages(chat_id=2))
     bot.service.embedder.embed = original  # type: ignore[method-assign]
+
+
+async def test_scheduled_retrain_tells_the_person(settings: Settings, encoder: ClipImageEncoder) -> None:
+    fast = settings.model_copy(update={"retrain_check_minutes": 0.01, "retrain_min_new_votes": 5})
+    async with running_bot(fast, encoder) as bot:
+        for seed in range(1, 13):
+            reply = await bot.send_photo(ALICE, image_bytes(seed))
+            await bot.vote(ALICE, reply, Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE)
+        ready = await bot.api.wait_for(
+            lambda: [
+                m for m in bot.api.sent_messages(chat_id=ALICE)
+                if m.get("text", "").startswith("Your model v1 is ready")
+            ],
+            timeout=30,
+        )
+        assert len(ready) == 1
+        runs = await bot.service.store.db.fetch_all(
+            "SELECT trigger, outcome FROM training_runs"
+        )
+        assert tuple(runs[0]) == ("schedule", "promoted")  # more votes may have trained v2 after
+        assert {r[0] for r in runs} == {"schedule"}

@@ -104,10 +104,13 @@ async def on_image(update: Update, context: TasteContext) -> None:
     if isinstance(outcome, AlreadyAnswered):
         return  # a redelivered update we already answered
     if isinstance(outcome, Refused):
-        await message.reply_text(outcome.message)
+        await message.reply_text(outcome.message, do_quote=True)
         return
+    # Quoted: with several images in flight, each score sits under its own image.
     reply = await message.reply_text(
-        render.score_text(outcome), reply_markup=vote_keyboard(outcome.submission_id)
+        render.score_text(outcome),
+        reply_markup=vote_keyboard(outcome.submission_id),
+        do_quote=True,
     )
     await context.service.reply_sent(outcome.submission_id, str(reply.message_id))
 
@@ -116,7 +119,8 @@ async def on_other_document(update: Update, context: TasteContext) -> None:
     """A file that does not claim to be an image: refused without downloading it."""
     assert update.effective_message is not None
     await update.effective_message.reply_text(
-        "That file is not an image; send a photo or an image file (JPEG, PNG, WebP, GIF)."
+        "That file is not an image; send a photo or an image file (JPEG, PNG, WebP, GIF).",
+        do_quote=True,
     )
 
 
