@@ -13,18 +13,31 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
+from bot import timing
+from bot.embedding_batcher import EmbeddingBatcher
+from bot.ratelimit import SlidingWindowLimit
 from bot.settings import Settings
 from learner.head import DISLIKE, LIKE, SUPER_LIKE, TasteHead, cold_start_scores
 from learner.images import DecodedImage, ImageRejected, decode_image
 from learner.training import HeadTrainingResult, train_and_compare, trainable
 from storage.db import Database
 from storage.files import DataDir
-from storage.records import ModelVersion, Totals, User, UserCounts, Vote
+from storage.records import (
+    ForgetReport,
+    ModelVersion,
+    Submission,
+    Totals,
+    User,
+    UserCounts,
+    UserSummary,
+    Vote,
+)
 from storage.store import Store
 from storage.vectors import LikedIndex, index_directory
 
@@ -62,11 +75,20 @@ class IncomingImage:
 
 @dataclass(frozen=True)
 class Scored:
-    submission_id: int
+    submission_id: int  # this message's submission
     score: float
     model_version: int | None  # None = cold start
     close_liked: int  # liked images at least `similar_threshold` similar
     closest_liked: float | None  # None when the person has liked nothing yet
+    closest_disliked: float | None = None
+    # Set when the person already voted on this image (same content, or a near-identical
+    # embedding): the buttons then change that earlier vote instead of asking again.
+    rated_before: Vote | None = None
+    vote_target: int = 0  # the submission the vote buttons act on
+
+    def __post_init__(self) -> None:
+        if not self.vote_target:
+            object.__setattr__(self, "vote_target", self.submission_id)
 
 
 @dataclass(frozen=True)
@@ -102,6 +124,12 @@ class RetrainOutcome:
 
 
 @dataclass(frozen=True)
+class LearningCurve:
+    versions: list[ModelVersion]  # every trained head, oldest first
+    votes: list[tuple[str, Vote]]  # (ISO time, vote), oldest first
+
+
+@dataclass(frozen=True)
 class Stats:
     counts: UserCounts
     active: ModelVersion | None
@@ -118,19 +146,29 @@ class TasteService:
         store: Store,
         data_dir: DataDir,
         embedder: ImageEmbedder,
-        liked_index: LikedIndex,
         settings: Settings,
     ) -> None:
         self.store = store
         self.data_dir = data_dir
         self.embedder = embedder
-        self.liked_index = liked_index
         self.settings = settings
+        # Per-person FAISS caches of what each person liked / disliked, per encoder version.
+        faiss_dir = index_directory(data_dir.faiss, embedder.version)
+        self.liked_index = LikedIndex(faiss_dir, embedder.dim, kind="liked")
+        self.disliked_index = LikedIndex(faiss_dir, embedder.dim, kind="disliked")
         # One thread for CLIP: torch already uses every core inside one forward pass.
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="clip")
+        # Images from different people that arrive together share one forward pass.
+        self._batcher = EmbeddingBatcher(
+            embedder,
+            self._encode_pool,
+            max_batch=settings.embed_batch_max,
+            max_wait_ms=settings.embed_batch_wait_ms,
+        )
         self._train_pool = ThreadPoolExecutor(1, thread_name_prefix="train")
         self._train_lock = asyncio.Lock()  # one training run at a time
         self._heads: dict[int, TasteHead] = {}  # model_versions.id → loaded head
+        self._rate_limit = SlidingWindowLimit(settings.images_per_minute, window_seconds=60)
         self.notifiers: dict[str, Notifier] = {}  # platform → how to message a person there
 
     @classmethod
@@ -142,26 +180,29 @@ class TasteService:
         abandoned = await store.fail_abandoned_runs()
         if abandoned:
             log.warning("marked %d abandoned training run(s) as failed", abandoned)
-        index = LikedIndex(index_directory(data_dir.faiss, embedder.version), embedder.dim)
-        service = cls(
-            store=store, data_dir=data_dir, embedder=embedder, liked_index=index, settings=settings
-        )
-        await service.sync_liked_index()
+        service = cls(store=store, data_dir=data_dir, embedder=embedder, settings=settings)
+        await service.sync_vote_indexes()
         return service
 
     async def close(self) -> None:
         self.liked_index.flush()
+        self.disliked_index.flush()
+        await self._batcher.close()
         self._encode_pool.shutdown(wait=True, cancel_futures=True)
         self._train_pool.shutdown(wait=True, cancel_futures=True)
         await self.store.db.close()
 
-    async def sync_liked_index(self) -> int:
+    async def sync_vote_indexes(self) -> int:
         """Rebuild every person's FAISS index that is missing or stale; returns how many."""
         rebuilt = 0
-        for user_id in await self.store.users_with_likes():
-            liked = await self.store.liked_image_vectors(user_id, self.embedder.version)
-            rebuilt += self.liked_index.sync(user_id, liked)
+        for user_id in await self.store.users_with_votes():
+            for index, liked in ((self.liked_index, True), (self.disliked_index, False)):
+                vectors = await self.store.voted_image_vectors(
+                    user_id, self.embedder.version, liked=liked
+                )
+                rebuilt += index.sync(user_id, vectors)
         self.liked_index.flush()
+        self.disliked_index.flush()
         return rebuilt
 
     # -- scoring -------------------------------------------------------------
@@ -179,23 +220,43 @@ class TasteService:
         self, incoming: IncomingImage, download: Callable[[], Awaitable[bytes]]
     ) -> ScoreOutcome:
         """Download, decode, embed (once per content), score for the sender, store, explain."""
+        with timing.timed("score_image"):
+            return await self._score_image(incoming, download)
+
+    async def _score_image(
+        self, incoming: IncomingImage, download: Callable[[], Awaitable[bytes]]
+    ) -> ScoreOutcome:
         refused = self.check_claimed_size(incoming.claimed_bytes)
         if refused:
             return refused
         p = incoming.person
-        user = await self.store.get_or_create_user(p.platform, p.platform_user_id, p.display_name)
-        earlier = await self.store.find_submission(user.id, incoming.chat_id, incoming.message_id)
+        if not self._rate_limit.allow((p.platform, p.platform_user_id)):
+            return Refused(
+                "rate_limited",
+                "You're sending images faster than I can learn from them; "
+                "please wait a minute and send that one again.",
+            )
+        with timing.stage("sqlite_read"):
+            user = await self.store.get_or_create_user(
+                p.platform, p.platform_user_id, p.display_name
+            )
+            earlier = await self.store.find_submission(
+                user.id, incoming.chat_id, incoming.message_id
+            )
         if earlier is not None and earlier.reply_message_id is not None:
             return AlreadyAnswered(earlier.id)
 
-        data = await download()
+        with timing.stage("download"):
+            data = await download()
         loop = asyncio.get_running_loop()
-        sha256 = await loop.run_in_executor(None, lambda: hashlib.sha256(data).hexdigest())
-        known = await self.store.find_embedding(sha256, self.embedder.version)
+        with timing.stage("hash"):
+            sha256 = await loop.run_in_executor(None, lambda: hashlib.sha256(data).hexdigest())
+        with timing.stage("sqlite_read"):
+            known = await self.store.find_embedding(sha256, self.embedder.version)
         try:
-            decoded = (
-                None if known else await loop.run_in_executor(self._encode_pool, self._decode, data)
-            )
+            # Not on the CLIP thread: the next images decode while a forward pass runs.
+            with timing.stage("decode"):
+                decoded = None if known else await loop.run_in_executor(None, self._decode, data)
         except ImageRejected as rejected:
             log.info("refused image from user %d: %s (%s)", user.id, rejected.reason, rejected)
             return Refused(rejected.reason, str(rejected))
@@ -204,51 +265,96 @@ class TasteService:
             vector = np.frombuffer(known[1], np.float32)
         else:
             assert decoded is not None
-            vector = (
-                await loop.run_in_executor(self._encode_pool, self.embedder.embed, [decoded.image])
-            )[0]
-        score, active = await self._score(user, vector)
+            vector = await self._batcher.embed(decoded.image)
+        with timing.stage("score"):
+            score, active = await self._score(user, vector)
 
         file_path = None
         created_file = False
         if decoded is not None and self.settings.retain_images:
             rel = self.data_dir.image_relpath(sha256, decoded.format)
             created_file = not self.data_dir.path(rel).exists()
-            file_path = await loop.run_in_executor(
-                None, self.data_dir.save_image, sha256, decoded.format, data
-            )
+            with timing.stage("save_file"):
+                file_path = await loop.run_in_executor(
+                    None, self.data_dir.save_image, sha256, decoded.format, data
+                )
         try:
-            submission = await self.store.record_submission(
-                user_id=user.id,
-                chat_id=incoming.chat_id,
-                message_id=incoming.message_id,
-                caption=incoming.caption,
-                sha256=sha256,
-                byte_size=len(data),
-                width=decoded.width if decoded else 0,
-                height=decoded.height if decoded else 0,
-                image_format=decoded.format if decoded else "",
-                file_path=file_path,
-                encoder_version=self.embedder.version,
-                vector=np.ascontiguousarray(vector, np.float32).tobytes(),
-                dim=int(vector.shape[0]),
-                score=score,
-                model_version_id=None if active is None else active.id,
-            )
+            with timing.stage("sqlite_write"):
+                submission = await self.store.record_submission(
+                    user_id=user.id,
+                    chat_id=incoming.chat_id,
+                    message_id=incoming.message_id,
+                    caption=incoming.caption,
+                    sha256=sha256,
+                    byte_size=len(data),
+                    width=decoded.width if decoded else 0,
+                    height=decoded.height if decoded else 0,
+                    image_format=decoded.format if decoded else "",
+                    file_path=file_path,
+                    encoder_version=self.embedder.version,
+                    vector=np.ascontiguousarray(vector, np.float32).tobytes(),
+                    dim=int(vector.shape[0]),
+                    score=score,
+                    model_version_id=None if active is None else active.id,
+                )
         except BaseException:
             if created_file and file_path is not None:
                 self.data_dir.path(file_path).unlink(missing_ok=True)
             raise
 
-        neighbours = self.liked_index.search(
-            user.id, vector, self.settings.similar_neighbours, exclude_image_id=submission.image_id
-        )
+        with timing.stage("explain"):  # FAISS neighbours and earlier votes
+            return await self._explain(
+                user, submission.id, submission.image_id, vector, score, active
+            )
+
+    async def _explain(
+        self,
+        user: User,
+        submission_id: int,
+        image_id: int,
+        vector: np.ndarray,
+        score: float,
+        active: ModelVersion | None,
+    ) -> Scored:
+        """Nearest liked/disliked images, and whether this person rated this image before."""
+        k = self.settings.similar_neighbours
+        with timing.stage("faiss"):
+            liked = self.liked_index.search(user.id, vector, k, exclude_image_id=image_id)
+            disliked = self.disliked_index.search(user.id, vector, 1, exclude_image_id=image_id)
+        earlier = await self.store.image_vote(user.id, image_id)
+        if earlier is None:
+            nearest = max(liked[:1] + disliked, key=lambda n: n.similarity, default=None)
+            if nearest is not None and nearest.similarity >= self.settings.duplicate_threshold:
+                earlier = await self.store.image_vote(user.id, nearest.image_id)
         return Scored(
-            submission_id=submission.id,
+            submission_id=submission_id,
             score=score,
             model_version=None if active is None else active.version,
-            close_liked=sum(n.similarity >= self.settings.similar_threshold for n in neighbours),
-            closest_liked=neighbours[0].similarity if neighbours else None,
+            close_liked=sum(n.similarity >= self.settings.similar_threshold for n in liked),
+            closest_liked=liked[0].similarity if liked else None,
+            closest_disliked=disliked[0].similarity if disliked else None,
+            rated_before=None if earlier is None else earlier[1],
+            vote_target=submission_id if earlier is None else earlier[0],
+        )
+
+    async def score_for(self, person: Person, submission_id: int) -> Scored | None:
+        """Score an image already sent (by anyone) for `person`: the group chat "my score"."""
+        submission = await self.store.get_submission(submission_id)
+        if submission is None:
+            return None
+        stored = await self.store.find_embedding_by_image(
+            submission.image_id, self.embedder.version
+        )
+        if stored is None:
+            return None
+        user = await self._user(person)
+        vector = np.frombuffer(stored, np.float32)
+        score, active = await self._score(user, vector)
+        return await self._explain(user, submission_id, submission.image_id, vector, score, active)
+
+    async def _user(self, person: Person) -> User:
+        return await self.store.get_or_create_user(
+            person.platform, person.platform_user_id, person.display_name
         )
 
     def _decode(self, data: bytes) -> DecodedImage:
@@ -296,14 +402,107 @@ class TasteService:
         change = await self.store.upsert_vote(user.id, submission_id, vote)
         if change is None:
             return None
-        image_id = change.submission.image_id
-        if change.changed and vote.is_liked:
-            vector = await self.store.find_embedding_by_image(image_id, self.embedder.version)
-            if vector is not None:
-                self.liked_index.add(user.id, image_id, np.frombuffer(vector, np.float32))
-        elif change.changed and not await self.store.image_liked_by(user.id, image_id):
-            self.liked_index.remove(user.id, image_id)
+        if change.changed:
+            await self._reindex_image(user.id, change.submission.image_id)
         return VoteOutcome(submission_id, vote, change.changed)
+
+    async def _reindex_image(self, user_id: int, image_id: int) -> None:
+        """Put the image in the liked and/or disliked index as this person's votes now say."""
+        vector: np.ndarray | None = None
+        for index, liked in ((self.liked_index, True), (self.disliked_index, False)):
+            if await self.store.image_has_vote(user_id, image_id, liked=liked):
+                if vector is None:
+                    stored = await self.store.find_embedding_by_image(
+                        image_id, self.embedder.version
+                    )
+                    if stored is None:
+                        return
+                    vector = np.frombuffer(stored, np.float32)
+                index.add(user_id, image_id, vector)
+            else:
+                index.remove(user_id, image_id)
+
+    async def undo_last_vote(self, person: Person) -> tuple[Submission, Vote] | None:
+        """Remove the person's most recent vote; the image goes back to unrated."""
+        user = await self._user(person)
+        last = await self.store.last_vote(user.id)
+        if last is None:
+            return None
+        submission, vote = last
+        await self.store.delete_vote(user.id, submission.id)
+        await self._reindex_image(user.id, submission.image_id)
+        return submission, vote
+
+    async def forget(self, person: Person) -> ForgetReport | None:
+        """Delete everything of this person: rows, vectors, model files, image files only
+        they sent. None if the bot never heard of them."""
+        user = await self.store.find_user(person.platform, person.platform_user_id)
+        if user is None:
+            return None
+        async with self._train_lock:  # not while one of their models is being trained
+            report = await self.store.forget_user(user.id)
+            self.liked_index.forget(user.id)
+            self.disliked_index.forget(user.id)
+            for relpath in report.files:
+                self.data_dir.path(relpath).unlink(missing_ok=True)
+        self._heads.clear()  # loaded again on demand; theirs are gone
+        return report
+
+    async def export(self, person: Person) -> list[dict[str, object]]:
+        user = await self.store.find_user(person.platform, person.platform_user_id)
+        return [] if user is None else await self.store.export_rows(user.id)
+
+    async def similar_liked_images(
+        self, person: Person, submission_id: int, k: int = 3
+    ) -> list[tuple[Path, float]] | None:
+        """Files of the `k` images this person liked that are closest to a submission, with
+        their similarity. Only the person's own likes are searched. None if unknown."""
+        submission = await self.store.get_submission(submission_id)
+        if submission is None:
+            return None
+        stored = await self.store.find_embedding_by_image(
+            submission.image_id, self.embedder.version
+        )
+        if stored is None:
+            return None
+        user = await self._user(person)
+        found = []
+        for n in self.liked_index.search(
+            user.id, np.frombuffer(stored, np.float32), k, exclude_image_id=submission.image_id
+        ):
+            relpath = await self.store.image_file(n.image_id)
+            if relpath is not None and self.data_dir.path(relpath).exists():
+                found.append((self.data_dir.path(relpath), n.similarity))
+        return found
+
+    async def learning_curve(self, person: Person) -> LearningCurve:
+        user = await self._user(person)
+        return LearningCurve(
+            versions=await self.store.model_versions(user.id),
+            votes=await self.store.vote_history(user.id),
+        )
+
+    # -- admin ---------------------------------------------------------------
+
+    async def summaries(self) -> tuple[Totals, list[UserSummary]]:
+        return await self.store.totals(), await self.store.user_summaries()
+
+    async def models_of(self, platform: str, platform_user_id: str) -> list[ModelVersion] | None:
+        user = await self.store.find_user(platform, platform_user_id)
+        return None if user is None else await self.store.model_versions(user.id)
+
+    async def rollback(self, platform: str, platform_user_id: str, version: int) -> bool:
+        user = await self.store.find_user(platform, platform_user_id)
+        if user is None:
+            return False
+        async with self._train_lock:
+            return await self.store.activate_model_version(user.id, version)
+
+    async def retrain_person(
+        self, platform: str, platform_user_id: str, trigger: str
+    ) -> RetrainOutcome | None:
+        user = await self.store.find_user(platform, platform_user_id)
+        return None if user is None else await self.retrain_user(user.id, trigger)
 
     # -- retraining ----------------------------------------------------------
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bot.core import RetrainOutcome, Scored, Stats
-from storage.records import Vote
+from bot.core import LearningCurve, RetrainOutcome, Scored, Stats
+from storage.records import ForgetReport, ModelVersion, Totals, UserSummary, Vote
 
 VOTE_LABELS = {Vote.DISLIKE: "👎 Dislike", Vote.LIKE: "👍 Like", Vote.SUPER_LIKE: "⭐ Super like"}
+VOTE_EMOJI = {Vote.DISLIKE: "👎", Vote.LIKE: "👍", Vote.SUPER_LIKE: "⭐"}
 VOTE_ORDER = (Vote.DISLIKE, Vote.LIKE, Vote.SUPER_LIKE)
 
 HELP = (
@@ -15,7 +16,11 @@ HELP = (
     "will like it. Then tell me with the buttons: 👎 dislike, 👍 like, ⭐ super like.\n\n"
     "Every vote trains your own model; after about {min_votes} votes (some likes, some "
     "dislikes) you get a first model, and it is retrained as you vote more.\n\n"
-    "/stats — your votes and your model\n/help — this message"
+    "/stats — your votes, your model and its learning curve\n"
+    "/undo — take back your last vote\n"
+    "/export — your data as a file\n"
+    "/forget — delete everything I know about you\n"
+    "/help — this message"
 )
 
 
@@ -23,20 +28,101 @@ def help_text(min_votes: int) -> str:
     return HELP.format(min_votes=min_votes)
 
 
+def onboarding_text(min_votes: int, votes: int, has_model: bool) -> str:
+    text = help_text(min_votes)
+    if has_model:
+        return text + "\n\nYou already have a model; every vote keeps improving it."
+    missing = max(min_votes - votes, 0)
+    start = "Rate about 10 images to get started: " if votes == 0 else ""
+    need = f"{missing} more votes" if missing else "one more retrain (it runs every few minutes)"
+    return text + f"\n\n{start}your first model needs {need} (some likes, some dislikes)."
+
+
+def forget_prompt() -> str:
+    return (
+        "This deletes everything I know about you: your images, votes, models and their "
+        "files. It cannot be undone. Delete it all?"
+    )
+
+
+def forget_report(report: ForgetReport | None) -> str:
+    if report is None:
+        return "I had nothing stored about you."
+    return (
+        f"Deleted: {report.submissions} images you sent, {report.votes} votes, "
+        f"{report.models} models, {len(report.files)} files. I no longer know anything about you."
+    )
+
+
+def undo_text(vote: Vote | None) -> str:
+    if vote is None:
+        return "You have no vote to undo."
+    return f"Removed your last vote ({VOTE_LABELS[vote]}). That image is unrated again."
+
+
+def models_text(platform_user_id: str, versions: Sequence[ModelVersion] | None) -> str:
+    if versions is None:
+        return f"I don't know user {platform_user_id}."
+    if not versions:
+        return f"User {platform_user_id} has no models yet."
+    lines = [f"Models of user {platform_user_id}:"]
+    for m in versions:
+        auc, ece = m.metrics.get("auc"), m.metrics.get("ece")
+        lines.append(
+            f"v{m.version} {m.status}: AUC {'n/a' if auc is None else f'{auc:.3f}'}, "
+            f"ECE {'n/a' if ece is None else f'{ece:.3f}'}, trained on {m.train_size}, "
+            f"held out {m.holdout_size} · {m.created_at[:16].replace('T', ' ')}"
+        )
+    return "\n".join(lines)
+
+
+def curve_caption(stats: Stats, curve: LearningCurve, min_votes: int) -> str:
+    lines = [stats_text(stats, min_votes)]
+    points = [
+        f"v{m.version} {m.metrics['auc']:.2f}"
+        for m in curve.versions
+        if m.metrics.get("auc") is not None
+    ]
+    if points:
+        lines.append("Holdout AUC by version: " + " → ".join(points))
+    return "\n".join(lines)
+
+
 def score_text(scored: Scored) -> str:
     model = "cold start" if scored.model_version is None else f"model v{scored.model_version}"
     lines = [f"Your score: {scored.score:.0%} · {model}"]
+    if scored.rated_before is not None:
+        lines.append(f"You rated this before: {VOTE_LABELS[scored.rated_before]}")
     if scored.closest_liked is not None:
         if scored.close_liked:
             noun = "image" if scored.close_liked == 1 else "images"
             lines.append(
-                f"Looks like {scored.close_liked} {noun} you liked · closest {scored.closest_liked:.2f}"
+                f"Looks like {scored.close_liked} {noun} you liked · "
+                f"closest {scored.closest_liked:.2f}"
             )
         else:
             lines.append(
                 f"Not close to anything you liked yet · closest {scored.closest_liked:.2f}"
             )
+    if scored.closest_disliked is not None:
+        lines.append(f"Closest image you disliked: {scored.closest_disliked:.2f}")
     return "\n".join(lines)
+
+
+def album_text(ranked: Sequence[tuple[int, Scored]]) -> str:
+    """`ranked`: (position in the album, 1-based; score), best first."""
+    lines = [f"Your album, best first ({len(ranked)} images):"]
+    for rank, (position, scored) in enumerate(ranked, start=1):
+        model = "cold start" if scored.model_version is None else f"model v{scored.model_version}"
+        before = (
+            f" · rated before: {VOTE_LABELS[scored.rated_before]}" if scored.rated_before else ""
+        )
+        lines.append(f"{rank}. image {position}: {scored.score:.0%} · {model}{before}")
+    lines.append("Vote on each with its row of buttons.")
+    return "\n".join(lines)
+
+
+GROUP_PROMPT = "Rate this image with the buttons. 🔒 My score shows how much *you* would like it (only you see it)."
 
 
 def vote_ack(vote: Vote, changed: bool) -> str:
@@ -80,4 +166,23 @@ def retrain_text(outcomes: Sequence[RetrainOutcome]) -> str:
         auc = "n/a" if o.auc is None else f"{o.auc:.3f}"
         verdict = "promoted" if o.promoted else "not promoted"
         lines.append(f"{who}: v{o.version} {verdict}, AUC {auc} on held-out votes — {o.reason}")
+    return "\n".join(lines)
+
+
+def summaries_text(summaries: tuple[Totals, Sequence[UserSummary]]) -> str:
+    totals, people = summaries
+    lines = [
+        f"All users: {totals.users} people · {totals.images} images · "
+        f"{totals.submissions} submissions · {totals.votes} votes · "
+        f"{totals.active_models} active models"
+    ]
+    for p in people[:50]:  # a chat message holds 4096 characters
+        model = (
+            "cold start"
+            if p.active_version is None
+            else f"v{p.active_version} AUC {'n/a' if p.active_auc is None else f'{p.active_auc:.2f}'}"
+        )
+        lines.append(f"{p.platform} {p.platform_user_id}: {p.votes} votes · {model}")
+    if len(people) > 50:
+        lines.append(f"… and {len(people) - 50} more")
     return "\n".join(lines)

@@ -5,19 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    telegram_bot_token: SecretStr
+    # At least one platform token; both = both platforms in one process, one event loop.
+    telegram_bot_token: SecretStr | None = None
     # A self-hosted telegram-bot-api server lifts the 20 MB download limit.
     telegram_api_url: str = "https://api.telegram.org"
     clip_model: str = "openai/clip-vit-base-patch32"
     data_dir: Path = Path("./data")
-    admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()  # Telegram user ids
+
+    discord_bot_token: SecretStr | None = None
+    discord_admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()  # Discord user ids
+    # Server channels where every image is scored; elsewhere only when the bot is mentioned.
+    discord_channel_ids: Annotated[frozenset[int], NoDecode] = frozenset()
 
     # Scheduled retraining of each person's head.
     retrain_min_new_votes: int = Field(5, ge=1)
@@ -35,12 +41,32 @@ class Settings(BaseSettings):
     # "looks like N images you liked": liked images at least this similar (cosine).
     similar_threshold: float = Field(0.8, ge=-1, le=1)
     similar_neighbours: int = Field(10, ge=1)
+    # A new image this similar (cosine) to one the person voted on counts as "rated before".
+    duplicate_threshold: float = Field(0.98, ge=-1, le=1)
+    # Per-person limit on incoming images; the excess gets a polite "slow down".
+    images_per_minute: int = Field(30, ge=1)
+    # An album's images arrive as separate updates: reply once none arrived for this long.
+    album_wait_seconds: float = Field(1.0, gt=0)
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_threads: int = Field(0, ge=0)  # 0 = torch's default
+    # 0 = every usable core but one (the event loop, downloads and decoding need a core).
+    torch_threads: int = Field(0, ge=0)
+    # CLIP's precision: auto = bf16 on CUDA and on CPUs with native bf16, else fp32 (fp16 on
+    # CUDA without bf16). Embeddings are float32 and within cosine 0.999 of fp32 either way.
+    clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Micro-batching: images arriving together share one forward pass; a batch waits at most
+    # EMBED_BATCH_WAIT_MS after its first image, and holds at most EMBED_BATCH_MAX images.
+    embed_batch_max: int = Field(32, ge=1)
+    embed_batch_wait_ms: float = Field(5.0, ge=0)
     log_level: str = "INFO"
 
-    @field_validator("admin_ids", mode="before")
+    @field_validator("telegram_bot_token", "discord_bot_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `.env.example` lists both keys empty: an empty token means "not this platform".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("admin_ids", "discord_admin_ids", "discord_channel_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
         if isinstance(value, str):
@@ -51,3 +77,12 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _some_platform(self) -> Settings:
+        if self.telegram_bot_token is None and self.discord_bot_token is None:
+            raise ValueError(NO_TOKEN)
+        return self
+
+
+NO_TOKEN = "neither TELEGRAM_BOT_TOKEN nor DISCORD_BOT_TOKEN is set"

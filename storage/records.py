@@ -107,3 +107,21 @@ class Totals:
     submissions: int
     votes: int
     active_models: int
+
+
+@dataclass(frozen=True)
+class ForgetReport:
+    submissions: int
+    votes: int
+    models: int
+    images: int  # image rows deleted (content nobody else sent)
+    files: list[str]  # paths relative to DATA_DIR, for the caller to delete
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    platform: str
+    platform_user_id: str
+    votes: int
+    active_version: int | None
+    active_auc: float | None

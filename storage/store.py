@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping
+from typing import Any
 
 from storage.db import Database
 from storage.records import (
+    ForgetReport,
     LabelledEmbedding,
     ModelVersion,
     Submission,
     Totals,
     User,
     UserCounts,
+    UserSummary,
     Vote,
     VoteChange,
 )
@@ -85,6 +88,10 @@ class Store:
             (image_id, encoder_version),
         )
         return None if row is None else bytes(row[0])
+
+    async def image_file(self, image_id: int) -> str | None:
+        row = await self.db.fetch_one("SELECT file_path FROM images WHERE id = ?", (image_id,))
+        return None if row is None else row[0]
 
     async def find_submission(
         self, user_id: int, chat_id: str, message_id: str
@@ -192,31 +199,61 @@ class Store:
                 )
         return VoteChange(_submission(sub_row), vote, previous, changed=previous is not vote)
 
-    async def liked_image_vectors(self, user_id: int, encoder_version: str) -> dict[int, bytes]:
-        """image_id → vector for every image this person liked or super-liked."""
+    async def voted_image_vectors(
+        self, user_id: int, encoder_version: str, *, liked: bool
+    ) -> dict[int, bytes]:
+        """image_id → vector for every image this person liked (or disliked)."""
         rows = await self.db.fetch_all(
             "SELECT DISTINCT s.image_id, e.vector FROM feedback f"
             " JOIN submissions s ON s.id = f.submission_id"
             " JOIN embeddings e ON e.image_id = s.image_id"
             "  AND e.encoder_version = ? AND e.kind = 'image'"
-            " WHERE f.user_id = ? AND f.vote IN ('like', 'super_like')",
+            f" WHERE f.user_id = ? AND f.vote {'!=' if liked else '='} 'dislike'",
             (encoder_version, user_id),
         )
         return {int(r[0]): r[1] for r in rows}
 
-    async def image_liked_by(self, user_id: int, image_id: int) -> bool:
+    async def image_vote(self, user_id: int, image_id: int) -> tuple[int, Vote] | None:
+        """(submission id, vote) of this person's latest vote on this image content."""
+        row = await self.db.fetch_one(
+            "SELECT f.submission_id, f.vote FROM feedback f"
+            " JOIN submissions s ON s.id = f.submission_id"
+            " WHERE f.user_id = ? AND s.image_id = ? ORDER BY f.revision DESC LIMIT 1",
+            (user_id, image_id),
+        )
+        return None if row is None else (int(row[0]), Vote(row[1]))
+
+    async def image_has_vote(self, user_id: int, image_id: int, *, liked: bool) -> bool:
         row = await self.db.fetch_one(
             "SELECT 1 FROM feedback f JOIN submissions s ON s.id = f.submission_id"
-            " WHERE f.user_id = ? AND s.image_id = ? AND f.vote IN ('like', 'super_like')",
+            f" WHERE f.user_id = ? AND s.image_id = ? AND f.vote {'!=' if liked else '='} 'dislike'",
             (user_id, image_id),
         )
         return row is not None
 
-    async def users_with_likes(self) -> list[int]:
-        rows = await self.db.fetch_all(
-            "SELECT DISTINCT user_id FROM feedback WHERE vote IN ('like', 'super_like')"
-        )
+    async def users_with_votes(self) -> list[int]:
+        rows = await self.db.fetch_all("SELECT DISTINCT user_id FROM feedback")
         return [int(r[0]) for r in rows]
+
+    async def last_vote(self, user_id: int) -> tuple[Submission, Vote] | None:
+        row = await self.db.fetch_one(
+            "SELECT f.submission_id, f.vote FROM feedback f WHERE f.user_id = ?"
+            " ORDER BY f.revision DESC LIMIT 1",
+            (user_id,),
+        )
+        if row is None:
+            return None
+        submission = await self.get_submission(int(row[0]))
+        assert submission is not None  # feedback → submission is a foreign key
+        return submission, Vote(row[1])
+
+    async def delete_vote(self, user_id: int, submission_id: int) -> bool:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "DELETE FROM feedback WHERE user_id = ? AND submission_id = ?",
+                (user_id, submission_id),
+            )
+            return cur.rowcount > 0
 
     async def labelled_embeddings(
         self, user_id: int, encoder_version: str
@@ -271,6 +308,26 @@ class Store:
         )
         assert row is not None
         return UserCounts(images=row[0], likes=row[1], super_likes=row[2], dislikes=row[3])
+
+    async def user_summaries(self) -> list[UserSummary]:
+        rows = await self.db.fetch_all(
+            "SELECT u.platform, u.platform_user_id,"
+            " (SELECT COUNT(*) FROM feedback f WHERE f.user_id = u.id) AS votes,"
+            " m.version, m.metrics_json"
+            " FROM users u LEFT JOIN model_versions m"
+            "  ON m.owner_user_id = u.id AND m.kind = 'head' AND m.status = 'active'"
+            " ORDER BY u.id"
+        )
+        return [
+            UserSummary(
+                platform=r[0],
+                platform_user_id=r[1],
+                votes=int(r[2]),
+                active_version=r[3],
+                active_auc=None if r[4] is None else json.loads(r[4]).get("auc"),
+            )
+            for r in rows
+        ]
 
     async def totals(self) -> Totals:
         row = await self.db.fetch_one(
@@ -351,13 +408,105 @@ class Store:
         assert row is not None
         return ModelVersion.from_row(row)
 
+    async def activate_model_version(self, user_id: int, version: int, kind: str = "head") -> bool:
+        """Roll back (or forward): make `version` the active one, retiring the current one."""
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                "SELECT id FROM model_versions WHERE owner_user_id = ? AND kind = ? AND version = ?",
+                (user_id, kind, version),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return False
+            await conn.execute(
+                "UPDATE model_versions SET status = 'retired'"
+                " WHERE owner_user_id = ? AND kind = ? AND status = 'active'",
+                (user_id, kind),
+            )
+            await conn.execute(
+                "UPDATE model_versions SET status = 'active' WHERE id = ?", (int(row[0]),)
+            )
+        return True
+
+    # -- a person's data -----------------------------------------------------
+
+    async def find_user(self, platform: str, platform_user_id: str) -> User | None:
+        row = await self.db.fetch_one(
+            "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?",
+            (platform, platform_user_id),
+        )
+        return None if row is None else User(int(row[0]), platform, platform_user_id)
+
+    async def vote_history(self, user_id: int) -> list[tuple[str, Vote]]:
+        """(time, vote) of every current vote, oldest first, for the learning-curve chart."""
+        rows = await self.db.fetch_all(
+            "SELECT created_at, vote FROM feedback WHERE user_id = ? ORDER BY created_at",
+            (user_id,),
+        )
+        return [(r[0], Vote(r[1])) for r in rows]
+
+    async def export_rows(self, user_id: int) -> list[dict[str, object]]:
+        """Everything a person sent and said, one row per submission."""
+        rows = await self.db.fetch_all(
+            "SELECT i.sha256, s.caption, f.vote, s.score, m.version AS model_version,"
+            " s.created_at AS submitted_at, f.updated_at AS voted_at"
+            " FROM submissions s JOIN images i ON i.id = s.image_id"
+            " LEFT JOIN feedback f ON f.submission_id = s.id AND f.user_id = s.user_id"
+            " LEFT JOIN model_versions m ON m.id = s.model_version_id"
+            " WHERE s.user_id = ? ORDER BY s.id",
+            (user_id,),
+        )
+        return [dict(r) for r in rows]
+
+    async def forget_user(self, user_id: int) -> ForgetReport:
+        """Delete the person and everything of theirs, in one transaction. Images another
+        person also sent stay (they are that person's too); the caller deletes the files."""
+        async with self.db.transaction() as conn:
+
+            async def scalar_list(sql: str) -> list[Any]:
+                async with conn.execute(sql, (user_id,)) as cur:
+                    return [r[0] for r in await cur.fetchall()]
+
+            model_files = await scalar_list(
+                "SELECT file_path FROM model_versions WHERE owner_user_id = ?"
+            )
+            image_ids = await scalar_list(
+                "SELECT DISTINCT image_id FROM submissions WHERE user_id = ?"
+            )
+            [submissions] = await scalar_list("SELECT COUNT(*) FROM submissions WHERE user_id = ?")
+            [votes] = await scalar_list("SELECT COUNT(*) FROM feedback WHERE user_id = ?")
+            await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))  # cascades
+            image_files: list[str] = []
+            deleted_images = 0
+            for image_id in image_ids:
+                async with conn.execute(
+                    "DELETE FROM images WHERE id = ? AND NOT EXISTS"
+                    " (SELECT 1 FROM submissions WHERE image_id = images.id) RETURNING file_path",
+                    (image_id,),
+                ) as cur:
+                    gone = await cur.fetchone()
+                if gone is not None:
+                    deleted_images += 1
+                    if gone[0]:
+                        image_files.append(str(gone[0]))
+        return ForgetReport(
+            submissions=int(submissions),
+            votes=int(votes),
+            models=len(model_files),
+            images=deleted_images,
+            files=[str(f) for f in model_files] + image_files,
+        )
+
     # -- training runs -------------------------------------------------------
 
     async def start_training_run(self, user_id: int | None, kind: str, trigger: str) -> int:
-        async with self.db.transaction() as conn, conn.execute(
-            "INSERT INTO training_runs (user_id, kind, trigger) VALUES (?, ?, ?) RETURNING id",
-            (user_id, kind, trigger),
-        ) as cur:
+        async with (
+            self.db.transaction() as conn,
+            conn.execute(
+                "INSERT INTO training_runs (user_id, kind, trigger) VALUES (?, ?, ?) RETURNING id",
+                (user_id, kind, trigger),
+            ) as cur,
+        ):
             row = await cur.fetchone()
         assert row is not None
         return int(row[0])

@@ -1,9 +1,19 @@
-"""Per-person FAISS indexes of liked-image embeddings.
+"""Per-person FAISS indexes of the embeddings of images a person voted on (one index
+for liked images, one for disliked: `kind`).
 
 They are a cache of the `embeddings` and `feedback` tables: `sync` checks a
 person's index against the ids SQLite says they liked and rebuilds it when the
 file is missing, unreadable or stale. Files are written atomically (temp file +
 `os.replace`) by `flush`, so a crash leaves either the old file or the new one.
+
+Size: up to `FLAT_LIMIT` vectors a person's index is exact (`IndexFlatIP`, ~0.3 ms per
+query at 10k × 512 on one core). Above it, exhaustive search grows past a millisecond
+(~15 ms at 100k), so the index becomes an inverted file (`IndexIVFFlat`, inner product,
+about 2·√n lists, `_nprobe` of them searched): ~0.3 ms at 100k, recall@10 ≈ 0.99 on clustered
+data. The switch happens when `sync` rebuilds a large index, or in a background thread
+when `add` crosses the limit (searches keep using the flat index until the swap).
+Searches use one OpenMP thread: a single query gains nothing from more, and on a busy CPU
+OpenMP threads waiting for each other made a 5k-vector search 30x slower.
 """
 
 from __future__ import annotations
@@ -21,6 +31,47 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+FLAT_LIMIT = 10_000  # vectors per person above which the index is an IVF (see module doc)
+
+
+def _ivf_lists(n: int) -> int:
+    """A power of two near 2·√n, between 64 and 4096."""
+    return int(min(4096, max(64, 2 ** round(np.log2(2 * np.sqrt(max(n, 1)))))))
+
+
+def _nprobe(nlist: int) -> int:
+    return max(8, nlist // 32)
+
+
+def _build_ivf(dim: int, ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIVFFlat:
+    """An IVF index over ``vectors`` (trained on at most 64 per list), holding ``ids``."""
+    nlist = _ivf_lists(len(ids))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.max_points_per_centroid = 64  # k-means on a sample: seconds, not a minute
+    index.cp.min_points_per_centroid = 1
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    index.train(vectors)
+    index.add_with_ids(vectors, ids.astype(np.int64))
+    index.nprobe = _nprobe(nlist)
+    return index
+
+
+def _index_ids(index: faiss.IndexIDMap2 | faiss.IndexIVFFlat) -> set[int]:
+    if isinstance(index, faiss.IndexIDMap2):
+        return {int(i) for i in faiss.vector_to_array(index.id_map)}
+    invlists = index.invlists
+    assert invlists is not None
+    ids: set[int] = set()
+    for list_no in range(index.nlist):
+        size = invlists.list_size(list_no)
+        if size:
+            ptr = invlists.get_ids(list_no)
+            try:
+                ids.update(int(i) for i in faiss.rev_swig_ptr(ptr, size))
+            finally:
+                invlists.release_ids(list_no, ptr)  # type: ignore[attr-defined]
+    return ids
+
 
 @dataclass(frozen=True)
 class Neighbour:
@@ -32,9 +83,20 @@ class _PersonIndex:
     def __init__(self, dim: int) -> None:
         # Inner product over L2-normalised vectors is cosine similarity;
         # IDMap2 keeps our image ids and supports remove_ids.
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.index: faiss.IndexIDMap2 | faiss.IndexIVFFlat = faiss.IndexIDMap2(
+            faiss.IndexFlatIP(dim)
+        )
         self.ids: set[int] = set()  # FAISS accepts duplicate ids; we must not add twice
         self.dirty = False
+        self.upgrading: threading.Thread | None = None  # flat → IVF, in the background
+
+    @property
+    def is_flat(self) -> bool:
+        return isinstance(self.index, faiss.IndexIDMap2)
+
+    def vector(self, image_id: int) -> np.ndarray:
+        assert self.is_flat, "only the flat index is read back"
+        return np.asarray(self.index.reconstruct(image_id), np.float32)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
@@ -44,15 +106,19 @@ class _PersonIndex:
 
 
 class LikedIndex:
-    def __init__(self, directory: Path, dim: int) -> None:
+    def __init__(
+        self, directory: Path, dim: int, kind: str = "liked", *, flat_limit: int = FLAT_LIMIT
+    ) -> None:
         self.directory = directory
         self.dim = dim
+        self.flat_limit = flat_limit
+        self.kind = kind
         self._people: dict[int, _PersonIndex] = {}
         # FAISS calls run in worker threads as well as on the event loop.
         self._lock = threading.Lock()
 
     def _path(self, user_id: int) -> Path:
-        return self.directory / f"liked-{user_id}.faiss"
+        return self.directory / f"{self.kind}-{user_id}.faiss"
 
     def sync(self, user_id: int, liked: Mapping[int, bytes]) -> bool:
         """Make `user_id`'s index hold exactly `liked` (image_id → float32 bytes).
@@ -69,7 +135,11 @@ class LikedIndex:
             if liked:
                 ids = np.fromiter(liked.keys(), dtype=np.int64, count=len(liked))
                 vectors = np.stack([np.frombuffer(liked[int(i)], np.float32) for i in ids])
-                person.add(ids, vectors)
+                if len(ids) > self.flat_limit:
+                    person.index = _build_ivf(self.dim, ids, vectors)
+                    person.ids = set(liked)
+                else:
+                    person.add(ids, vectors)
             person.dirty = True
             self._people[user_id] = person
             return True
@@ -85,11 +155,13 @@ class LikedIndex:
             return None
         # read_index already returns the concrete class, and it owns the memory
         # (a downcast_index() wrapper would not: the index could be freed under it).
-        if not isinstance(index, faiss.IndexIDMap2) or index.d != self.dim:
+        if not isinstance(index, faiss.IndexIDMap2 | faiss.IndexIVFFlat) or index.d != self.dim:
             return None
+        if isinstance(index, faiss.IndexIVFFlat):
+            index.nprobe = _nprobe(index.nlist)
         person = _PersonIndex(self.dim)
         person.index = index
-        person.ids = {int(i) for i in faiss.vector_to_array(person.index.id_map)}
+        person.ids = _index_ids(index)
         return person
 
     def add(self, user_id: int, image_id: int, vector: np.ndarray) -> None:
@@ -97,6 +169,49 @@ class LikedIndex:
             person = self._people.setdefault(user_id, _PersonIndex(self.dim))
             if image_id not in person.ids:
                 person.add(np.array([image_id], np.int64), vector.reshape(1, -1))
+                if person.is_flat and len(person.ids) > self.flat_limit and not person.upgrading:
+                    self._start_upgrade(user_id, person)
+
+    def _start_upgrade(self, user_id: int, person: _PersonIndex) -> None:
+        """Build an IVF from a copy of the flat index on a thread, then swap it in."""
+        ids = np.fromiter(person.ids, np.int64, len(person.ids))
+        vectors = np.stack([person.vector(int(i)) for i in ids])
+        person.upgrading = threading.Thread(
+            target=self._finish_upgrade,
+            args=(user_id, person, ids, vectors),
+            name=f"faiss-ivf-{user_id}",
+            daemon=True,
+        )
+        person.upgrading.start()
+
+    def _finish_upgrade(
+        self, user_id: int, person: _PersonIndex, ids: np.ndarray, vectors: np.ndarray
+    ) -> None:
+        try:
+            ivf = _build_ivf(self.dim, ids, vectors)
+        except Exception:
+            log.exception("building the IVF index of user %d failed; it stays flat", user_id)
+            return
+        with self._lock:
+            person.upgrading = None
+            if self._people.get(user_id) is not person:
+                return  # forgotten or rebuilt meanwhile
+            built = {int(i) for i in ids}
+            gone = built - person.ids
+            new = sorted(person.ids - built)  # votes that came in while it was built
+            if gone:
+                ivf.remove_ids(np.fromiter(gone, np.int64, len(gone)))  # type: ignore[arg-type]
+            if new:
+                ivf.add_with_ids(np.stack([person.vector(i) for i in new]), np.array(new, np.int64))
+            person.index = ivf
+            person.dirty = True
+
+    def wait_for_upgrades(self, timeout: float | None = None) -> None:
+        """Block until background flat → IVF builds are done (tests, benchmarks)."""
+        with self._lock:
+            threads = [p.upgrading for p in self._people.values() if p.upgrading]
+        for thread in threads:
+            thread.join(timeout)
 
     def remove(self, user_id: int, image_id: int) -> None:
         with self._lock:
@@ -126,6 +241,7 @@ class LikedIndex:
             if person is None or person.index.ntotal == 0:
                 return []
             n = min(k + (exclude_image_id is not None), int(person.index.ntotal))
+            faiss.omp_set_num_threads(1)  # per calling thread; see the module docstring
             sims, ids = person.index.search(
                 np.ascontiguousarray(query.reshape(1, -1), np.float32), n
             )

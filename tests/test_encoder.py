@@ -37,7 +37,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def encoder(clip_dir: Path) -> ClipImageEncoder:
-    return ClipImageEncoder(str(clip_dir), device="cpu")
+    return ClipImageEncoder(str(clip_dir), device="cpu", precision="fp32")
 
 
 def noise(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
@@ -161,3 +161,52 @@ def test_version_follows_the_preprocessing(clip_dir: Path, tmp_path: Path) -> No
     (changed / "preprocessor_config.json").write_text(json.dumps(config))
     original = ClipImageEncoder(str(clip_dir), device="cpu")
     assert ClipImageEncoder(str(changed), device="cpu").version != original.version
+
+
+# -- precision -------------------------------------------------------------------------------
+
+
+def test_precision_is_resolved_and_checked(clip_dir: Path) -> None:
+    from learner.encoder import cpu_has_native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("fp16", cpu) == "fp16"  # asked for: kept
+    with pytest.raises(ValueError):
+        resolve_precision("int8", cpu)
+    with pytest.raises(ValueError):
+        ClipImageEncoder(str(clip_dir), device="cpu", precision="fp64")  # type: ignore[arg-type]
+
+
+def test_bf16_embeddings_stay_close_to_fp32(encoder: ClipImageEncoder, clip_dir: Path) -> None:
+    bf16 = ClipImageEncoder(str(clip_dir), device="cpu", precision="bf16")
+    assert encoder.precision == "fp32" and bf16.precision == "bf16"
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    # Same weights, same encoder version: the stored vectors are interchangeable.
+    assert bf16.version == encoder.version
+    images = some_images()
+    reduced, full = bf16.embed(images), encoder.embed(images)
+    assert reduced.dtype == np.float32 and reduced.shape == full.shape
+    np.testing.assert_allclose(np.linalg.norm(reduced, axis=1), 1.0, atol=1e-5)
+    assert (reduced * full).sum(axis=1).min() > 0.999
+    # Still tells images apart as fp32 does: nearest neighbours agree.
+    np.testing.assert_array_equal(
+        np.argsort(-(reduced @ full.T), axis=1)[:, 0], np.arange(len(images))
+    )
+
+
+def test_stage_seconds_are_reported(encoder: ClipImageEncoder) -> None:
+    encoder.embed(some_images()[:2])
+    assert set(encoder.last_stage_seconds) == {"preprocess", "forward"}
+    assert all(seconds >= 0 for seconds in encoder.last_stage_seconds.values())
+
+
+def test_torch_threads_zero_picks_a_deliberate_default(clip_dir: Path) -> None:
+    from learner.encoder import default_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        ClipImageEncoder(str(clip_dir), device="cpu", torch_threads=0)
+        assert torch.get_num_threads() == default_torch_threads() >= 1
+    finally:
+        torch.set_num_threads(before)

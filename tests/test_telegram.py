@@ -55,15 +55,21 @@ class Harness:
             lambda: m if len(m := self.api.sent_messages(chat_id=user_id)) > before else None,
             timeout=30,
         )
-        return str(messages[-1]["text"])
+        last = messages[-1]
+        return str(last.get("text") or last.get("caption"))
+
+    async def tap(self, user_id: int, message: dict, callback_data: str) -> dict:
+        """Press a button and return how the bot answered the callback query."""
+        before = len(self.api.answered_callbacks())
+        self.api.press_button(user_id, message, callback_data)
+        answers = await self.api.wait_for(
+            lambda: (a if len(a := self.api.answered_callbacks()) > before else None)
+        )
+        return answers[-1]
 
     async def vote(self, user_id: int, reply: dict, vote: Vote) -> str:
-        before = len(self.api.answered_callbacks())
-        self.api.press_button(user_id, reply, encode_vote(_submission_id(reply), vote))
-        answers = await self.api.wait_for(
-            lambda: a if len(a := self.api.answered_callbacks()) > before else None
-        )
-        return str(answers[-1].get("text"))
+        answer = await self.tap(user_id, reply, encode_vote(_submission_id(reply), vote))
+        return str(answer.get("text"))
 
 
 def _submission_id(reply: dict) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 
 from telegram import BotCommand
 from telegram.ext import (
+    AIORateLimiter,
     ApplicationBuilder,
     CallbackQueryHandler,
     CommandHandler,
@@ -21,6 +22,7 @@ from bot.core import TasteService
 from bot.scheduler import start_scheduler
 from bot.settings import Settings
 from bot.telegram_adapter import handlers
+from bot.telegram_adapter.callback_data import FORGET_PATTERN, MY_SCORE_PATTERN, SIMILAR_PATTERN
 from bot.telegram_adapter.handlers import PLATFORM, BotState, TasteApplication, TasteContext
 from storage.records import User
 
@@ -28,8 +30,10 @@ log = logging.getLogger(__name__)
 
 COMMANDS = [
     BotCommand("help", "what this bot does"),
-    BotCommand("stats", "your votes and your model"),
-    BotCommand("retrain", "admins: retrain models now"),
+    BotCommand("stats", "your votes, your model and its learning curve"),
+    BotCommand("undo", "take back your last vote"),
+    BotCommand("export", "your data as a file"),
+    BotCommand("forget", "delete everything the bot knows about you"),
 ]
 
 
@@ -64,6 +68,7 @@ def build_application(
             connection_pool_size=64, read_timeout=read_timeout, httpx_kwargs=httpx_kwargs
         )
 
+    assert settings.telegram_bot_token is not None, "Telegram needs TELEGRAM_BOT_TOKEN"
     token = settings.telegram_bot_token.get_secret_value()
     app: TasteApplication = (
         ApplicationBuilder()
@@ -78,6 +83,9 @@ def build_application(
         # Photos take ~100 ms of CLIP each; without this every button tap would wait behind them.
         .concurrent_updates(True)
         .job_queue(None)  # scheduling is APScheduler's, in bot/scheduler.py
+        # Queues outgoing calls within Telegram's flood limits and retries on RetryAfter,
+        # so a burst of replies is delayed rather than dropped.
+        .rate_limiter(AIORateLimiter(max_retries=3))
         .post_init(post_init)
         .post_shutdown(post_shutdown)
         .build()
@@ -88,13 +96,23 @@ def build_application(
 
 
 def add_handlers(app: TasteApplication) -> None:
-    app.add_handler(CommandHandler(["start", "help"], handlers.on_help))
+    app.add_handler(CommandHandler("start", handlers.on_start))
+    app.add_handler(CommandHandler("help", handlers.on_help))
     app.add_handler(CommandHandler("stats", handlers.cmd_stats))
+    app.add_handler(CommandHandler("undo", handlers.cmd_undo))
+    app.add_handler(CommandHandler("forget", handlers.cmd_forget))
+    app.add_handler(CommandHandler("export", handlers.cmd_export))
     app.add_handler(CommandHandler("retrain", handlers.cmd_retrain))
+    app.add_handler(CommandHandler("models", handlers.cmd_models))
+    app.add_handler(CommandHandler("rollback", handlers.cmd_rollback))
     app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, handlers.on_image))
     app.add_handler(MessageHandler(filters.Document.ALL, handlers.on_other_document))
     app.add_handler(
         MessageHandler(filters.ChatType.PRIVATE & filters.TEXT & ~filters.COMMAND, handlers.on_text)
     )
+    app.add_handler(CallbackQueryHandler(handlers.on_similar, pattern=SIMILAR_PATTERN))
+    app.add_handler(CallbackQueryHandler(handlers.on_my_score, pattern=MY_SCORE_PATTERN))
+    app.add_handler(CallbackQueryHandler(handlers.on_forget_confirm, pattern=FORGET_PATTERN))
+    # Last: votes, and anything else gets "this button is not mine".
     app.add_handler(CallbackQueryHandler(handlers.on_vote))
     app.add_error_handler(handlers.on_error)

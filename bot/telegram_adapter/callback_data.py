@@ -1,4 +1,10 @@
-"""Callback data for the vote buttons: `v:<submission id>:<d|l|s>`, well under Telegram's 64 bytes."""
+"""Callback data of the inline buttons, well under Telegram's 64 bytes:
+
+v:<submission id>:<d|l|s>   vote dislike / like / super like
+s:<submission id>           show the person's liked images closest to this one
+m:<submission id>           "my score" for whoever taps (group chats)
+f:<y|n>                     confirm or cancel /forget
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,11 @@ from storage.records import Vote
 _CODES = {Vote.DISLIKE: "d", Vote.LIKE: "l", Vote.SUPER_LIKE: "s"}
 _VOTES = {code: vote for vote, code in _CODES.items()}
 
+VOTE_PATTERN = r"^v:"
+SIMILAR_PATTERN = r"^s:"
+MY_SCORE_PATTERN = r"^m:"
+FORGET_PATTERN = r"^f:"
+
 
 def encode_vote(submission_id: int, vote: Vote) -> str:
     return f"v:{submission_id}:{_CODES[vote]}"
@@ -14,9 +25,23 @@ def encode_vote(submission_id: int, vote: Vote) -> str:
 
 def decode_vote(data: str | None) -> tuple[int, Vote] | None:
     """(submission id, vote), or None for anything this bot did not make."""
-    if not data:
-        return None
-    parts = data.split(":")
+    parts = (data or "").split(":")
     if len(parts) != 3 or parts[0] != "v" or parts[2] not in _VOTES or not parts[1].isdigit():
         return None
     return int(parts[1]), _VOTES[parts[2]]
+
+
+def encode_submission_action(action: str, submission_id: int) -> str:
+    assert action in ("s", "m")
+    return f"{action}:{submission_id}"
+
+
+def decode_submission_action(data: str | None, action: str) -> int | None:
+    parts = (data or "").split(":")
+    if len(parts) != 2 or parts[0] != action or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+FORGET_YES = "f:y"
+FORGET_NO = "f:n"

@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from telegram import (
-    Document,
-    InlineKeyboardButton,
-    InlineKeyboardMarkup,
-    Message,
-    PhotoSize,
-    Update,
-)
-from telegram.error import BadRequest
+from telegram import Document, Message, PhotoSize, Update
+from telegram.constants import ChatType
+from telegram.error import BadRequest, Forbidden
 from telegram.ext import Application, CallbackContext, ExtBot
 
 from bot import render
-from bot.core import AlreadyAnswered, IncomingImage, Person, Refused, TasteService
+from bot.charts import learning_curve_png
+from bot.core import AlreadyAnswered, IncomingImage, Person, Refused, Scored, TasteService
 from bot.settings import Settings
-from bot.telegram_adapter.callback_data import decode_vote, encode_vote
-from storage.records import Vote
+from bot.telegram_adapter.callback_data import FORGET_YES, decode_submission_action, decode_vote
+from bot.telegram_adapter.keyboards import (
+    album_keyboard,
+    forget_keyboard,
+    mark_choice,
+    score_keyboard,
+)
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
+
+
+@dataclass
+class Album:
+    """Images of one album (one media_group_id) that have arrived so far."""
+
+    messages: list[Message] = field(default_factory=list)
+    last_arrival: float = 0.0
 
 
 @dataclass
@@ -35,9 +45,11 @@ class BotState:
     settings: Settings | None = None
     service: TasteService | None = None
     scheduler: AsyncIOScheduler | None = None
+    albums: dict[tuple[int, str], Album] = field(default_factory=dict)
 
 
-class TasteContext(CallbackContext[ExtBot[None], dict, dict, BotState]):  # type: ignore[type-arg]
+# ExtBot[int]: the rate limiter's per-call argument type (AIORateLimiter: max_retries).
+class TasteContext(CallbackContext[ExtBot[int], dict, dict, BotState]):  # type: ignore[type-arg]
     @property
     def service(self) -> TasteService:
         assert self.bot_data.service is not None, "service is set in post_init"
@@ -49,21 +61,7 @@ class TasteContext(CallbackContext[ExtBot[None], dict, dict, BotState]):  # type
         return self.bot_data.settings
 
 
-TasteApplication = Application[ExtBot[None], TasteContext, dict, dict, BotState, None]  # type: ignore[type-arg]
-
-
-def vote_keyboard(submission_id: int, chosen: Vote | None = None) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup(
-        [
-            [
-                InlineKeyboardButton(
-                    ("✓ " if vote is chosen else "") + render.VOTE_LABELS[vote],
-                    callback_data=encode_vote(submission_id, vote),
-                )
-                for vote in render.VOTE_ORDER
-            ]
-        ]
-    )
+TasteApplication = Application[ExtBot[int], TasteContext, dict, dict, BotState, None]  # type: ignore[type-arg]
 
 
 def _person(update: Update) -> Person:
@@ -72,16 +70,32 @@ def _person(update: Update) -> Person:
     return Person(PLATFORM, str(user.id), user.full_name)
 
 
-async def on_help(update: Update, context: TasteContext) -> None:
-    """/start and /help."""
+def _in_group(update: Update) -> bool:
+    return update.effective_chat is not None and update.effective_chat.type != ChatType.PRIVATE
+
+
+def _is_admin(update: Update, context: TasteContext) -> bool:
+    return (
+        update.effective_user is not None and update.effective_user.id in context.settings.admin_ids
+    )
+
+
+async def _private_only(update: Update, command: str) -> bool:
+    """Commands about a person's own data are answered in private chats only, so a group
+    never sees one member's votes, scores or files."""
+    if not _in_group(update):
+        return False
     assert update.effective_message is not None
-    await update.effective_message.reply_text(render.help_text(context.settings.head_min_votes))
+    await update.effective_message.reply_text(
+        f"{command} is about your own data; send it to me in a private chat."
+    )
+    return True
 
 
-async def on_image(update: Update, context: TasteContext) -> None:
-    """A photo (largest size) or an image sent as a file → score + vote buttons."""
-    message = update.effective_message
-    assert message is not None and update.effective_user is not None
+# -- images -----------------------------------------------------------------
+
+
+def _incoming(message: Message, person: Person) -> tuple[IncomingImage, PhotoSize | Document]:
     media: PhotoSize | Document
     if message.photo:
         media = message.photo[-1]  # sizes come smallest first
@@ -89,30 +103,85 @@ async def on_image(update: Update, context: TasteContext) -> None:
         assert message.document is not None
         media = message.document
     incoming = IncomingImage(
-        person=_person(update),
+        person=person,
         chat_id=str(message.chat_id),
         message_id=str(message.message_id),
         caption=message.caption,
         claimed_bytes=media.file_size,
     )
+    return incoming, media
+
+
+async def _score(message: Message, person: Person, context: TasteContext) -> object:
+    incoming, media = _incoming(message, person)
 
     async def download() -> bytes:
         telegram_file = await context.bot.get_file(media.file_id)
         return bytes(await telegram_file.download_as_bytearray())
 
-    outcome = await context.service.score_image(incoming, download)
+    return await context.service.score_image(incoming, download)
+
+
+async def on_image(update: Update, context: TasteContext) -> None:
+    """A photo (largest size) or an image sent as a file → score + vote buttons."""
+    message = update.effective_message
+    assert message is not None
+    if message.media_group_id and not _in_group(update):
+        await _collect_album(message, _person(update), context)
+        return
+    outcome = await _score(message, _person(update), context)
     if isinstance(outcome, AlreadyAnswered):
         return  # a redelivered update we already answered
     if isinstance(outcome, Refused):
         await message.reply_text(outcome.message, do_quote=True)
         return
+    assert isinstance(outcome, Scored)
+    group = _in_group(update)
     # Quoted: with several images in flight, each score sits under its own image.
     reply = await message.reply_text(
-        render.score_text(outcome),
-        reply_markup=vote_keyboard(outcome.submission_id),
+        render.GROUP_PROMPT if group else render.score_text(outcome),
+        reply_markup=score_keyboard(outcome.vote_target, group=group, chosen=outcome.rated_before),
         do_quote=True,
     )
     await context.service.reply_sent(outcome.submission_id, str(reply.message_id))
+
+
+async def _collect_album(message: Message, person: Person, context: TasteContext) -> None:
+    """Albums arrive as one update per image. The first image's handler waits until no
+    more have arrived for ALBUM_WAIT_SECONDS, then answers the whole album once."""
+    loop = asyncio.get_running_loop()
+    assert message.media_group_id is not None
+    key = (message.chat_id, message.media_group_id)
+    albums = context.bot_data.albums
+    first = key not in albums
+    album = albums.setdefault(key, Album())
+    album.messages.append(message)
+    album.last_arrival = loop.time()
+    if not first:
+        return
+    wait = context.settings.album_wait_seconds
+    while (quiet := loop.time() - album.last_arrival) < wait:
+        await asyncio.sleep(wait - quiet)
+    del albums[key]
+    messages = sorted(album.messages, key=lambda m: m.message_id)
+    outcomes = await asyncio.gather(*(_score(m, person, context) for m in messages))
+    if all(isinstance(o, AlreadyAnswered) for o in outcomes):
+        return
+    scored = [(pos, o) for pos, o in enumerate(outcomes, 1) if isinstance(o, Scored)]
+    scored.sort(key=lambda item: item[1].score, reverse=True)
+    lines = [render.album_text(scored)] if scored else []
+    lines += [
+        f"Image {pos}: {o.message}" for pos, o in enumerate(outcomes, 1) if isinstance(o, Refused)
+    ]
+    reply = await messages[0].reply_text(
+        "\n".join(lines),
+        reply_markup=album_keyboard([(o.vote_target, o.rated_before) for _, o in scored])
+        if scored
+        else None,
+        do_quote=True,
+    )
+    for _, o in scored:
+        await context.service.reply_sent(o.submission_id, str(reply.message_id))
 
 
 async def on_other_document(update: Update, context: TasteContext) -> None:
@@ -122,6 +191,9 @@ async def on_other_document(update: Update, context: TasteContext) -> None:
         "That file is not an image; send a photo or an image file (JPEG, PNG, WebP, GIF).",
         do_quote=True,
     )
+
+
+# -- buttons ------------------------------------------------------------------
 
 
 async def on_vote(update: Update, context: TasteContext) -> None:
@@ -134,43 +206,216 @@ async def on_vote(update: Update, context: TasteContext) -> None:
         return
     submission_id, vote = parsed
     outcome = await context.service.record_vote(_person(update), submission_id, vote)
+    group = _in_group(update)
+    if outcome is None:
+        text = "I no longer know this image."
+    else:
+        text = render.vote_ack(vote, outcome.changed) + (" (only you see this)" if group else "")
     # Answer every callback query, or the client keeps spinning; the vote is already committed.
     try:
-        await query.answer(
-            "I no longer know this image."
-            if outcome is None
-            else render.vote_ack(vote, outcome.changed)
-        )
+        await query.answer(text)
     except BadRequest as error:  # a redelivered update: the query expired, the vote is saved
         log.info("late callback answer failed: %s", error)
-    if outcome is None:
+    # In a group the buttons are everyone's: ticking one would tell the others your vote.
+    if outcome is None or not outcome.changed or group or not isinstance(query.message, Message):
         return
-    if outcome.changed and isinstance(query.message, Message):
+    markup = query.message.reply_markup
+    if markup is not None:
         try:
-            await query.edit_message_reply_markup(vote_keyboard(submission_id, chosen=vote))
+            await query.edit_message_reply_markup(mark_choice(markup, submission_id, vote))
         except BadRequest as error:  # "message is not modified" after a race between taps
             log.debug("could not update buttons: %s", error)
 
 
-async def cmd_stats(update: Update, context: TasteContext) -> None:
-    """/stats: the person's counts and model; totals for admins."""
-    assert update.effective_message is not None and update.effective_user is not None
-    is_admin = update.effective_user.id in context.settings.admin_ids
-    stats = await context.service.stats(_person(update), include_totals=is_admin)
+async def on_my_score(update: Update, context: TasteContext) -> None:
+    """🔒 My score (groups): the tapper's own score, in an alert only they see."""
+    query = update.callback_query
+    assert query is not None
+    submission_id = decode_submission_action(query.data, "m")
+    scored = (
+        None
+        if submission_id is None
+        else await context.service.score_for(_person(update), submission_id)
+    )
+    text = "I no longer know this image." if scored is None else render.score_text(scored)
+    await query.answer(text[:200], show_alert=True)
+
+
+async def on_similar(update: Update, context: TasteContext) -> None:
+    """🔍 Show similar: the tapper's own liked images closest to this one, sent privately."""
+    query = update.callback_query
+    assert query is not None and update.effective_user is not None
+    submission_id = decode_submission_action(query.data, "s")
+    found = (
+        None
+        if submission_id is None
+        else await context.service.similar_liked_images(_person(update), submission_id)
+    )
+    if not found:
+        await query.answer(
+            "I no longer know this image."
+            if found is None
+            else "None of the images you liked (and I kept) is close to this one yet."
+        )
+        return
+    await query.answer(f"Sending the {len(found)} closest images you liked.")
+    for path, similarity in found:
+        data = await asyncio.to_thread(path.read_bytes)
+        await context.bot.send_photo(
+            update.effective_user.id, data, caption=f"You liked this · similarity {similarity:.2f}"
+        )
+
+
+async def on_forget_confirm(update: Update, context: TasteContext) -> None:
+    """The /forget confirmation buttons."""
+    query = update.callback_query
+    assert query is not None
+    await query.answer()
+    if query.data != FORGET_YES:
+        await query.edit_message_text("Nothing was deleted.")
+        return
+    report = await context.service.forget(_person(update))
+    await query.edit_message_text(render.forget_report(report))
+
+
+# -- commands -----------------------------------------------------------------
+
+
+async def on_start(update: Update, context: TasteContext) -> None:
+    """/start: what to do, and how far the person is from a first model."""
+    assert update.effective_message is not None
+    stats = await context.service.stats(_person(update), include_totals=False)
     await update.effective_message.reply_text(
-        render.stats_text(stats, context.settings.head_min_votes)
+        render.onboarding_text(
+            context.settings.head_min_votes, stats.counts.votes, stats.active is not None
+        )
+    )
+
+
+async def on_help(update: Update, context: TasteContext) -> None:
+    """/help."""
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(render.help_text(context.settings.head_min_votes))
+
+
+async def cmd_stats(update: Update, context: TasteContext) -> None:
+    """/stats: counts, model and learning-curve chart; `/stats all` (admins): every person."""
+    message = update.effective_message
+    assert message is not None
+    if context.args == ["all"]:
+        if not _is_admin(update, context):
+            await message.reply_text("Only the bot's admins can use /stats all.")
+            return
+        await message.reply_text(render.summaries_text(await context.service.summaries()))
+        return
+    if await _private_only(update, "/stats"):
+        return
+    person = _person(update)
+    stats = await context.service.stats(person, include_totals=_is_admin(update, context))
+    curve = await context.service.learning_curve(person)
+    caption = render.curve_caption(stats, curve, context.settings.head_min_votes)
+    if not curve.versions and not curve.votes:
+        await message.reply_text(caption)
+        return
+    png = await asyncio.to_thread(learning_curve_png, curve)
+    await message.reply_photo(png, caption=caption[:1024])
+
+
+async def cmd_undo(update: Update, context: TasteContext) -> None:
+    """/undo: remove the person's last vote."""
+    message = update.effective_message
+    assert message is not None
+    if await _private_only(update, "/undo"):
+        return
+    undone = await context.service.undo_last_vote(_person(update))
+    await message.reply_text(render.undo_text(None if undone is None else undone[1]))
+    if undone is None or undone[0].reply_message_id is None:
+        return
+    submission, _ = undone
+    try:  # untick the buttons under that image; an album's shared keyboard is left as is
+        await context.bot.edit_message_reply_markup(
+            chat_id=int(submission.chat_id),
+            message_id=int(submission.reply_message_id),  # type: ignore[arg-type]
+            reply_markup=score_keyboard(submission.id),
+        )
+    except BadRequest as error:
+        log.debug("could not untick buttons: %s", error)
+
+
+async def cmd_forget(update: Update, context: TasteContext) -> None:
+    """/forget: ask for confirmation, then delete everything of the person."""
+    assert update.effective_message is not None
+    if await _private_only(update, "/forget"):
+        return
+    await update.effective_message.reply_text(
+        render.forget_prompt(), reply_markup=forget_keyboard()
+    )
+
+
+async def cmd_export(update: Update, context: TasteContext) -> None:
+    """/export: the person's own data as a JSON file."""
+    message = update.effective_message
+    assert message is not None
+    if await _private_only(update, "/export"):
+        return
+    rows = await context.service.export(_person(update))
+    data = json.dumps({"submissions": rows}, ensure_ascii=False, indent=1).encode()
+    await message.reply_document(
+        data, filename="tastebot-export.json", caption=f"Your data: {len(rows)} images."
     )
 
 
 async def cmd_retrain(update: Update, context: TasteContext) -> None:
-    """/retrain (admins): retrain everyone with new votes now."""
+    """/retrain [all|<user id>] (admins): retrain now."""
     message = update.effective_message
-    assert message is not None and update.effective_user is not None
-    if update.effective_user.id not in context.settings.admin_ids:
+    assert message is not None
+    if not _is_admin(update, context):
         await message.reply_text("Only the bot's admins can use /retrain.")
         return
-    outcomes = await context.service.retrain_due_heads(min_new_votes=1, trigger="admin")
-    await message.reply_text(render.retrain_text(outcomes))
+    target = (context.args or ["all"])[0]
+    if target == "all":
+        outcomes = await context.service.retrain_due_heads(min_new_votes=1, trigger="admin")
+        await message.reply_text(render.retrain_text(outcomes))
+        return
+    outcome = await context.service.retrain_person(PLATFORM, target, trigger="admin")
+    await message.reply_text(
+        f"I don't know user {target}." if outcome is None else render.retrain_text([outcome])
+    )
+
+
+async def cmd_models(update: Update, context: TasteContext) -> None:
+    """/models <user id> (admins): every model version of a person, with metrics."""
+    message = update.effective_message
+    assert message is not None
+    if not _is_admin(update, context):
+        await message.reply_text("Only the bot's admins can use /models.")
+        return
+    if len(context.args or []) != 1:
+        await message.reply_text("Usage: /models <telegram user id>")
+        return
+    target = context.args[0]  # type: ignore[index]
+    await message.reply_text(
+        render.models_text(target, await context.service.models_of(PLATFORM, target))
+    )
+
+
+async def cmd_rollback(update: Update, context: TasteContext) -> None:
+    """/rollback <user id> <version> (admins): make an earlier model the active one."""
+    message = update.effective_message
+    assert message is not None
+    if not _is_admin(update, context):
+        await message.reply_text("Only the bot's admins can use /rollback.")
+        return
+    args = context.args or []
+    if len(args) != 2 or not args[1].isdigit():
+        await message.reply_text("Usage: /rollback <telegram user id> <version>")
+        return
+    done = await context.service.rollback(PLATFORM, args[0], int(args[1]))
+    await message.reply_text(
+        f"User {args[0]} now uses model v{args[1]}."
+        if done
+        else f"User {args[0]} has no model v{args[1]}."
+    )
 
 
 async def on_text(update: Update, context: TasteContext) -> None:
@@ -182,12 +427,14 @@ async def on_text(update: Update, context: TasteContext) -> None:
 async def on_error(update: object, context: TasteContext) -> None:
     """Log the details; tell the person one sentence."""
     log.error("error while handling an update", exc_info=context.error)
-    if isinstance(update, Update) and update.callback_query is not None:
-        try:
+    if not isinstance(update, Update):
+        return
+    try:
+        if update.callback_query is not None:
             await update.callback_query.answer("Something went wrong; please tap again.")
-        except Exception:
-            pass
-    elif isinstance(update, Update) and update.effective_message is not None:
-        await update.effective_message.reply_text(
-            "Something went wrong on my side; please try again."
-        )
+        elif update.effective_message is not None:
+            await update.effective_message.reply_text(
+                "Something went wrong on my side; please try again."
+            )
+    except (BadRequest, Forbidden):
+        log.debug("could not tell the person about the error", exc_info=True)

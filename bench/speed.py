@@ -1,0 +1,471 @@
+"""How fast is a photo → reply, next to the bare encoder, measured in one run.
+
+    python -m bench.speed [--model DIR] [--photos 20] [--bursts 3] [--people 32]
+                          [--precision auto] [--threads 0] [--soak SECONDS] [--faiss]
+
+1. Bare encoder (same model directory, same images, the bot's torch thread count):
+   decode + preprocess per image, and forward s/image for one image and in batches of 32,
+   in fp32 and in bf16 (bf16 only where the CPU or GPU has it).
+2. The bot as a person runs it: ``python -m bot`` with the model directory and a fake Bot API
+   on 127.0.0.1. Single photos one after another (each from a different person): median and
+   p95 from the update being available to the reply reaching the API. Then ``--people`` people
+   each send one photo at the same moment (``--bursts`` times): s/image for the whole burst.
+3. Per-stage breakdown from the bot's own timings (``bot.timing``, written to a file named by
+   TASTEBOT_STAGE_TIMINGS), and the bot's peak RSS.
+4. Ratios: bot single photo ÷ bare single forward, bare batched throughput ÷ burst throughput.
+
+``--soak SECONDS`` then keeps ``--people`` people sending photos for that long and reports
+replies, errors and RSS over time (memory should stay flat). ``--faiss`` times nearest-liked
+lookups at 100k vectors for one person and 1M in total (storage.vectors.LikedIndex).
+
+Times on a shared machine vary run to run; the ratios, measured in one run, are the result.
+With no --model, a ViT-B/32-sized CLIP with random weights is built on the fly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from tests.fake_bot_api import FakeBotAPI
+from tests.tiny_clip import build_clip, vit_b32_config
+
+FIRST_USER = 10_000
+
+
+def screenshot(seed: int) -> bytes:
+    """A 1280×720 JPEG with smooth structure (compresses like a real screenshot, not noise)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, size=(9, 16, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((1280, 720), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# -- 1. the bare encoder ---------------------------------------------------------------------
+
+
+def bench_encoder(
+    model: Path, photos: list[bytes], threads: int, reps: int, batch: int
+) -> dict[str, Any]:
+    import torch
+
+    from learner.encoder import ClipImageEncoder, resolve_precision
+    from learner.images import decode_image
+
+    torch.set_num_threads(threads)
+    results: dict[str, Any] = {"threads": threads}
+    started = time.perf_counter()
+    images = [decode_image(p).image for p in photos]
+    results["decode"] = (time.perf_counter() - started) / len(photos)
+    precisions = ["fp32"]
+    if resolve_precision("auto", torch.device("cpu")) == "bf16":
+        precisions.append("bf16")
+    encoders = {
+        p: ClipImageEncoder(str(model), device="cpu", precision=p)  # type: ignore[arg-type]
+        for p in precisions
+    }
+    started = time.perf_counter()
+    encoders["fp32"].preprocess(images)
+    results["preprocess"] = (time.perf_counter() - started) / len(images)
+    for encoder in encoders.values():
+        encoder.embed(images[:2])  # warm up (oneDNN picks its kernels on first use)
+        encoder.embed(images[:batch])
+    # Interleaved, so that both precisions see the same load from whatever else runs.
+    singles: dict[str, list[float]] = {p: [] for p in precisions}
+    batched: dict[str, list[float]] = {p: [] for p in precisions}
+    for i in range(reps):
+        for p, encoder in encoders.items():
+            encoder.embed(images[i % len(images) : i % len(images) + 1])
+            singles[p].append(encoder.last_stage_seconds["forward"])
+    for _ in range(2):
+        for p, encoder in encoders.items():
+            encoder.embed(images[:batch])
+            batched[p].append(encoder.last_stage_seconds["forward"] / min(batch, len(images)))
+    for p in precisions:
+        results[p] = {"single": statistics.median(singles[p]), "batched": min(batched[p])}
+        print(
+            f"  bare {p}: single {ms(results[p]['single'])} ms, "
+            f"batch of {batch} {ms(results[p]['batched'])} ms/image",
+            flush=True,
+        )
+    print(f"  (load {load_average()})", flush=True)
+    del encoders
+    gc.collect()
+    return results
+
+
+# -- 2. the bot ------------------------------------------------------------------------------
+
+
+class BotRun:
+    """`python -m bot` against a fake Bot API on 127.0.0.1."""
+
+    def __init__(self, api: FakeBotAPI, url: str, model: Path, data: Path, env: dict[str, str]):
+        self.api = api
+        self.timings = data.parent / "stages.jsonl"
+        self.log = open(data.parent / "bot.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bot"],
+            env={
+                **os.environ,
+                "TELEGRAM_BOT_TOKEN": api.token,
+                "TELEGRAM_API_URL": url,
+                "CLIP_MODEL": str(model),
+                "DATA_DIR": str(data),
+                "LOG_LEVEL": "WARNING",
+                "HF_HUB_OFFLINE": "1",
+                "IMAGES_PER_MINUTE": "1000000",  # the bench is not a spammer
+                "TASTEBOT_STAGE_TIMINGS": str(self.timings),
+                **env,
+            },
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        api.wait_for_call_sync("setMyCommands", timeout=600)  # model loaded, polling
+        self.next_user = FIRST_USER
+
+    def stages(self) -> list[dict[str, Any]]:
+        if not self.timings.exists():
+            return []
+        return [json.loads(line) for line in self.timings.read_text().splitlines() if line]
+
+    def rss(self) -> tuple[int, int]:
+        """(current, peak) resident set in MiB."""
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+        return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
+
+    def send_at_once(self, photos: list[bytes], timeout: float = 600) -> list[tuple[float, float]]:
+        """Each photo from a new person, all queued in one go; (queued, replied) per photo."""
+        users = list(range(self.next_user, self.next_user + len(photos)))
+        self.next_user += len(photos)
+        with self.api._lock:  # one getUpdates answer holds them all
+            queued = time.monotonic()
+            for user, photo in zip(users, photos, strict=True):
+                self.api.send_photo(user, photo)
+
+        def replies() -> dict[int, float] | None:
+            found: dict[int, float] = {}
+            for call in self.api.calls_to("sendMessage"):
+                chat = int(call.params.get("chat_id", 0))
+                if chat in users and chat not in found:
+                    found[chat] = call.time
+            return found if len(found) == len(users) else None
+
+        found = self.api.wait_for_sync(replies, timeout)
+        assert found is not None
+        return [(queued, found[user]) for user in users]
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        finally:
+            self.log.close()
+
+
+def summarise_stages(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Median seconds per stage over ``records`` (stages a record lacks count as 0)."""
+    names = sorted({name for r in records for name in r["seconds"]})
+    return {name: statistics.median(r["seconds"].get(name, 0.0) for r in records) for name in names}
+
+
+def bench_bot(
+    model: Path, tmp: Path, args: argparse.Namespace, env: dict[str, str]
+) -> dict[str, Any]:
+    api = FakeBotAPI()
+    result: dict[str, Any] = {}
+    with api.serve() as url:
+        bot = BotRun(api, url, model, tmp / "data", env)
+        try:
+            for i in range(3):  # warm up: first forward passes, SQLite, PTB
+                bot.send_at_once([screenshot(900_000 + i)])
+            skip = len(bot.stages())
+
+            singles = []
+            for i in range(args.photos):
+                [(queued, replied)] = bot.send_at_once([screenshot(i)])
+                singles.append(replied - queued)
+            records = bot.stages()[skip:]
+            result["single"] = singles
+            result["single_stages"] = summarise_stages(records)
+            result["single_load"] = load_average()
+            ends = [r["ended"] for r in records]
+            starts = [r["started"] for r in records]
+            result["single_total_in_core"] = statistics.median(
+                e - s for s, e in zip(starts, ends, strict=True)
+            )
+            print(
+                f"  bot single photo: median {ms(statistics.median(singles))} ms, "
+                f"p95 {ms(percentile(singles, 0.95))} ms  (load {load_average()})",
+                flush=True,
+            )
+
+            bursts = []
+            latencies: list[float] = []
+            skip = len(bot.stages())
+            for b in range(args.bursts):
+                photos = [screenshot(100_000 * (b + 1) + i) for i in range(args.people)]
+                times = bot.send_at_once(photos)
+                start = times[0][0]
+                bursts.append((max(r for _, r in times) - start) / len(photos))
+                latencies += [r - q for q, r in times]
+            burst_records = bot.stages()[skip:]
+            result["burst"] = bursts
+            result["burst_latency"] = latencies
+            result["burst_stages"] = summarise_stages(burst_records)
+            result["burst_batches"] = sorted(
+                {int(r["notes"].get("batch", 0)) for r in burst_records}
+            )
+            result["burst_load"] = load_average()
+            print(
+                f"  bot burst of {args.people}: {ms(statistics.median(bursts))} ms/image, "
+                f"latency median {ms(statistics.median(latencies))} ms, "
+                f"max {ms(max(latencies))} ms  (load {load_average()})",
+                flush=True,
+            )
+            if args.soak:
+                result["soak"] = soak(bot, args.soak, args.people)
+            result["rss"] = bot.rss()
+            errors = _errors(tmp / "bot.log")
+            result["errors"] = errors
+        finally:
+            bot.stop()
+    api.close()
+    return result
+
+
+def _errors(log: Path) -> list[str]:
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return [line for line in lines if " ERROR " in line or "Traceback" in line]
+
+
+def soak(bot: BotRun, seconds: float, people: int) -> dict[str, Any]:
+    """Bursts of ``people`` photos back to back for ``seconds``; RSS sampled after each."""
+    print(f"  soak: {seconds:.0f} s of bursts of {people} photos", flush=True)
+    started = time.monotonic()
+    samples: list[tuple[float, int]] = []
+    sent = 0
+    seed = 5_000_000
+    while time.monotonic() - started < seconds:
+        photos = [screenshot(seed + i) for i in range(people)]
+        seed += people
+        # a few repeats too: same content again is looked up, not embedded
+        photos[-2:] = [screenshot(seed - 3 * people), screenshot(seed - 3 * people + 1)]
+        bot.send_at_once(photos)
+        sent += len(photos)
+        samples.append((time.monotonic() - started, bot.rss()[0]))
+    third = max(1, len(samples) // 3)
+    early = statistics.median(r for _, r in samples[:third])
+    late = statistics.median(r for _, r in samples[-third:])
+    print(
+        f"  soak: {sent} photos, all answered; RSS {early} MiB in the first third, "
+        f"{late} MiB in the last; peak {bot.rss()[1]} MiB  (load {load_average()})",
+        flush=True,
+    )
+    return {"sent": sent, "rss_early": early, "rss_late": late, "samples": samples}
+
+
+# -- FAISS at scale --------------------------------------------------------------------------
+
+
+def bench_faiss(tmp: Path, dim: int = 512) -> None:
+    from storage.vectors import LikedIndex
+
+    rng = np.random.default_rng(0)
+
+    def clustered(n: int, centres: np.ndarray) -> np.ndarray:
+        # Real CLIP embeddings cluster by subject: a mixture on the sphere, not uniform noise.
+        x = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal(
+            (n, dim), dtype=np.float32
+        ) / np.sqrt(dim)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    centres = rng.standard_normal((2000, dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    index = LikedIndex(tmp / "faiss", dim)
+
+    def time_queries(user: int, n: int, vectors: np.ndarray) -> tuple[float, float]:
+        queries = clustered(200, centres)
+        index.search(user, queries[0], 10)
+        started = time.perf_counter()
+        found = [index.search(user, q, 10) for q in queries]
+        per_query = (time.perf_counter() - started) / len(queries)
+        # recall@10 against exact search over the same vectors
+        exact = np.argsort(-(queries[:50] @ vectors.T), axis=1)[:, :10]
+        hits = [
+            len({n.image_id for n in f} & {int(i) for i in e})
+            for f, e in zip(found[:50], exact, strict=False)
+        ]
+        return per_query, sum(hits) / (10 * len(hits))
+
+    print(f"  FAISS (dim {dim}, clustered vectors, load {load_average()}):", flush=True)
+    total = 0
+    for n in (1_000, 10_000, 100_000):
+        vectors = clustered(n, centres)
+        started = time.perf_counter()
+        index.sync(n, {i: vectors[i].tobytes() for i in range(n)})
+        built = time.perf_counter() - started
+        per_query, recall = time_queries(n, n, vectors)
+        total += n
+        print(
+            f"    one person with {n:>7} liked: {per_query * 1000:.3f} ms/query, "
+            f"recall@10 {recall:.3f}, built in {built:.1f} s",
+            flush=True,
+        )
+    # 1M in total: many more people (900 × 1k), plus the 111k above.
+    people = 900
+    block = clustered(1_000, centres)
+    started = time.perf_counter()
+    for user in range(1_000_000, 1_000_000 + people):
+        index.sync(user, {i: block[i].tobytes() for i in range(len(block))})
+    total += people * len(block)
+    built = time.perf_counter() - started
+    per_query, _ = time_queries(100_000, 100_000, clustered(10, centres))
+    queries = clustered(200, centres)
+    started = time.perf_counter()
+    for q_i, q in enumerate(queries):
+        index.search(1_000_000 + q_i % people, q, 10)
+    small = (time.perf_counter() - started) / len(queries)
+    print(
+        f"    {total:,} in total ({people} more people, built in {built:.1f} s): "
+        f"100k person {per_query * 1000:.3f} ms/query, 1k people {small * 1000:.3f} ms/query",
+        flush=True,
+    )
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="a CLIP directory (default: random ViT-B/32)")
+    parser.add_argument("--photos", type=int, default=20, help="single photos, one at a time")
+    parser.add_argument("--bursts", type=int, default=3, help="bursts of --people photos")
+    parser.add_argument("--people", type=int, default=32, help="people per burst")
+    parser.add_argument("--batch", type=int, default=32, help="bare encoder batch size")
+    parser.add_argument("--precision", default="auto", help="the bot's CLIP_PRECISION")
+    parser.add_argument("--threads", type=int, default=0, help="the bot's TORCH_THREADS")
+    parser.add_argument("--wait-ms", type=float, default=None, help="EMBED_BATCH_WAIT_MS")
+    parser.add_argument("--soak", type=float, default=0, help="seconds of sustained load")
+    parser.add_argument("--faiss", action="store_true", help="also time FAISS at 100k / 1M")
+    parser.add_argument("--faiss-only", action="store_true", help="only time FAISS")
+    args = parser.parse_args()
+
+    from learner.encoder import default_torch_threads
+
+    threads = args.threads or default_torch_threads()
+    env = {"CLIP_PRECISION": args.precision, "TORCH_THREADS": str(args.threads)}
+    if args.wait_ms is not None:
+        env["EMBED_BATCH_WAIT_MS"] = str(args.wait_ms)
+    print(f"cores {len(os.sched_getaffinity(0))}, torch threads {threads}, load {load_average()}")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if args.faiss_only:
+            bench_faiss(tmp)
+            return
+        model = args.model or build_clip(tmp / "clip", vit_b32_config())
+        photos = [screenshot(i) for i in range(args.batch)]
+        print("1. bare encoder", flush=True)
+        bare = bench_encoder(model, photos, threads, reps=max(10, args.photos), batch=args.batch)
+        print("2. the bot (python -m bot, fake Bot API on 127.0.0.1)", flush=True)
+        bot = bench_bot(model, tmp, args, env)
+        report(args, bare, bot, model_name="given" if args.model else "random ViT-B/32")
+        if args.faiss:
+            bench_faiss(tmp)
+
+
+def report(
+    args: argparse.Namespace, bare: dict[str, Any], bot: dict[str, Any], model_name: str
+) -> None:
+    import torch
+
+    from learner.encoder import resolve_precision
+
+    precision = resolve_precision(args.precision, torch.device("cpu"))
+    forward = bare[precision]
+    single = statistics.median(bot["single"])
+    burst = statistics.median(bot["burst"])
+    print()
+    print(f"model {model_name}; bot precision {precision}, {bare['threads']} torch thread(s)")
+    print(f"load average during the run: single {bot['single_load']}, burst {bot['burst_load']}")
+    print()
+    print("| measurement | ms (per image) |")
+    print("|---|---|")
+    print(f"| bare decode (JPEG 1280×720, draft) | {ms(bare['decode'])} |")
+    print(f"| bare preprocess (resize + crop + normalise) | {ms(bare['preprocess'])} |")
+    for p in ("fp32", "bf16"):
+        if p in bare:
+            print(f"| bare forward {p}, 1 image | {ms(bare[p]['single'])} |")
+            print(f"| bare forward {p}, batch of {args.batch} | {ms(bare[p]['batched'])} |")
+    print(f"| bot single photo → reply, median | {ms(single)} |")
+    print(f"| bot single photo → reply, p95 | {ms(percentile(bot['single'], 0.95))} |")
+    print(f"| bot {args.people} people at once, wall time / photo | {ms(burst)} |")
+    print(
+        f"| bot {args.people} at once, each person's wait: median | "
+        f"{ms(statistics.median(bot['burst_latency']))} |"
+    )
+    longest = max(bot["burst_latency"])
+    print(f"| bot {args.people} at once, each person's wait: max | {ms(longest)} |")
+    print()
+    print("ratios (1.0 = the bot adds nothing to the forward pass):")
+    ratio = single / forward["single"]
+    print(f"  bot single photo ÷ bare single forward ({precision}): {ratio:.2f}")
+    print(
+        f"  bare batched throughput ÷ bot burst throughput ({precision}): "
+        f"{burst / forward['batched']:.2f}"
+    )
+    print()
+    print(f"per stage, median ms per photo (single | burst; batch sizes {bot['burst_batches']}):")
+    names = sorted(set(bot["single_stages"]) | set(bot["burst_stages"]))
+    for name in names:
+        print(
+            f"  {name:<13} {ms(bot['single_stages'].get(name, 0)):>8} | "
+            f"{ms(bot['burst_stages'].get(name, 0)):>8}"
+        )
+    core = bot["single_total_in_core"]
+    print(f"  {'in core':<13} {ms(core):>8}   (score_image start to end)")
+    print(f"  {'outside core':<13} {ms(single - core):>8}   (getUpdates, PTB, reply sent)")
+    current, peak = bot["rss"]
+    print(f"bot RSS {current} MiB, peak {peak} MiB; errors in the bot log: {len(bot['errors'])}")
+    for line in bot["errors"][:5]:
+        print("   ", line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The discord.py client: intents, slash commands, persistent buttons, bounded downloads."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import discord
+from discord import app_commands
+
+from bot.core import TasteService
+from bot.discord_adapter import handlers
+from bot.discord_adapter.handlers import PLATFORM
+from bot.discord_adapter.views import VoteButton
+from bot.settings import Settings
+from storage.records import User
+
+log = logging.getLogger(__name__)
+
+
+def intents() -> discord.Intents:
+    """Default intents (servers, server and DM messages) plus message content.
+
+    Message content is privileged: enable it for the bot in the Developer Portal, or
+    connecting fails with PrivilegedIntentsRequired. Without it the bot could not see
+    attachments in channels where it is not mentioned.
+    """
+    wanted = discord.Intents.default()
+    wanted.message_content = True
+    return wanted
+
+
+class TasteClient(discord.Client):
+    """A discord.Client with the core service injected (`attach`) once it is open."""
+
+    def __init__(self, settings: Settings, *, sync_commands: bool = True) -> None:
+        super().__init__(
+            intents=intents(),
+            # Never ping @everyone or roles, whatever a caption says.
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+        )
+        self.settings = settings
+        self.tree = app_commands.CommandTree(self)
+        self.tree.on_error = on_command_error  # type: ignore[method-assign]
+        self.sync_commands = sync_commands
+        self._service: TasteService | None = None
+        self._downloads: aiohttp.ClientSession | None = None
+        add_commands(self.tree)
+
+    @property
+    def service(self) -> TasteService:
+        assert self._service is not None, "the service is attached before connecting"
+        return self._service
+
+    def attach(self, service: TasteService) -> None:
+        """Give the handlers the core, and the core a way to message a person here."""
+        self._service = service
+
+        async def notify(user: User, text: str) -> None:
+            target = await self.fetch_user(int(user.platform_user_id))
+            await target.send(text)
+
+        service.notifiers[PLATFORM] = notify
+
+    async def setup_hook(self) -> None:
+        # Buttons of any earlier run keep working: their custom_ids match VoteButton's template.
+        self.add_dynamic_items(VoteButton)
+        if self.sync_commands:
+            await self.tree.sync()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await handlers.on_message(self, message)
+
+    async def download(self, url: str, *, limit: int) -> bytes:
+        """At most limit + 1 bytes of `url`: the core refuses anything longer, never buffered whole."""
+        if self._downloads is None:
+            self._downloads = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        async with self._downloads.get(url) as response:
+            response.raise_for_status()
+            data = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                data += chunk
+                if len(data) > limit:
+                    break
+            return bytes(data[: limit + 1])
+
+    async def close(self) -> None:
+        await super().close()
+        if self._downloads is not None:
+            await self._downloads.close()
+
+
+def add_commands(tree: app_commands.CommandTree[Any]) -> None:
+    """Slash commands: each is one handler in handlers.py."""
+    for name, description, callback in [
+        ("help", "What this bot does", handlers.cmd_help),
+        ("stats", "Your votes and your model", handlers.cmd_stats),
+        ("retrain", "Admins: retrain models now", handlers.cmd_retrain),
+    ]:
+        tree.add_command(
+            app_commands.Command(name=name, description=description, callback=callback)
+        )
+
+
+async def on_command_error(
+    interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+) -> None:
+    """Log the details; tell the person one sentence."""
+    log.error("error in /%s", interaction.command and interaction.command.name, exc_info=error)
+    if interaction.response.is_done():
+        await interaction.followup.send(handlers.SOMETHING_WRONG, ephemeral=True)
+    else:
+        await interaction.response.send_message(handlers.SOMETHING_WRONG, ephemeral=True)
+
+
+def build_client(settings: Settings, **kwargs: Any) -> TasteClient:
+    return TasteClient(settings, **kwargs)

@@ -1,0 +1,194 @@
+"""Discord handlers: parse the event, make one core call, render the answer (bot/render.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import discord
+
+from bot import render
+from bot.core import AlreadyAnswered, IncomingImage, Person, Refused
+from bot.discord_adapter.views import vote_view
+from storage.records import Vote
+
+if TYPE_CHECKING:
+    from bot.discord_adapter.app import TasteClient
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+MAX_MESSAGE = 2000  # Discord's limit on a message's characters
+# Discord drops an interaction that is not acknowledged within 3 s; leave room for the round trip.
+ACK_WITHIN_S = 2.0
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# Only images uploaded to Discord are fetched from embeds: never an arbitrary URL.
+DISCORD_CDN_HOSTS = {"cdn.discordapp.com", "media.discordapp.net"}
+
+NOT_AN_IMAGE = "That file is not an image; send a photo or an image file (JPEG, PNG, WebP, GIF)."
+SEND_AN_IMAGE = "Send me an image and I'll score it for you. /help"
+NOT_ADMIN = "Only the bot's admins can use /retrain."
+SOMETHING_WRONG = "Something went wrong on my side; please try again."
+
+
+def person(user: discord.User | discord.Member) -> Person:
+    return Person(PLATFORM, str(user.id), user.display_name)
+
+
+def is_image_attachment(attachment: discord.Attachment) -> bool:
+    if attachment.content_type:
+        return attachment.content_type.split(";")[0].strip().startswith("image/")
+    return PurePosixPath(attachment.filename).suffix.lower() in IMAGE_SUFFIXES
+
+
+def uploaded_image_urls(message: discord.Message) -> list[str]:
+    """Image embeds whose picture is a file uploaded to Discord (a pasted CDN link)."""
+    urls = []
+    for embed in message.embeds:
+        url = embed.url if embed.type == "image" else embed.image.url
+        if url and urlsplit(url).scheme == "https" and urlsplit(url).hostname in DISCORD_CDN_HOSTS:
+            urls.append(url)
+    return urls
+
+
+def addressed_to_bot(client: TasteClient, message: discord.Message) -> bool:
+    """DMs, messages that mention the bot, and the configured channels (or threads in them)."""
+    if isinstance(message.channel, discord.DMChannel):
+        return True
+    if client.user is not None and client.user in message.mentions:
+        return True
+    channels = client.settings.discord_channel_ids
+    parent_id = getattr(message.channel, "parent_id", None)
+    return message.channel.id in channels or parent_id in channels
+
+
+async def on_message(client: TasteClient, message: discord.Message) -> None:
+    """Image attachments and uploaded-image embeds → a score and vote buttons, one reply each."""
+    if message.author.bot or not addressed_to_bot(client, message):
+        return
+    images = [a for a in message.attachments if is_image_attachment(a)]
+    others = [a for a in message.attachments if not is_image_attachment(a)]
+    embeds = uploaded_image_urls(message)
+    if others:
+        await message.reply(NOT_AN_IMAGE, mention_author=False)  # refused without downloading
+    for attachment in images:
+        await score_and_reply(
+            client, message, f"{message.id}:{attachment.id}", attachment.url, attachment.size
+        )
+    for n, url in enumerate(embeds):
+        await score_and_reply(client, message, f"{message.id}:embed{n}", url, None)
+    if not (images or others or embeds) and (
+        isinstance(message.channel, discord.DMChannel)
+        or (client.user is not None and client.user in message.mentions)
+    ):
+        await message.reply(SEND_AN_IMAGE, mention_author=False)
+
+
+async def score_and_reply(
+    client: TasteClient, message: discord.Message, key: str, url: str, size: int | None
+) -> None:
+    """One image → one core call → one reply (score + persistent buttons, or one sentence)."""
+    incoming = IncomingImage(
+        person=person(message.author),
+        chat_id=str(message.channel.id),
+        message_id=key,  # one submission per image, several images per message
+        caption=message.content or None,
+        claimed_bytes=size,
+    )
+
+    async def download() -> bytes:
+        return await client.download(url, limit=client.settings.max_image_bytes)
+
+    outcome = await client.service.score_image(incoming, download)
+    if isinstance(outcome, AlreadyAnswered):
+        return  # a message event seen twice (gateway resume)
+    if isinstance(outcome, Refused):
+        await message.reply(outcome.message, mention_author=False)
+        return
+    reply = await message.reply(
+        render.score_text(outcome), view=vote_view(outcome.submission_id), mention_author=False
+    )
+    await client.service.reply_sent(outcome.submission_id, str(reply.id))
+
+
+async def on_vote(
+    interaction: discord.Interaction[TasteClient], submission_id: int, vote: Vote
+) -> None:
+    """A vote button: commit the presser's vote, acknowledge within 3 s, show the choice."""
+    try:
+        commit = asyncio.ensure_future(
+            interaction.client.service.record_vote(person(interaction.user), submission_id, vote)
+        )
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(commit), ACK_WITHIN_S)
+        except TimeoutError:
+            # The database is slow (a long write holds it): acknowledge now, answer once committed.
+            await interaction.response.defer()
+            outcome = await commit
+        if outcome is None:
+            await _answer(interaction, text="I no longer know this image.")
+        elif isinstance(interaction.channel, discord.DMChannel):
+            # A DM is the presser's own: the buttons show the choice.
+            await _answer(interaction, view=vote_view(submission_id, chosen=vote))
+        else:
+            # In a server channel everyone sees the message: confirm to the presser alone.
+            await _answer(interaction, text=render.vote_ack(vote, outcome.changed))
+    except Exception:
+        log.exception("error while handling a vote")
+        if not interaction.response.is_done():
+            await interaction.response.send_message(
+                "Something went wrong; please tap again.", ephemeral=True
+            )
+
+
+async def _answer(
+    interaction: discord.Interaction[Any],
+    *,
+    text: str | None = None,
+    view: discord.ui.View | None = None,
+) -> None:
+    """Edit the buttons (view) or confirm privately (text), as a response or after a defer."""
+    if view is not None:
+        if interaction.response.is_done():
+            await interaction.edit_original_response(view=view)
+        else:
+            await interaction.response.edit_message(view=view)
+    elif text is not None:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+
+
+def is_admin(interaction: discord.Interaction[TasteClient]) -> bool:
+    return interaction.user.id in interaction.client.settings.discord_admin_ids
+
+
+async def cmd_help(interaction: discord.Interaction[TasteClient]) -> None:
+    """/help: what to do."""
+    text = render.help_text(interaction.client.settings.head_min_votes)
+    await interaction.response.send_message(text, ephemeral=True)
+
+
+async def cmd_stats(interaction: discord.Interaction[TasteClient]) -> None:
+    """/stats: the person's counts and model; totals for admins."""
+    client = interaction.client
+    stats = await client.service.stats(
+        person(interaction.user), include_totals=is_admin(interaction)
+    )
+    text = render.stats_text(stats, client.settings.head_min_votes)
+    await interaction.response.send_message(text[:MAX_MESSAGE], ephemeral=True)
+
+
+async def cmd_retrain(interaction: discord.Interaction[TasteClient]) -> None:
+    """/retrain (admins): retrain everyone with new votes now."""
+    if not is_admin(interaction):
+        await interaction.response.send_message(NOT_ADMIN, ephemeral=True)
+        return
+    # Training takes longer than Discord's 3 s: acknowledge first ("thinking…"), answer after.
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    outcomes = await interaction.client.service.retrain_due_heads(min_new_votes=1, trigger="admin")
+    await interaction.followup.send(render.retrain_text(outcomes)[:MAX_MESSAGE], ephemeral=True)

@@ -1,0 +1,65 @@
+"""The vote buttons: persistent across restarts because their state lives in the custom_id.
+
+`VoteButton` is a `discord.ui.DynamicItem`: registered once with
+`client.add_dynamic_items`, it answers any button whose custom_id matches its
+template, on any message, sent by any earlier run of the bot.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import render
+from storage.records import Vote
+
+if TYPE_CHECKING:
+    from bot.discord_adapter.app import TasteClient
+
+_CODES = {Vote.DISLIKE: "d", Vote.LIKE: "l", Vote.SUPER_LIKE: "s"}
+_VOTES = {code: vote for vote, code in _CODES.items()}
+
+
+def encode_vote(submission_id: int, vote: Vote) -> str:
+    """`tastebot:v:<submission id>:<d|l|s>`, well under Discord's 100 characters."""
+    return f"tastebot:v:{submission_id}:{_CODES[vote]}"
+
+
+class VoteButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"tastebot:v:(?P<submission>[0-9]{1,18}):(?P<vote>[dls])",
+):
+    def __init__(self, submission_id: int, vote: Vote, *, chosen: bool = False) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=("✓ " if chosen else "") + render.VOTE_LABELS[vote],
+                style=discord.ButtonStyle.primary if chosen else discord.ButtonStyle.secondary,
+                custom_id=encode_vote(submission_id, vote),
+            )
+        )
+        self.submission_id = submission_id
+        self.vote = vote
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> VoteButton:
+        return cls(int(match["submission"]), _VOTES[match["vote"]])
+
+    async def callback(self, interaction: discord.Interaction[TasteClient]) -> None:  # type: ignore[override]
+        from bot.discord_adapter.handlers import on_vote
+
+        await on_vote(interaction, self.submission_id, self.vote)
+
+
+def vote_view(submission_id: int, chosen: Vote | None = None) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)  # persistent: the buttons never expire
+    for vote in render.VOTE_ORDER:
+        view.add_item(VoteButton(submission_id, vote, chosen=vote is chosen))
+    return view

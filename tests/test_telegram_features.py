@@ -1,0 +1,248 @@
+"""Everyday features through the real PTB Application and a fake Bot API: albums,
+duplicates, show similar, undo, forget, export, charts, limits, groups, admin commands."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+from bot.settings import Settings
+from bot.telegram_adapter.callback_data import encode_submission_action
+from learner.encoder import ClipImageEncoder
+from storage.records import Vote
+from tests.conftest import image_bytes
+from tests.test_telegram import ADMIN, ALICE, Harness, _submission_id, bot, running_bot
+
+__all__ = ["bot"]  # the fixture, re-used
+
+BOB = 2
+GROUP = -100
+
+
+async def _vote_many(bot: Harness, user: int, seeds: range, chat_id: int | None = None) -> list[dict]:
+    replies = []
+    for seed in seeds:
+        reply = await bot.send_photo(user, image_bytes(seed), chat_id=chat_id)
+        await bot.vote(user, reply, Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE)
+        replies.append(reply)
+    return replies
+
+
+async def test_albums_interleaved_get_one_ranked_reply_each(bot: Harness) -> None:
+    alice_album = [bot.api.send_photo(ALICE, image_bytes(s), media_group_id="a1") for s in (1, 2)]
+    bob_album = [bot.api.send_photo(BOB, image_bytes(s), media_group_id="b1") for s in (3, 4)]
+    alice_album.append(bot.api.send_photo(ALICE, image_bytes(5), media_group_id="a1"))
+    bob_album.append(bot.api.send_photo(BOB, image_bytes(6), media_group_id="b1"))
+    for user, album in ((ALICE, alice_album), (BOB, bob_album)):
+        reply = await bot.reply_to(album[0]["message"])
+        assert reply["text"].startswith("Your album, best first (3 images):")
+        scores = [int(line.split(": ")[1].split("%")[0]) for line in reply["text"].splitlines()[1:4]]
+        assert scores == sorted(scores, reverse=True)
+        rows = reply["reply_markup"]["inline_keyboard"]
+        assert [b["text"] for b in rows[0]] == ["1. 👎", "1. 👍", "1. ⭐"] and len(rows) == 3
+        await asyncio.sleep(0.2)
+        assert len(bot.api.sent_messages(chat_id=user)) == 1  # one reply per album
+    # A vote on the second row ticks only that row.
+    reply = bot.api.sent_messages(chat_id=ALICE)[0]
+    second = reply["reply_markup"]["inline_keyboard"][1]
+    bot.api.press_button(ALICE, reply, second[1]["callback_data"])
+    await bot.api.wait_for_call("editMessageReplyMarkup")
+    rows = bot.api.message(ALICE, reply["message_id"])["reply_markup"]["inline_keyboard"]
+    assert [b["text"] for b in rows[1]] == ["2. 👎", "✓ 2. 👍", "2. ⭐"]
+    assert all(not b["text"].startswith("✓") for row in (rows[0], rows[2]) for b in row)
+
+
+async def test_same_image_again_says_rated_before(bot: Harness) -> None:
+    first = await bot.send_photo(ALICE, image_bytes(7))
+    await bot.vote(ALICE, first, Vote.SUPER_LIKE)
+    again = await bot.send_photo(ALICE, image_bytes(7))
+    assert "You rated this before: ⭐ Super like" in again["text"]
+    # The buttons act on the earlier vote, with it ticked.
+    assert _submission_id(again) == _submission_id(first)
+    assert again["reply_markup"]["inline_keyboard"][0][2]["text"] == "✓ ⭐ Super like"
+    # A re-encoded copy (different bytes, near-identical embedding) is recognised too.
+    out = io.BytesIO()
+    Image.open(io.BytesIO(image_bytes(7))).save(out, "PNG")
+    copy = await bot.send_photo(ALICE, out.getvalue())
+    assert "You rated this before" in copy["text"]
+    # Bob never rated it.
+    assert "rated before" not in (await bot.send_photo(BOB, image_bytes(7)))["text"]
+
+
+async def test_show_similar_sends_only_the_tappers_own_likes(bot: Harness) -> None:
+    await _vote_many(bot, ALICE, range(1, 7))  # Alice likes 2, 4, 6
+    bob_reply = await bot.send_photo(BOB, image_bytes(2))
+    answer = await bot.tap(BOB, bob_reply, encode_submission_action("s", _submission_id(bob_reply)))
+    assert "None of the images you liked" in answer["text"]
+    assert bot.api.calls_to("sendPhoto") == []  # nothing of Alice's reaches Bob
+
+    alice_reply = await bot.send_photo(ALICE, image_bytes(40))
+    bot.api.press_button(ALICE, alice_reply, encode_submission_action("s", _submission_id(alice_reply)))
+    photos = await bot.api.wait_for_call("sendPhoto", count=3)
+    liked = {image_bytes(s) for s in (2, 4, 6)}
+    assert all(c.params["chat_id"] == ALICE for c in photos)
+    assert {c.files["photo"].data for c in photos} == liked
+
+
+async def test_undo_removes_the_last_vote(bot: Harness) -> None:
+    reply = await bot.send_photo(ALICE, image_bytes(1))
+    await bot.vote(ALICE, reply, Vote.LIKE)
+    assert await bot.command(ALICE, "/undo") == (
+        "Removed your last vote (👍 Like). That image is unrated again."
+    )
+    rows = await bot.service.store.db.fetch_all("SELECT COUNT(*) FROM feedback")
+    assert rows[0][0] == 0
+    buttons = bot.api.message(ALICE, reply["message_id"])["reply_markup"]["inline_keyboard"][0]
+    assert not any(b["text"].startswith("✓") for b in buttons)
+    assert bot.service.liked_index.count(1) == 0
+    assert await bot.command(ALICE, "/undo") == "You have no vote to undo."
+
+
+async def test_forget_deletes_everything_of_that_person_only(bot: Harness) -> None:
+    await _vote_many(bot, ALICE, range(1, 13))
+    await _vote_many(bot, BOB, range(11, 15))  # Bob also sent images 11 and 12
+    assert "v1 promoted" in await bot.command(ADMIN, "/retrain all")
+    data_dir = bot.service.data_dir.root
+    alice = await bot.service.store.find_user("telegram", str(ALICE))
+    assert alice is not None
+    assert list((data_dir / "models" / "heads" / str(alice.id)).glob("*.npz"))
+    bot.service.liked_index.flush()
+    assert (bot.service.liked_index.directory / f"liked-{alice.id}.faiss").exists()
+
+    prompt = await bot.command(ALICE, "/forget")
+    assert "cannot be undone" in prompt
+    message = bot.api.sent_messages(chat_id=ALICE)[-1]
+    bot.api.press_button(ALICE, message, "f:y")
+    done = await bot.api.wait_for(
+        lambda: "Deleted:" in bot.api.message(ALICE, message["message_id"]).get("text", "")
+    )
+    assert done
+    text = bot.api.message(ALICE, message["message_id"])["text"]
+    assert text.startswith("Deleted: 12 images you sent, 12 votes, 1 models")
+
+    db = bot.service.store.db
+    for table, column in (("submissions", "user_id"), ("feedback", "user_id"),
+                          ("model_versions", "owner_user_id"), ("training_runs", "user_id")):
+        rows = await db.fetch_all(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (alice.id,))
+        assert rows[0][0] == 0, table
+    assert await bot.service.store.find_user("telegram", str(ALICE)) is None
+    # Images only Alice sent are gone with their files; the two Bob also sent stay.
+    images = await db.fetch_all("SELECT sha256, file_path FROM images")
+    assert len(images) == 4
+    assert sorted(p.name for p in (data_dir / "images").rglob("*.*")) == sorted(
+        r[1].split("/")[-1] for r in images
+    )
+    assert not (data_dir / "models" / "heads" / str(alice.id)).exists() or not list(
+        (data_dir / "models" / "heads" / str(alice.id)).iterdir()
+    )
+    assert not (bot.service.liked_index.directory / f"liked-{alice.id}.faiss").exists()
+    assert bot.service.liked_index.count(alice.id) == 0
+    bob = await bot.service.store.find_user("telegram", str(BOB))
+    assert bob is not None and (await bot.service.store.user_counts(bob.id)).votes == 4
+
+
+async def test_forget_can_be_cancelled(bot: Harness) -> None:
+    await _vote_many(bot, ALICE, range(1, 3))
+    await bot.command(ALICE, "/forget")
+    message = bot.api.sent_messages(chat_id=ALICE)[-1]
+    bot.api.press_button(ALICE, message, "f:n")
+    await bot.api.wait_for(
+        lambda: bot.api.message(ALICE, message["message_id"]).get("text") == "Nothing was deleted."
+    )
+    rows = await bot.service.store.db.fetch_all("SELECT COUNT(*) FROM feedback")
+    assert rows[0][0] == 2
+
+
+async def test_export_is_the_persons_own_data(bot: Harness) -> None:
+    await _vote_many(bot, ALICE, range(1, 4))
+    await bot.send_photo(ALICE, image_bytes(9), caption="unrated")
+    await _vote_many(bot, BOB, range(20, 22))
+    bot.api.send_text(ALICE, "/export")
+    [call] = await bot.api.wait_for_call("sendDocument")
+    assert call.params["chat_id"] == ALICE
+    upload = call.files["document"]
+    assert upload.filename == "tastebot-export.json"
+    rows = json.loads(upload.data)["submissions"]
+    assert [r["vote"] for r in rows] == ["dislike", "like", "dislike", None]
+    assert rows[3]["caption"] == "unrated"
+    assert {r["sha256"] for r in rows} == {
+        __import__("hashlib").sha256(image_bytes(s)).hexdigest() for s in (1, 2, 3, 9)
+    }
+    assert set(rows[0]) == {"sha256", "caption", "vote", "score", "model_version",
+                            "submitted_at", "voted_at"}
+
+
+async def test_stats_chart_is_a_png_with_numbers_in_caption(bot: Harness) -> None:
+    await _vote_many(bot, ALICE, range(1, 13))
+    await bot.command(ADMIN, "/retrain")
+    bot.api.send_text(ALICE, "/stats")
+    [call] = await bot.api.wait_for_call("sendPhoto")
+    png = call.files["photo"].data
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    assert image.size[0] > 400
+    caption = call.params["caption"]
+    assert "Images: 12 · 👍 6 · ⭐ 0 · 👎 6" in caption and "Holdout AUC by version: v1" in caption
+
+
+async def test_start_says_how_many_votes_the_first_model_needs(bot: Harness) -> None:
+    assert "your first model needs 6 more votes" in await bot.command(ALICE, "/start")
+    await _vote_many(bot, ALICE, range(1, 3))
+    assert "your first model needs 4 more votes" in await bot.command(ALICE, "/start")
+
+
+async def test_rate_limit_is_polite(settings: Settings, encoder: ClipImageEncoder) -> None:
+    async with running_bot(settings.model_copy(update={"images_per_minute": 2}), encoder) as bot:
+        texts = [(await bot.send_photo(ALICE, image_bytes(s)))["text"] for s in range(3)]
+        assert texts[0].startswith("Your score") and texts[1].startswith("Your score")
+        assert texts[2].startswith("You're sending images faster than I can learn")
+        assert texts[2] == (await bot.send_photo(ALICE, image_bytes(9)))["text"]
+        assert (await bot.send_photo(BOB, image_bytes(4)))["text"].startswith("Your score")
+
+
+async def test_group_chat_keeps_each_members_data_private(bot: Harness) -> None:
+    # Alice trains a model in private; then Alice and Bob meet in a group.
+    await _vote_many(bot, ALICE, range(1, 13))
+    await bot.command(ADMIN, "/retrain")
+    reply = await bot.send_photo(BOB, image_bytes(30), chat_id=GROUP)
+    assert "%" not in reply["text"]  # Bob's score is not posted to the group
+    answer = await bot.tap(ALICE, reply, reply["reply_markup"]["inline_keyboard"][0][1]["callback_data"])
+    assert answer["text"] == "Saved: 👍 Like (only you see this)"
+    edits = bot.api.calls_to("editMessageReplyMarkup")
+    assert [c for c in edits if c.params["chat_id"] == GROUP] == []  # no tick the group sees
+    alert = await bot.tap(ALICE, reply, encode_submission_action("m", _submission_id(reply)))
+    assert alert.get("show_alert") and "· model v1" in alert["text"]  # Alice's own model scored it, only for her
+    alice = await bot.service.store.find_user("telegram", str(ALICE))
+    bob = await bot.service.store.find_user("telegram", str(BOB))
+    assert alice is not None and bob is not None
+    assert (await bot.service.store.user_counts(alice.id)).likes == 7  # her vote, her model
+    assert (await bot.service.store.user_counts(bob.id)).votes == 0
+    bot.api.send_text(BOB, "/stats", chat_id=GROUP)
+    notice = await bot.api.wait_for(lambda: [m for m in bot.api.sent_messages(chat_id=GROUP)
+                                             if "private chat" in m.get("text", "")])
+    assert notice
+
+
+async def test_admin_models_and_rollback(bot: Harness) -> None:
+    replies = await _vote_many(bot, ALICE, range(1, 13))
+    assert "v1 promoted" in await bot.command(ADMIN, f"/retrain {ALICE}")
+    for reply in replies[:6]:  # flip the first six votes: something new to learn
+        await bot.vote(ALICE, reply, Vote.SUPER_LIKE)
+    assert "v2" in await bot.command(ADMIN, f"/retrain {ALICE}")
+    models = await bot.command(ADMIN, f"/models {ALICE}")
+    assert models.startswith(f"Models of user {ALICE}:") and "v1 " in models and "v2 " in models
+    assert await bot.command(ADMIN, f"/rollback {ALICE} 1") == f"User {ALICE} now uses model v1."
+    active = await bot.service.store.active_model(1)
+    assert active is not None and active.version == 1
+    assert "· model v1" in (await bot.send_photo(ALICE, image_bytes(50)))["text"]
+    assert await bot.command(ADMIN, f"/rollback {ALICE} 9") == f"User {ALICE} has no model v9."
+    assert await bot.command(ALICE, "/models 1") == "Only the bot's admins can use /models."
+    assert await bot.command(ALICE, "/rollback 1 1") == "Only the bot's admins can use /rollback."
+    everyone = await bot.command(ADMIN, "/stats all")
+    assert everyone.startswith("All users: ") and f"telegram {ALICE}: 12 votes · v1" in everyone
+    assert np.isfinite(active.metrics.get("train_seconds") or 0.0)
