@@ -506,14 +506,23 @@ class TasteService:
 
     # -- retraining ----------------------------------------------------------
 
-    async def retrain_due_heads(self, min_new_votes: int, trigger: str) -> list[RetrainOutcome]:
-        """Retrain everyone with ≥ min_new_votes new votes; tell each person whose model improved."""
+    async def retrain_due_heads(
+        self,
+        min_new_votes: int,
+        trigger: str,
+        on_progress: Callable[[int, int], Awaitable[None]] | None = None,
+    ) -> list[RetrainOutcome]:
+        """Retrain everyone with ≥ min_new_votes new votes; tell each person whose model
+        improved. `on_progress(done, total)` is awaited after each person."""
+        due = await self.store.users_with_new_votes(min_new_votes)
         outcomes = []
-        for user_id, _ in await self.store.users_with_new_votes(min_new_votes):
+        for done, (user_id, _) in enumerate(due, start=1):
             outcome = await self.retrain_user(user_id, trigger)
             outcomes.append(outcome)
-            if outcome.promoted and trigger == "schedule":
+            if outcome.promoted:
                 await self._notify(outcome.user, _promotion_message(outcome))
+            if on_progress is not None:
+                await on_progress(done, len(due))
         self.liked_index.flush()
         return outcomes
 

@@ -58,6 +58,18 @@ class Harness:
         last = messages[-1]
         return str(last.get("text") or last.get("caption"))
 
+    async def retrain(self, text: str = "/retrain") -> str:
+        """An admin's /retrain …: its status message, once edited into the results."""
+        before = len(self.api.sent_messages(chat_id=ADMIN))
+        self.api.send_text(ADMIN, text)
+
+        def final() -> str | None:
+            new = self.api.sent_messages(chat_id=ADMIN)[before:]
+            done = [m["text"] for m in new if not m["text"].startswith("Retraining")]
+            return done[-1] if done else None
+
+        return await self.api.wait_for(final, timeout=30)
+
     async def tap(self, user_id: int, message: dict, callback_data: str) -> dict:
         """Press a button and return how the bot answered the callback query."""
         before = len(self.api.answered_callbacks())
@@ -134,7 +146,7 @@ async def test_whole_loop(bot: Harness) -> None:
     assert [b["text"] for b in shown] == ["👎 Dislike", "✓ 👍 Like", "⭐ Super like"]
 
     assert "Model: cold start" in await bot.command(ALICE, "/stats")
-    result = await bot.command(ADMIN, "/retrain")
+    result = await bot.retrain()
     assert "v1 promoted" in result, result
 
     later = await bot.send_photo(ALICE, image_bytes(40))
@@ -229,7 +241,7 @@ async def test_duplicate_updates_change_nothing_twice(bot: Harness) -> None:
 
 async def test_retrain_is_for_admins_only(bot: Harness) -> None:
     assert await bot.command(ALICE, "/retrain") == "Only the bot's admins can use /retrain."
-    assert "Nobody has new votes" in await bot.command(ADMIN, "/retrain")
+    assert "Nobody has new votes" in await bot.retrain()
     assert "All users: " in await bot.command(ADMIN, "/stats")
 
 

@@ -105,7 +105,14 @@ async def test_undo_removes_the_last_vote(bot: Harness) -> None:
 async def test_forget_deletes_everything_of_that_person_only(bot: Harness) -> None:
     await _vote_many(bot, ALICE, range(1, 13))
     await _vote_many(bot, BOB, range(11, 15))  # Bob also sent images 11 and 12
-    assert "v1 promoted" in await bot.command(ADMIN, "/retrain all")
+    results = await bot.retrain("/retrain all")
+    assert "v1 promoted" in results and "not trained — needs at least 6 votes" in results
+    progress = [c.params["text"] for c in bot.api.calls_to("editMessageText")]
+    assert progress[0] == "Retraining… 1 of 2 people done."  # one message, edited
+    # Alice hears about her new model once; Bob, with too few votes, hears nothing.
+    ready = [m for m in bot.api.sent_messages(chat_id=ALICE) if m["text"].startswith("Your model")]
+    assert [m["text"][:24] for m in ready] == ["Your model v1 is ready: "]
+    assert not [m for m in bot.api.sent_messages(chat_id=BOB) if "Your model" in m["text"]]
     data_dir = bot.service.data_dir.root
     alice = await bot.service.store.find_user("telegram", str(ALICE))
     assert alice is not None
@@ -178,7 +185,7 @@ async def test_export_is_the_persons_own_data(bot: Harness) -> None:
 
 async def test_stats_chart_is_a_png_with_numbers_in_caption(bot: Harness) -> None:
     await _vote_many(bot, ALICE, range(1, 13))
-    await bot.command(ADMIN, "/retrain")
+    await bot.retrain()
     bot.api.send_text(ALICE, "/stats")
     [call] = await bot.api.wait_for_call("sendPhoto")
     png = call.files["photo"].data
@@ -208,7 +215,7 @@ async def test_rate_limit_is_polite(settings: Settings, encoder: ClipImageEncode
 async def test_group_chat_keeps_each_members_data_private(bot: Harness) -> None:
     # Alice trains a model in private; then Alice and Bob meet in a group.
     await _vote_many(bot, ALICE, range(1, 13))
-    await bot.command(ADMIN, "/retrain")
+    await bot.retrain()
     reply = await bot.send_photo(BOB, image_bytes(30), chat_id=GROUP)
     assert "%" not in reply["text"]  # Bob's score is not posted to the group
     answer = await bot.tap(ALICE, reply, reply["reply_markup"]["inline_keyboard"][0][1]["callback_data"])
@@ -230,10 +237,10 @@ async def test_group_chat_keeps_each_members_data_private(bot: Harness) -> None:
 
 async def test_admin_models_and_rollback(bot: Harness) -> None:
     replies = await _vote_many(bot, ALICE, range(1, 13))
-    assert "v1 promoted" in await bot.command(ADMIN, f"/retrain {ALICE}")
+    assert "v1 promoted" in await bot.retrain(f"/retrain {ALICE}")
     for reply in replies[:6]:  # flip the first six votes: something new to learn
         await bot.vote(ALICE, reply, Vote.SUPER_LIKE)
-    assert "v2" in await bot.command(ADMIN, f"/retrain {ALICE}")
+    assert "v2" in await bot.retrain(f"/retrain {ALICE}")
     models = await bot.command(ADMIN, f"/models {ALICE}")
     assert models.startswith(f"Models of user {ALICE}:") and "v1 " in models and "v2 " in models
     assert await bot.command(ADMIN, f"/rollback {ALICE} 1") == f"User {ALICE} now uses model v1."

@@ -374,8 +374,21 @@ async def cmd_retrain(update: Update, context: TasteContext) -> None:
         return
     target = (context.args or ["all"])[0]
     if target == "all":
-        outcomes = await context.service.retrain_due_heads(min_new_votes=1, trigger="admin")
-        await message.reply_text(render.retrain_text(outcomes))
+        # One message, edited as people are retrained, then replaced by the results.
+        status = await message.reply_text("Retraining everyone with new votes…")
+        last_edit = 0.0
+
+        async def progress(done: int, total: int) -> None:
+            nonlocal last_edit
+            now = asyncio.get_running_loop().time()
+            if done < total and now - last_edit >= 2.0:  # stay far below Telegram's edit limits
+                last_edit = now
+                await status.edit_text(f"Retraining… {done} of {total} people done.")
+
+        outcomes = await context.service.retrain_due_heads(
+            min_new_votes=1, trigger="admin", on_progress=progress
+        )
+        await status.edit_text(render.retrain_text(outcomes))
         return
     outcome = await context.service.retrain_person(PLATFORM, target, trigger="admin")
     await message.reply_text(
