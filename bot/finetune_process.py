@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import shutil
 import threading
+import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
 from multiprocessing.connection import Connection
@@ -41,6 +42,8 @@ from learner.finetune import (
 )
 
 __all__ = ["FinetuneFailed", "FinetuneJob", "FinetuneRunner"]
+
+PROGRESS_INTERVAL_S = 0.25
 
 # Messages from the child: ("progress", FinetuneProgress) | ("result", FinetuneResult)
 # | ("error", (one line, traceback)).
@@ -130,8 +133,7 @@ class FinetuneJob:
             raise RuntimeError("a FinetuneJob runs once")
         if self.out_dir.exists():
             raise FileExistsError(f"{self.out_dir} already exists")
-        self._loop = asyncio.get_running_loop()
-        self._finished = self._loop.create_future()
+        loop = asyncio.get_running_loop()
         receiver, sender = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=_child_main,
@@ -151,8 +153,13 @@ class FinetuneJob:
         self._process = process
         try:
             await asyncio.to_thread(process.start)
+        except BaseException:
+            receiver.close()
+            raise
         finally:
             sender.close()  # the child holds the only write end: EOF on recv means it is gone
+        self._loop = loop
+        self._finished = loop.create_future()
         threading.Thread(
             target=self._read, args=(receiver, process), name="finetune-reader", daemon=True
         ).start()
@@ -180,7 +187,7 @@ class FinetuneJob:
 
     def cancel(self) -> None:
         """Ask the child to stop at its next step; terminate it if it has not after the grace."""
-        if self._process is None or self.done or self._cancelled:
+        if self._finished is None or self.done or self._cancelled:
             return
         self._cancelled = True
         self._stop.set()
@@ -298,8 +305,15 @@ def _child_main(
         with contextlib.suppress(OSError):
             os.nice(niceness)
 
+    last: list[Any] = [None, 0.0]  # (phase, epoch) and time of the last message sent
+
     def progress(p: FinetuneProgress) -> None:
-        sender.send(("progress", p))
+        # Every phase and epoch boundary and the last step go through; other steps at most
+        # PROGRESS_INTERVAL_S apart, so tiny steps cannot flood the pipe or the event loop.
+        key, now = (p.phase, p.epoch), time.monotonic()
+        if key != last[0] or p.step in (0, p.steps) or now - last[1] >= PROGRESS_INTERVAL_S:
+            last[:] = [key, now]
+            sender.send(("progress", p))
 
     try:
         result = runner(model_dir, examples, out_dir, config, progress, stop.is_set)

@@ -26,6 +26,14 @@ class Settings(BaseSettings):
     discord_channel_ids: Annotated[frozenset[int], NoDecode] = frozenset()
 
     # Scheduled retraining of each person's head.
+    # Webhook mode (instead of long polling) when WEBHOOK_URL is set: the public HTTPS URL
+    # Telegram posts updates to; the bot listens on WEBHOOK_LISTEN:WEBHOOK_PORT at its path.
+    webhook_url: str | None = None
+    webhook_listen: str = "0.0.0.0"
+    webhook_port: int = Field(8443, ge=1, le=65535)
+    # Checked on every webhook request; empty = a random one per start.
+    webhook_secret: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,256}$")
+
     retrain_min_new_votes: int = Field(5, ge=1)
     retrain_check_minutes: float = Field(5.0, gt=0)
     # A person needs this many votes, with at least one like and one dislike,
@@ -60,7 +68,9 @@ class Settings(BaseSettings):
     embed_batch_wait_ms: float = Field(5.0, ge=0)
     log_level: str = "INFO"
 
-    @field_validator("telegram_bot_token", "discord_bot_token", mode="before")
+    @field_validator(
+        "telegram_bot_token", "discord_bot_token", "webhook_url", "webhook_secret", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # `.env.example` lists both keys empty: an empty token means "not this platform".

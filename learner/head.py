@@ -1,17 +1,24 @@
 """Per-person taste heads over CLIP image embeddings.
 
 A head turns an L2-normalised embedding into a calibrated probability that one
-person likes the image. It is trained on that person's votes only:
+person likes the image. It is trained on that person's votes (and the images they
+sent without voting) only:
 
-    raw(x) = x . w + b                    linear part (ridge classifier)
-    p(x)   = sigmoid(a * raw(x) + c)      Platt scaling
+    lin(x) = x . w + b        class-balanced ridge classifier, penalty chosen by exact
+                              leave-one-out on the person's votes
+    lp(x)  = votes propagated over a k-NN graph of the person's images (label
+             propagation, Zhou et al. 2004), read off x's nearest images
+    raw(x) = lin(x) + mix * lp(x)
+    p(x)   = eps + (1 - 2 eps) * sigmoid(a * raw(x) + c)
 
-The ridge penalty is chosen by exact leave-one-out on the person's own votes, and
-the Platt parameters are fitted on those leave-one-out scores, so the score shown
-to the person is calibrated on votes the model did not see.
+Tastes follow clusters of images (the linear part alone misses tastes spread over
+several clusters); the graph part spreads a few votes over each cluster. Both parts
+are scored on votes they did not see (leave-one-out and 5-fold), and (a, c, eps) are
+fitted on those held-out scores, so the score shown to the person is calibrated;
+eps > 0 says the person is sometimes inconsistent, so no score is ever 0 or 1.
 
-With one-sided votes (all likes or all dislikes) there is nothing to separate;
-the head falls back to the cold-start prior (see ``cold_start_scores``).
+With fewer than two votes on either side there is no boundary to learn; the head
+falls back to the cold-start prior (see ``cold_start_scores``).
 
 Pure numpy; a head file is an ``np.savez`` archive with JSON metadata (no pickle).
 """
@@ -27,14 +34,26 @@ from typing import Any
 
 import numpy as np
 
+from learner.metrics import roc_auc
+
 DISLIKE, LIKE, SUPER_LIKE = 0, 1, 2
 
 FORMAT_VERSION = 1
 SUPER_LIKE_WEIGHT = 2.0  # a super like is stronger evidence than a like
 PRIOR_STRENGTH = 10.0  # logit per unit of (cos to liked centroid - cos to disliked centroid)
 RIDGE_LAMBDAS = tuple(float(v) for v in np.logspace(-3, 2, 11))  # LOO picks one per person
-MIN_PER_CLASS = 2
-MIN_PLATT_SLOPE = 1e-3  # keep the ranking even when held-out scores are uninformative  # fewer votes on either side: use the centroid prior
+MIN_PER_CLASS = 2  # fewer votes on either side: use the cold-start prior
+MIN_PLATT_SLOPE = 1e-3  # keep the ranking even when held-out scores are uninformative
+MAX_ANCHORS = 2000  # graph size cap: bounds training time and predict latency
+GRAPH_K = 10  # neighbours per image in the propagation graph
+GRAPH_TEMPERATURE = 0.05  # edge weight exp((cos - 1) / T)
+PROPAGATION_ALPHA = 0.9  # how far votes spread (Zhou et al. 2004)
+PROPAGATION_STEPS = 30  # 0.9^30 = 4%: converged enough
+QUERY_K = 10  # a new image reads the scores of its QUERY_K most similar anchors
+QUERY_TEMPERATURE = 0.05  # softmax temperature over their cosines
+N_FOLDS = 5  # cross-validation folds for the graph evidence
+VOTE_NOISE_CHOICES = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2)  # people are inconsistent
+MIX_CHOICES = (2.0,)  # graph evidence weights tried, in units of each part's held-out spread  # fewer votes on either side: use the centroid prior
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -85,21 +104,34 @@ def _prior_linear(liked: np.ndarray, disliked: np.ndarray, d: int) -> tuple[np.n
 
 @dataclass(frozen=True)
 class TasteHead:
-    """A trained per-person model; immutable after training."""
+    """A trained per-person model; immutable after training.
 
-    weights: np.ndarray  # (d,) float64
+    raw(x) = x . weights + bias + mix * lp(x),
+    p(x) = vote_noise + (1 - 2 vote_noise) * sigmoid(platt_a * raw(x) + platt_c),
+    where lp(x) is the softmax-weighted (temperature ``QUERY_TEMPERATURE``) mean of the
+    propagated scores of x's ``QUERY_K`` most similar anchors.
+    """
+
+    weights: np.ndarray  # (d,) float64, linear part
     bias: float
+    anchors: np.ndarray  # (m, d) float32, the person's images (m may be 0)
+    anchor_scores: np.ndarray  # (m,) float64, votes propagated over the anchors' graph
+    mix: float  # weight of the propagated evidence in raw(x)
     platt_a: float
     platt_c: float
+    vote_noise: float  # the score never goes below this or above 1 minus it
     meta: dict[str, float | int | str] = field(default_factory=dict)
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, d) L2-normalised embeddings -> (n,) calibrated P(person likes it)."""
-        x = np.asarray(embeddings, dtype=np.float64)
+        x = np.asarray(embeddings, dtype=np.float32)
         if x.ndim == 1:
             x = x[None, :]
-        raw = x @ self.weights + self.bias
-        return _sigmoid(self.platt_a * raw + self.platt_c)
+        raw = x.astype(np.float64) @ self.weights + self.bias
+        if self.mix != 0.0 and len(self.anchors):
+            raw += self.mix * _query(x @ self.anchors.T, self.anchor_scores)
+        q = _sigmoid(self.platt_a * raw + self.platt_c)
+        return self.vote_noise + (1.0 - 2.0 * self.vote_noise) * q
 
     @property
     def info(self) -> dict[str, float | int | str]:
@@ -112,14 +144,22 @@ class TasteHead:
         meta = {
             "format_version": FORMAT_VERSION,
             "bias": self.bias,
+            "mix": self.mix,
             "platt_a": self.platt_a,
             "platt_c": self.platt_c,
+            "vote_noise": self.vote_noise,
             "info": self.meta,
         }
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, weights=self.weights, meta=np.array(json.dumps(meta)))
+                np.savez(
+                    f,
+                    weights=self.weights,
+                    anchors=self.anchors,
+                    anchor_scores=self.anchor_scores,
+                    meta=np.array(json.dumps(meta)),
+                )
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -129,64 +169,165 @@ class TasteHead:
     def load(cls, path: Path) -> "TasteHead":
         with np.load(Path(path), allow_pickle=False) as z:
             meta: dict[str, Any] = json.loads(str(z["meta"]))
-            weights = np.array(z["weights"], dtype=np.float64)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported head format {meta.get('format_version')!r}")
-        return cls(
-            weights=weights,
-            bias=float(meta["bias"]),
-            platt_a=float(meta["platt_a"]),
-            platt_c=float(meta["platt_c"]),
-            meta=dict(meta["info"]),
-        )
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"unsupported head format {meta.get('format_version')!r}")
+            return cls(
+                weights=np.array(z["weights"], dtype=np.float64),
+                bias=float(meta["bias"]),
+                anchors=np.array(z["anchors"], dtype=np.float32),
+                anchor_scores=np.array(z["anchor_scores"], dtype=np.float64),
+                mix=float(meta["mix"]),
+                platt_a=float(meta["platt_a"]),
+                platt_c=float(meta["platt_c"]),
+                vote_noise=float(meta["vote_noise"]),
+                meta=dict(meta["info"]),
+            )
+
+
+def _query(sims: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Softmax-weighted mean of ``scores`` over each row's QUERY_K most similar anchors."""
+    k = min(QUERY_K, sims.shape[1])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else None
+    s = sims if top is None else np.take_along_axis(sims, top, axis=1)
+    w = np.exp((s - s.max(axis=1, keepdims=True)) / QUERY_TEMPERATURE)
+    f = scores[None, :] if top is None else scores[top]
+    out: np.ndarray = (w * f).sum(axis=1) / w.sum(axis=1)
+    return out
+
+
+class _Graph:
+    """Symmetric k-nearest-neighbour graph over the anchors, for label propagation."""
+
+    def __init__(self, anchors: np.ndarray) -> None:
+        n = len(anchors)
+        k = min(GRAPH_K, n - 1)
+        sims = anchors @ anchors.T
+        np.fill_diagonal(sims, -np.inf)
+        self.n = n
+        self.idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        self.sims = np.take_along_axis(sims, self.idx, axis=1)  # for LOO-style queries
+        self.w = np.exp((self.sims - 1.0) / GRAPH_TEMPERATURE)
+        deg = self.w.sum(axis=1) + np.bincount(self.idx.ravel(), self.w.ravel(), minlength=n)
+        self.dinv = 1.0 / np.sqrt(deg + 1e-12)
+
+    def propagate(self, seeds: np.ndarray) -> np.ndarray:
+        """Zhou et al.'s F = (1-a) sum_t (a S)^t Y with S = D^-1/2 (W + W^T) D^-1/2, degree-normalised."""
+        f = seeds.copy()
+        for _ in range(PROPAGATION_STEPS):
+            g = f * self.dinv
+            sg = (self.w * g[self.idx]).sum(axis=1) + np.bincount(
+                self.idx.ravel(), (self.w * g[:, None]).ravel(), minlength=self.n
+            )
+            f = PROPAGATION_ALPHA * sg * self.dinv + (1 - PROPAGATION_ALPHA) * seeds
+        out: np.ndarray = f * self.dinv
+        return out
+
+    def query_without_self(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """lp(x) for anchors ``rows`` as if they were new images (their own score excluded)."""
+        k = min(QUERY_K, self.idx.shape[1])
+        s = self.sims[rows]
+        order = np.argsort(-s, axis=1)[:, :k]
+        s = np.take_along_axis(s, order, axis=1)
+        w = np.exp((s - s[:, :1]) / QUERY_TEMPERATURE)
+        f = scores[np.take_along_axis(self.idx[rows], order, axis=1)]
+        out: np.ndarray = (w * f).sum(axis=1) / w.sum(axis=1)
+        return out
 
 
 def _ridge_loo(
-    x: np.ndarray, t: np.ndarray, sw: np.ndarray, lambdas: tuple[float, ...]
-) -> tuple[float, np.ndarray, np.ndarray, float]:
+    x: np.ndarray, t: np.ndarray, sw: np.ndarray
+) -> tuple[float, np.ndarray, float, np.ndarray]:
     """Weighted ridge regression of targets t on [x, 1], lambda chosen by exact LOO.
 
-    Returns (lambda, w, loo_predictions, b).
+    Returns (lambda, w, b, leave-one-out predictions at the chosen lambda).
     """
     n, d = x.shape
-    z = np.hstack([x, np.ones((n, 1))]) * np.sqrt(sw)[:, None]
-    tw = t * np.sqrt(sw)
-    u, s, vt = np.linalg.svd(z, full_matrices=False)
-    ut_t = u.T @ tw
-    s2 = s * s
+    root = np.sqrt(sw)
+    z = np.hstack([x, np.ones((n, 1))]) * root[:, None]
+    tw = t * root
+    if n <= d + 1:
+        u, s, vt = np.linalg.svd(z, full_matrices=False)
+        s2, v = s * s, vt.T
+        zv = u * s  # z @ v
+    else:  # many votes: the (d+1)^2 Gram matrix is cheaper than an SVD of z
+        z32 = z.astype(np.float32)  # float32 products: 2x faster, ample for lambda >= 1e-3
+        s2, v = np.linalg.eigh((z32.T @ z32).astype(np.float64))
+        s2 = np.maximum(s2, 0.0)
+        zv = (z32 @ v.astype(np.float32)).astype(np.float64)
+    zv_t = zv.T @ tw
+    zv2 = zv * zv
     best: tuple[float, float, np.ndarray] | None = None
-    for lam in lambdas:
-        shrink = s2 / (s2 + lam)
-        fitted = (u * shrink) @ ut_t / np.sqrt(sw)
-        h = np.einsum("ij,j,ij->i", u, shrink, u)
+    for lam in RIDGE_LAMBDAS:
+        inv = 1.0 / (s2 + lam)
+        fitted = zv @ (inv * zv_t) / root
+        h = zv2 @ inv  # leverages: diagonal of the weighted hat matrix
         loo = t - (t - fitted) / np.maximum(1.0 - h, 1e-9)
         err = float(np.sum(sw * (t - loo) ** 2))
         if best is None or err < best[1]:
             best = (lam, err, loo)
     assert best is not None
     lam, _, loo = best
-    beta = vt.T @ ((s / (s2 + lam)) * ut_t)
-    return lam, beta[:d], loo, float(beta[d])
+    beta = v @ (zv_t / (s2 + lam))
+    return lam, beta[:d], float(beta[d]), loo
 
 
-def _fit_platt(scores: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]:
-    """Logistic fit p = sigmoid(a*s + c) by Newton, with Platt's smoothed targets."""
-    n_pos = float(y.sum())
-    n_neg = float(len(y) - n_pos)
-    target = np.where(y > 0, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+def _fit_platt(scores: np.ndarray, y: np.ndarray, eps: float, iters: int = 50) -> tuple[float, float]:
+    """Fit p = eps + (1 - 2 eps) sigmoid(a*s + c) to labels y by Fisher scoring (a >= MIN_PLATT_SLOPE)."""
+    scale = max(float(np.std(scores)), 1e-12)
+    s = scores / scale
     a, c = 1.0, 0.0
     for _ in range(iters):
-        p = _sigmoid(a * scores + c)
-        g = p - target
-        r = p * (1 - p) + 1e-12
-        grad = np.array([g @ scores, g.sum()])
-        hess = np.array([[r @ (scores * scores), r @ scores], [r @ scores, r.sum()]])
-        hess += 1e-6 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        a, c = max(a - step[0], MIN_PLATT_SLOPE), c - step[1]
+        q = _sigmoid(a * s + c)
+        p = eps + (1 - 2 * eps) * q
+        dp = (1 - 2 * eps) * q * (1 - q)  # dp/dz
+        r = dp / np.maximum(p * (1 - p), 1e-12)
+        g = r * (y - p)  # d loglik / dz
+        fisher = r * dp
+        grad = np.array([g @ s, g.sum()])
+        info = np.array([[fisher @ (s * s), fisher @ s], [fisher @ s, fisher.sum()]])
+        step = np.linalg.solve(info + 1e-6 * np.eye(2), grad)
+        a, c = max(a + step[0], MIN_PLATT_SLOPE), c + step[1]
         if np.abs(step).max() < 1e-8:
             break
-    return float(a), float(c)
+    return float(a / scale), float(c)
+
+
+def _calibrate(scores: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(a, c, eps) maximising the held-out likelihood; eps is the person's inconsistency."""
+    best: tuple[float, float, float, float] | None = None
+    for eps in VOTE_NOISE_CHOICES:
+        a, c = _fit_platt(scores, y, eps)
+        p = eps + (1 - 2 * eps) * _sigmoid(a * scores + c)
+        p = np.clip(p, 1e-12, 1 - 1e-12)
+        ll = float(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
+        if best is None or ll > best[3]:
+            best = (a, c, eps, ll)
+    assert best is not None
+    return best[0], best[1], best[2]
+
+
+def _balanced_seeds(y: np.ndarray, sw: np.ndarray) -> np.ndarray:
+    """+sw/(sum of liked sw) on likes, -sw/(sum of disliked sw) on dislikes (0 where a side is empty)."""
+    pos, neg = sw * (y == 1), sw * (y == 0)
+    out: np.ndarray = pos / max(pos.sum(), 1e-12) - neg / max(neg.sum(), 1e-12)
+    return out
+
+
+def _choose_mix(lin: np.ndarray, graph: np.ndarray, y: np.ndarray) -> float:
+    """The MIX_CHOICES weight whose held-out combination ranks the votes best (first on ties)."""
+    best, best_auc = MIX_CHOICES[0], -1.0
+    for beta in MIX_CHOICES:
+        auc = roc_auc(y, lin + beta * graph) or 0.5
+        if auc > best_auc + 1e-9:
+            best, best_auc = beta, auc
+    return best
+
+
+def _prior_head(x: np.ndarray, y: np.ndarray) -> TasteHead:
+    w, b, a = _prior_linear(x[y == 1], x[y == 0], x.shape[1])
+    info: dict[str, float | int | str] = {"kind": "prior", "n_train": len(y), "n_liked": int(y.sum())}
+    empty = np.zeros((0, x.shape[1]), dtype=np.float32)
+    return TasteHead(w, b, empty, np.zeros(0), 0.0, a, 0.0, 0.0, info)
 
 
 def train_head(
@@ -197,32 +338,66 @@ def train_head(
 ) -> TasteHead:
     """Train one person's head on their votes (codes DISLIKE, LIKE, SUPER_LIKE).
 
-    Works for any number of votes >= 1; with too few votes on one side it returns
-    the cold-start prior as a head. ``unlabeled`` (images the person sent but did
-    not vote on) and ``seed`` are accepted for API stability.
+    ``unlabeled`` are embeddings of images the person sent but did not vote on: they
+    shape the graph the votes propagate over (tastes follow clusters of images).
+    Works for any number of votes >= 1; with fewer than ``MIN_PER_CLASS`` votes on
+    either side it returns the cold-start prior as a head. ``seed`` fixes the folds
+    and the anchor sample.
     """
-    x = np.asarray(embeddings, dtype=np.float64)
+    x = np.asarray(embeddings, dtype=np.float32)
     v = np.asarray(votes).astype(np.int64).ravel()
     if x.ndim != 2 or len(x) != len(v) or len(v) == 0:
         raise ValueError(f"need (n, d) embeddings and n >= 1 votes, got {x.shape} and {v.shape}")
-    y = (v >= LIKE).astype(np.float64)
-    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    if min(n_pos, n_neg) < MIN_PER_CLASS:
-        w, b, a = _prior_linear(x[y == 1], x[y == 0], x.shape[1])
-        return TasteHead(w, b, a, 0.0, {"kind": "prior", "n_train": len(y), "n_liked": n_pos})
+    d = x.shape[1]
+    u = np.zeros((0, d), np.float32) if unlabeled is None else np.asarray(unlabeled, np.float32)
+    u = u.reshape(-1, d)
+    y = (v >= LIKE).astype(np.int64)
+    n, n_pos = len(y), int(y.sum())
+    if min(n_pos, n - n_pos) < MIN_PER_CLASS:
+        return _prior_head(x, y)
+    rng = np.random.default_rng(seed)
 
+    # Linear part: class-balanced ridge on +-1 targets, features centred on all the
+    # person's images (labelled or not).
     sw = np.where(v == SUPER_LIKE, SUPER_LIKE_WEIGHT, 1.0)
-    # Balance the classes so the boundary does not drift towards the majority.
-    sw = sw * np.where(y == 1, len(y) / (2 * sw[y == 1].sum()), len(y) / (2 * sw[y == 0].sum()))
-    t = 2 * y - 1
-    lam, w, loo, b = _ridge_loo(x, t, sw, RIDGE_LAMBDAS)
-    a, c = _fit_platt(loo, y)
+    sw = sw * np.where(y == 1, n / (2 * sw[y == 1].sum()), n / (2 * sw[y == 0].sum()))
+    mu = np.vstack([x, u]).astype(np.float64).mean(axis=0)
+    lam, w, b, loo_lin = _ridge_loo(x.astype(np.float64) - mu, 2.0 * y - 1.0, sw)
+    b -= float(mu @ w)
+
+    # Graph part: votes propagated over the person's images (votes first, capped).
+    lab = rng.permutation(n)[:MAX_ANCHORS] if n > MAX_ANCHORS else np.arange(n)
+    room = MAX_ANCHORS - len(lab)
+    unl = u[rng.permutation(len(u))[:room]] if len(u) > room else u
+    anchors = np.vstack([x[lab], unl])
+    graph = _Graph(anchors)
+    seeds = np.zeros(len(anchors))
+    seeds[: len(lab)] = _balanced_seeds(y[lab], sw[lab])
+    scores = graph.propagate(seeds)
+
+    # Out-of-fold graph evidence for the anchored votes, to set the mix and calibrate.
+    folds = np.array_split(rng.permutation(len(lab)), min(N_FOLDS, len(lab)))
+    oof_graph = np.zeros(len(lab))
+    for rows in folds:
+        keep = np.ones(len(lab), dtype=bool)
+        keep[rows] = False
+        fold_seeds = np.zeros(len(anchors))
+        fold_seeds[: len(lab)] = _balanced_seeds(y[lab] * keep, sw[lab] * keep) * keep
+        oof_graph[rows] = graph.query_without_self(graph.propagate(fold_seeds), rows)
+    oof_lin = loo_lin[lab]
+    unit = float(np.std(oof_lin)) / max(float(np.std(oof_graph)), 1e-12)
+    mix = _choose_mix(oof_lin, oof_graph * unit, y[lab]) * unit
+    oof = oof_lin + mix * oof_graph
+    a, c, eps = _calibrate(oof, y[lab].astype(np.float64))
     info: dict[str, float | int | str] = {
-        "kind": "ridge",
-        "n_train": len(y),
+        "kind": "ridge+graph",
+        "n_train": n,
         "n_liked": n_pos,
+        "n_anchors": len(anchors),
         "lambda": lam,
+        "mix": mix,
         "platt_a": a,
         "platt_c": c,
+        "vote_noise": eps,
     }
-    return TasteHead(w, b, a, c, info)
+    return TasteHead(w, b, anchors, scores, mix, a, c, eps, info)

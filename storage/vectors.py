@@ -6,12 +6,13 @@ person's index against the ids SQLite says they liked and rebuilds it when the
 file is missing, unreadable or stale. Files are written atomically (temp file +
 `os.replace`) by `flush`, so a crash leaves either the old file or the new one.
 
-Size: up to `FLAT_LIMIT` vectors a person's index is exact (`IndexFlatIP`, ~0.3 ms per
-query at 10k × 512 on one core). Above it, exhaustive search grows past a millisecond
-(~15 ms at 100k), so the index becomes an inverted file (`IndexIVFFlat`, inner product,
-about 2·√n lists, `_nprobe` of them searched): ~0.3 ms at 100k, recall@10 ≈ 0.99 on clustered
-data. The switch happens when `sync` rebuilds a large index, or in a background thread
-when `add` crosses the limit (searches keep using the flat index until the swap).
+Size: up to `FLAT_LIMIT` (4096) vectors a person's index is exact (`IndexFlatIP`,
+~0.5 ms per query at 4k × 512 on one busy core). Above it, exhaustive search passes a
+millisecond (~1 ms at 10k, 15-50 ms at 100k), so the index becomes an inverted file
+(`IndexIVFFlat`, inner product, about √n lists, ~3000 vectors' worth of them searched per
+query): under 1 ms at 100k, recall@10 ≈ 1.0 on clustered data (`python -m bench.speed
+--faiss-only`). The switch happens when `sync` rebuilds a large index, or in a background
+thread when `add` crosses the limit (searches use the flat index until the swap).
 Searches use one OpenMP thread: a single query gains nothing from more, and on a busy CPU
 OpenMP threads waiting for each other made a 5k-vector search 30x slower.
 """
@@ -31,16 +32,17 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-FLAT_LIMIT = 10_000  # vectors per person above which the index is an IVF (see module doc)
+FLAT_LIMIT = 4_096  # vectors per person above which the index is an IVF (see module doc)
 
 
 def _ivf_lists(n: int) -> int:
-    """A power of two near 2·√n, between 64 and 4096."""
-    return int(min(4096, max(64, 2 ** round(np.log2(2 * np.sqrt(max(n, 1)))))))
+    """A power of two near √n, between 64 and 4096."""
+    return int(min(4096, max(64, 2 ** round(np.log2(np.sqrt(max(n, 1)))))))
 
 
-def _nprobe(nlist: int) -> int:
-    return max(8, nlist // 32)
+def _nprobe(nlist: int, n: int) -> int:
+    """Lists to visit: about 3000 vectors' worth (~0.5 ms), at least 8."""
+    return int(min(nlist, max(8, np.ceil(3000 * nlist / max(n, 1)))))
 
 
 def _build_ivf(dim: int, ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIVFFlat:
@@ -52,7 +54,7 @@ def _build_ivf(dim: int, ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIVF
     vectors = np.ascontiguousarray(vectors, np.float32)
     index.train(vectors)
     index.add_with_ids(vectors, ids.astype(np.int64))
-    index.nprobe = _nprobe(nlist)
+    index.nprobe = _nprobe(nlist, index.ntotal)
     return index
 
 
@@ -158,7 +160,7 @@ class LikedIndex:
         if not isinstance(index, faiss.IndexIDMap2 | faiss.IndexIVFFlat) or index.d != self.dim:
             return None
         if isinstance(index, faiss.IndexIVFFlat):
-            index.nprobe = _nprobe(index.nlist)
+            index.nprobe = _nprobe(index.nlist, index.ntotal)
         person = _PersonIndex(self.dim)
         person.index = index
         person.ids = _index_ids(index)
@@ -203,6 +205,7 @@ class LikedIndex:
                 ivf.remove_ids(np.fromiter(gone, np.int64, len(gone)))  # type: ignore[arg-type]
             if new:
                 ivf.add_with_ids(np.stack([person.vector(i) for i in new]), np.array(new, np.int64))
+            ivf.nprobe = _nprobe(ivf.nlist, ivf.ntotal)
             person.index = ivf
             person.dirty = True
 

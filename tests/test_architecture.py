@@ -13,6 +13,7 @@ FORBIDDEN = {
     "learner": {"telegram", "discord", "bot", "storage", "aiosqlite", "sqlite3"},
     "storage": {"telegram", "discord", "bot", "learner", "torch", "transformers"},
     "bot/telegram_adapter": {"torch", "transformers", "faiss", "sqlite3", "aiosqlite"},
+    "bot/discord_adapter": {"torch", "transformers", "faiss", "sqlite3", "aiosqlite", "telegram"},
 }
 
 

@@ -21,7 +21,9 @@ import pytest
 from aiohttp import web
 from discord.webhook.async_ import AsyncWebhookAdapter
 
-from bot.__main__ import DiscordPlatform, SharedService, TelegramPlatform, serve
+from bot.discord_adapter.app import DiscordPlatform
+from bot.runner import SharedService, serve
+from bot.telegram_adapter.app import TelegramPlatform
 from bot.core import TasteService
 from bot.discord_adapter.app import TasteClient, build_client
 from bot.discord_adapter.views import encode_vote
@@ -79,12 +81,28 @@ class FakeDiscord:
     def install(self, client: TasteClient, monkeypatch: pytest.MonkeyPatch) -> None:
         fake = self
 
-        async def http_request(route: Any, *, files: Any = None, form: Any = None, **kw: Any) -> Any:
-            return fake.rest(route.method, route.url.removeprefix(discord.http.Route.BASE), kw.get("json"))
+        async def http_request(
+            route: Any, *, files: Any = None, form: Any = None, **kw: Any
+        ) -> Any:
+            return fake.rest(
+                route.method, route.url.removeprefix(discord.http.Route.BASE), kw.get("json")
+            )
 
         async def webhook_request(
-            adapter: Any, route: Any, session: Any = None, *, payload: Any = None, **kw: Any
+            adapter: Any,
+            route: Any,
+            session: Any = None,
+            *,
+            payload: Any = None,
+            multipart: Any = None,
+            files: Any = None,
+            **kw: Any,
         ) -> Any:
+            if payload is None and multipart:  # a response with a file: JSON rides in a form part
+                payload = json.loads(
+                    next(p["value"] for p in multipart if p["name"] == "payload_json")
+                )
+                payload["_files"] = {f.filename: f.fp.read() for f in files or []}
             return fake.rest(route.method, route.url.removeprefix(discord.http.Route.BASE), payload)
 
         async def download(url: str, *, limit: int) -> bytes:
@@ -182,6 +200,7 @@ class DiscordHarness:
     api: FakeDiscord
     service: TasteService
     next_id: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    last_interaction: str = ""
 
     # ------------------------------------------------------------- gateway
     def message_event(
@@ -245,10 +264,31 @@ class DiscordHarness:
         channel = kw.get("channel_id") or dm_channel(user_id)
         before = len(self.api.sent(channel))
         self.message_event(user_id, attachments=[self.attachment(data)], **kw)
-        return (await self.api.wait_for(lambda: m if len(m := self.api.sent(channel)) > before else None))[-1]
+        return (
+            await self.api.wait_for(
+                lambda: m if len(m := self.api.sent(channel)) > before else None
+            )
+        )[-1]
+
+    def response_to(self, interaction_id: str) -> dict[str, Any] | None:
+        """The interaction's answer: its response, or the followup after a defer."""
+        token = f"token-{interaction_id}"
+        for call in self.api.calls:
+            if call.path.startswith(f"/interactions/{interaction_id}/") and call.body.get(
+                "data", {}
+            ).get("content"):
+                return call.body["data"] | {"_files": call.body.get("_files", {})}
+            if call.path.startswith(f"/webhooks/{APP_ID}/{token}") and call.body.get("content"):
+                return call.body
+        return None
 
     def interaction_event(
-        self, user_id: int, data: dict[str, Any], *, kind: int, message: dict[str, Any] | None,
+        self,
+        user_id: int,
+        data: dict[str, Any],
+        *,
+        kind: int,
+        message: dict[str, Any] | None,
         channel_id: int | None,
     ) -> str:
         interaction_id = str(300_000 + next(self.next_id))
@@ -263,11 +303,15 @@ class DiscordHarness:
             "app_permissions": "0",
             "entitlements": [],
             "attachment_size_limit": 10 * 1024 * 1024,
-            "authorizing_integration_owners": {"0": str(GUILD)} if channel_id else {"1": str(user_id)},
+            "authorizing_integration_owners": {"0": str(GUILD)}
+            if channel_id
+            else {"1": str(user_id)},
         }
         if channel_id is None:
             payload["channel"] = {
-                "id": str(dm_channel(user_id)), "type": 1, "recipients": [user_payload(user_id)]
+                "id": str(dm_channel(user_id)),
+                "type": 1,
+                "recipients": [user_payload(user_id)],
             }
             payload["channel_id"] = str(dm_channel(user_id))
             payload["user"] = user_payload(user_id)
@@ -275,13 +319,23 @@ class DiscordHarness:
         else:
             payload["guild_id"] = str(GUILD)
             payload["channel"] = {
-                "id": str(channel_id), "type": 0, "name": "general", "position": 0,
-                "guild_id": str(GUILD), "permission_overwrites": [], "nsfw": False,
+                "id": str(channel_id),
+                "type": 0,
+                "name": "general",
+                "position": 0,
+                "guild_id": str(GUILD),
+                "permission_overwrites": [],
+                "nsfw": False,
             }
             payload["channel_id"] = str(channel_id)
             payload["member"] = {
-                "user": user_payload(user_id), "roles": [], "joined_at": "2026-01-01T00:00:00+00:00",
-                "permissions": "0", "deaf": False, "mute": False, "flags": 0,
+                "user": user_payload(user_id),
+                "roles": [],
+                "joined_at": "2026-01-01T00:00:00+00:00",
+                "permissions": "0",
+                "deaf": False,
+                "mute": False,
+                "flags": 0,
             }
             payload["context"] = 0
         if message is not None:
@@ -295,7 +349,10 @@ class DiscordHarness:
         """Press a vote button on `reply`; return the interaction response's body."""
         custom_id = encode_vote(submission_id(reply), vote)
         interaction_id = self.interaction_event(
-            user_id, {"custom_id": custom_id, "component_type": 2}, kind=3, message=reply,
+            user_id,
+            {"custom_id": custom_id, "component_type": 2},
+            kind=3,
+            message=reply,
             channel_id=channel_id,
         )
         calls = await self.api.wait_for(
@@ -305,23 +362,20 @@ class DiscordHarness:
 
     async def command(self, user_id: int, name: str, *, channel_id: int | None = None) -> str:
         """A slash command; the text the person sees (the response or its followup)."""
+        return str((await self.slash(user_id, name, channel_id=channel_id))["content"])
+
+    async def slash(
+        self, user_id: int, name: str, *, channel_id: int | None = None
+    ) -> dict[str, Any]:
         interaction_id = self.interaction_event(
-            user_id, {"id": "1", "name": name, "type": 1}, kind=2, message=None,
+            user_id,
+            {"id": "1", "name": name, "type": 1},
+            kind=2,
+            message=None,
             channel_id=channel_id,
         )
-        token = f"token-{interaction_id}"
-
-        def answer() -> str | None:
-            for call in self.api.calls:
-                if call.path.startswith(f"/interactions/{interaction_id}/"):
-                    content = call.body.get("data", {}).get("content")
-                    if content:
-                        return str(content)
-                if call.path.startswith(f"/webhooks/{APP_ID}/{token}") and call.body.get("content"):
-                    return str(call.body["content"])
-            return None
-
-        return await self.api.wait_for(answer, timeout=30)
+        self.last_interaction = interaction_id
+        return await self.api.wait_for(lambda: self.response_to(interaction_id), timeout=30)
 
 
 def submission_id(reply: dict[str, Any]) -> int:
@@ -369,7 +423,13 @@ async def discord_bot(
 
 async def test_start_registers_commands_and_persistent_buttons(discord_bot: DiscordHarness) -> None:
     synced = discord_bot.api.calls_to(f"/applications/{APP_ID}/commands")
-    assert sorted(c["name"] for c in synced[0].body) == ["help", "retrain", "stats"]  # type: ignore[index]
+    assert sorted(c["name"] for c in synced[0].body) == [
+        "export",
+        "forget",
+        "help",
+        "retrain",
+        "stats",
+    ]  # type: ignore[index]
     # Buttons are answered by their custom_id's template, so any earlier run's buttons work.
     assert discord_bot.client._connection._view_store._dynamic_items
 
@@ -416,7 +476,8 @@ async def test_server_channel_needs_a_mention_and_votes_are_per_presser(
         assert response["type"] == 4 and response["data"]["content"] == text
         assert response["data"]["flags"] == discord.MessageFlags(ephemeral=True).value
     rows = await bot.service.store.db.fetch_all(
-        "SELECT u.platform, u.platform_user_id, f.vote FROM feedback f JOIN users u ON u.id = f.user_id"
+        "SELECT u.platform, u.platform_user_id, f.vote"
+        " FROM feedback f JOIN users u ON u.id = f.user_id"
         " ORDER BY u.platform_user_id"
     )
     assert [tuple(r) for r in rows] == [("discord", "1", "like"), ("discord", "2", "dislike")]
@@ -589,7 +650,7 @@ async def test_buttons_keep_working_after_a_restart(
 async def test_discord_and_telegram_fill_the_same_tables_and_retrain_the_same_way(
     settings: Settings, encoder: ClipImageEncoder, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    """The same votes through each adapter, each into a fresh data dir: identical rows and models."""
+    """The same votes through each adapter, each in a fresh data dir: identical rows, models."""
     from tests.test_telegram import running_bot
 
     seeds = list(range(1, 13))
@@ -600,7 +661,13 @@ async def test_discord_and_telegram_fill_the_same_tables_and_retrain_the_same_wa
         for seed, vote in zip(seeds, votes, strict=True):
             reply = await tg.send_photo(ALICE, image_bytes(seed))
             await tg.vote(ALICE, reply, vote)
-        assert "v1 promoted" in await tg.command(ADMIN, "/retrain")
+        tg.api.send_text(ADMIN, "/retrain")  # answered by editing a progress message
+        await tg.api.wait_for(
+            lambda: any(
+                "v1 promoted" in m.get("text", "") for m in tg.api.sent_messages(chat_id=ADMIN)
+            ),
+            timeout=30,
+        )
         telegram_tables = await dump_tables(tg.service)
 
     dc_settings = settings.model_copy(update={"data_dir": tmp_path / "discord"})
@@ -627,9 +694,12 @@ async def test_discord_and_telegram_fill_the_same_tables_and_retrain_the_same_wa
 async def dump_tables(service: TasteService) -> dict[str, list[tuple[Any, ...]]]:
     queries = {
         "users": "SELECT platform, platform_user_id FROM users ORDER BY id",
-        "submissions": "SELECT id, user_id, image_id, score, model_version_id FROM submissions ORDER BY id",
-        "feedback": "SELECT user_id, submission_id, vote, revision FROM feedback ORDER BY submission_id",
-        "model_versions": "SELECT version, status, train_size, holdout_size, metrics_json FROM model_versions",
+        "submissions": "SELECT id, user_id, image_id, score, model_version_id"
+        " FROM submissions ORDER BY id",
+        "feedback": "SELECT user_id, submission_id, vote, revision"
+        " FROM feedback ORDER BY submission_id",
+        "model_versions": "SELECT version, status, train_size, holdout_size, metrics_json"
+        " FROM model_versions",
         "training_runs": "SELECT trigger, outcome, n_labels, detail FROM training_runs",
     }
     out = {}
@@ -644,7 +714,7 @@ async def dump_tables(service: TasteService) -> dict[str, list[tuple[Any, ...]]]
 async def test_both_platforms_run_in_one_loop_on_one_core(
     settings: Settings, encoder: ClipImageEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`serve`, as `python -m bot` runs it with both tokens: one service, one scheduler, two adapters."""
+    """`serve` with both tokens, as `python -m bot`: one core, one scheduler, two adapters."""
     telegram_api = FakeBotAPI()
     both = discord_settings(settings).model_copy(
         update={
@@ -659,9 +729,7 @@ async def test_both_platforms_run_in_one_loop_on_one_core(
         return opened[-1]
 
     shared = SharedService(open_service)
-    telegram = TelegramPlatform(
-        both, shared.get, httpx_kwargs={"transport": telegram_api.transport()}
-    )
+    telegram = TelegramPlatform(both, httpx_kwargs={"transport": telegram_api.transport()})
     discord_platform = DiscordPlatform(both, sync_commands=False)
     discord_api = FakeDiscord()
     discord_api.install(discord_platform.client, monkeypatch)
@@ -699,3 +767,37 @@ async def test_both_platforms_run_in_one_loop_on_one_core(
         telegram_api.close()
     assert len(opened) == 1
     assert discord_platform.client.is_closed()
+
+
+async def test_stats_chart_export_and_forget(discord_bot: DiscordHarness) -> None:
+    bot = discord_bot
+    reply = await bot.send_image(ALICE, image_bytes(11))
+    await bot.press(ALICE, reply, Vote.LIKE)
+
+    stats = await bot.slash(ALICE, "stats")
+    assert "learning-curve.png" in stats["_files"]
+    assert stats["_files"]["learning-curve.png"].startswith(b"\x89PNG")
+    assert stats["flags"] & discord.MessageFlags(ephemeral=True).value
+
+    export = await bot.slash(ALICE, "export")
+    rows = json.loads(export["_files"]["tastebot-export.json"])["submissions"]
+    assert len(rows) == 1 and export["content"] == "Your data: 1 images."
+
+    prompt = await bot.slash(ALICE, "forget")
+    assert "cannot be undone" in prompt["content"]
+    confirm = prompt["components"][0]["components"][0]
+    # The confirmation is an ephemeral message: its button press comes back with it.
+    message = bot.api._store_message(dm_channel(ALICE), prompt)
+    pressed = bot.interaction_event(
+        ALICE,
+        {"custom_id": confirm["custom_id"], "component_type": 2},
+        kind=3,
+        message=message,
+        channel_id=None,
+    )
+    done = await bot.api.wait_for(lambda: bot.api.calls_to(f"/interactions/{pressed}/"))
+    assert done[0].body["data"]["content"].startswith("Deleted: 1 images you sent, 1 votes")
+    rows = await bot.service.store.db.fetch_all(
+        "SELECT COUNT(*) FROM users WHERE platform = 'discord'"
+    )
+    assert rows[0][0] == 0

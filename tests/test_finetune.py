@@ -1,4 +1,8 @@
-"""Backbone fine-tuning: the two phases, saving, SupCon, and the child process around it."""
+"""Backbone fine-tuning: the two phases, saving, SupCon, and the child process around it.
+
+The stand-in runners below run in spawned children, which import this module: its top-level
+imports stay light (no transformers, no conftest), or each child would spend seconds on them.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -16,7 +22,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bot.finetune_process import FinetuneFailed, FinetuneJob
-from learner.encoder import ClipImageEncoder
 from learner.finetune import (
     METADATA_FILE,
     FinetuneConfig,
@@ -28,7 +33,9 @@ from learner.finetune import (
     supcon_loss,
 )
 from learner.head import DISLIKE, LIKE, SUPER_LIKE
-from tests.conftest import image_bytes
+
+if TYPE_CHECKING:
+    from learner.encoder import ClipImageEncoder
 
 FAST = FinetuneConfig(
     head_epochs=2, encoder_epochs=1, batch_size=4, unfreeze_blocks=1, encoder_lr=1e-3, device="cpu"
@@ -38,6 +45,8 @@ FAST = FinetuneConfig(
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory: pytest.TempPathFactory) -> list[FinetuneExample]:
     """Two people, 10 images; person 7 likes the even seeds, person 9 the odd ones."""
+    from tests.conftest import image_bytes
+
     folder = tmp_path_factory.mktemp("images")
     out = []
     for seed in range(10):
@@ -52,8 +61,14 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(model_dir / "model.safetensors"))
 
 
+def load_encoder(model_dir: Path) -> ClipImageEncoder:
+    from learner.encoder import ClipImageEncoder
+
+    return ClipImageEncoder(str(model_dir), device="cpu")
+
+
 def digest(model_dir: Path) -> str:
-    return ClipImageEncoder(str(model_dir), device="cpu").version.split("@")[1]
+    return load_encoder(model_dir).version.split("@")[1]
 
 
 def test_heads_phase_leaves_the_encoder_bit_identical(
@@ -77,7 +92,7 @@ def test_heads_phase_leaves_the_encoder_bit_identical(
 def test_encoder_phase_changes_the_top_blocks_and_saves_a_new_version(
     clip_dir: Path, examples: list[FinetuneExample], tmp_path: Path
 ) -> None:
-    config = FinetuneConfig(**{**FAST.__dict__, "contrastive_weight": 0.5})
+    config = replace(FAST, contrastive_weight=0.5)
     out = tmp_path / "v2"
     result = finetune(str(clip_dir), examples, out, config)
 
@@ -90,7 +105,7 @@ def test_encoder_phase_changes_the_top_blocks_and_saves_a_new_version(
         k.startswith((top, "vision_model.post_layernorm", "visual_projection")) for k in changed
     )
     # Loads through the same from_pretrained path, as a new version, and embeds.
-    encoder = ClipImageEncoder(str(out), device="cpu")
+    encoder = load_encoder(out)
     assert encoder.version.split("@")[1] != digest(clip_dir)
     assert encoder.version.startswith("v2@")
     vectors = encoder.embed([Image.open(examples[0].image_path)])
@@ -104,7 +119,7 @@ def test_encoder_phase_changes_the_top_blocks_and_saves_a_new_version(
 def test_unfreezing_every_block_reaches_the_embeddings(
     clip_dir: Path, examples: list[FinetuneExample], tmp_path: Path
 ) -> None:
-    config = FinetuneConfig(**{**FAST.__dict__, "head_epochs": 0, "unfreeze_blocks": 99})
+    config = replace(FAST, head_epochs=0, unfreeze_blocks=99)
     finetune(str(clip_dir), examples[:8], tmp_path / "out", config)
     before, after = weights(clip_dir), weights(tmp_path / "out")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -116,7 +131,7 @@ def test_unfreezing_every_block_reaches_the_embeddings(
 def test_bf16_autocast_on_the_cpu_trains(
     clip_dir: Path, examples: list[FinetuneExample], tmp_path: Path
 ) -> None:
-    config = FinetuneConfig(**{**FAST.__dict__, "head_epochs": 0, "cpu_bf16": True})
+    config = replace(FAST, head_epochs=0, cpu_bf16=True)
     result = finetune(str(clip_dir), examples[:8], tmp_path / "out", config)
     assert result.encoder_loss is not None and math.isfinite(result.encoder_loss)
     after = weights(tmp_path / "out")["visual_projection.weight"]
@@ -231,7 +246,7 @@ async def test_job_runs_finetune_in_a_child_and_streams_progress(
     assert phases[0] == "loading" and phases[-1] == "done" and "encoder" in phases
     assert len(callbacks) == len(phases) and job.latest is not None and job.done
     assert result.out_dir == tmp_path / "out" and not result.stopped_early
-    assert ClipImageEncoder(str(result.out_dir), device="cpu").version != ""
+    assert load_encoder(result.out_dir).version.startswith("out@")
 
 
 async def test_a_child_that_raises_is_reported_failed(tmp_path: Path) -> None:
@@ -261,8 +276,10 @@ async def test_a_killed_child_is_reported_failed_and_leaves_nothing(tmp_path: Pa
 async def test_cancel_stops_cooperatively_then_terminates(
     clip_dir: Path, examples: list[FinetuneExample], tmp_path: Path
 ) -> None:
-    # Cooperative: the real finetune sees should_stop and returns without saving.
-    job = FinetuneJob(str(clip_dir), examples, tmp_path / "a", FAST)
+    # Cooperative: the real finetune sees should_stop and returns without saving. (Enough
+    # heads epochs that the run is still going however late the cancel arrives.)
+    long = replace(FAST, head_epochs=100_000)
+    job = FinetuneJob(str(clip_dir), examples, tmp_path / "a", long)
     await job.start()
     async for p in job.progress():
         if p.phase == "heads":

@@ -11,11 +11,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
+from pydantic import SecretStr
 from PIL import Image
 
 from bot.core import TasteService
 from bot.settings import Settings
-from bot.telegram_adapter.app import build_application
+from bot.runner import SharedService, serve
+from bot.telegram_adapter.app import TelegramPlatform
 from bot.telegram_adapter.callback_data import decode_vote, encode_vote
 from learner.encoder import ClipImageEncoder
 from storage.records import Vote
@@ -93,11 +95,12 @@ def _submission_id(reply: dict) -> int:
 
 @asynccontextmanager
 async def running_bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[Harness]:
-    """The real Application, polling a fake Bot API, with the lifecycle run_polling uses."""
+    """The real runner (bot.runner.serve, as `python -m bot` uses it) with the real PTB
+    Application, polling a fake Bot API in-process."""
     api = FakeBotAPI()
     settings = settings.model_copy(
         update={
-            "telegram_bot_token": type(settings.telegram_bot_token)(api.token),
+            "telegram_bot_token": SecretStr(api.token),
             "telegram_api_url": "http://fake-telegram",
         }
     )
@@ -105,21 +108,17 @@ async def running_bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIte
     async def open_service() -> TasteService:
         return await TasteService.open(settings, encoder)
 
-    app = build_application(settings, open_service, httpx_kwargs={"transport": api.transport()})
-    await app.initialize()
-    assert app.post_init is not None and app.post_shutdown is not None
-    await app.post_init(app)
-    await app.start()
-    assert app.updater is not None
-    await app.updater.start_polling(poll_interval=0, timeout=1)
+    shared = SharedService(open_service)
+    platform = TelegramPlatform(settings, httpx_kwargs={"transport": api.transport()})
+    stop = asyncio.Event()
+    running = asyncio.create_task(serve(settings, shared, [platform], stop))
+    await api.wait_for_call("setMyCommands")  # the core is attached and polling starts
+    assert shared.service is not None
     try:
-        assert app.bot_data.service is not None
-        yield Harness(api, app.bot_data.service)
+        yield Harness(api, shared.service)
     finally:
-        await app.updater.stop()
-        await app.stop()
-        await app.shutdown()
-        await app.post_shutdown(app)
+        stop.set()
+        await asyncio.wait_for(running, timeout=30)
         api.close()
 
 

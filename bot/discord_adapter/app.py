@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -73,7 +75,7 @@ class TasteClient(discord.Client):
         await handlers.on_message(self, message)
 
     async def download(self, url: str, *, limit: int) -> bytes:
-        """At most limit + 1 bytes of `url`: the core refuses anything longer, never buffered whole."""
+        """At most limit + 1 bytes of `url`, never more in memory; the core refuses the +1."""
         if self._downloads is None:
             self._downloads = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         async with self._downloads.get(url) as response:
@@ -95,7 +97,9 @@ def add_commands(tree: app_commands.CommandTree[Any]) -> None:
     """Slash commands: each is one handler in handlers.py."""
     for name, description, callback in [
         ("help", "What this bot does", handlers.cmd_help),
-        ("stats", "Your votes and your model", handlers.cmd_stats),
+        ("stats", "Your votes, your model and its learning curve", handlers.cmd_stats),
+        ("export", "Your own data, as a JSON file", handlers.cmd_export),
+        ("forget", "Delete everything the bot knows about you", handlers.cmd_forget),
         ("retrain", "Admins: retrain models now", handlers.cmd_retrain),
     ]:
         tree.add_command(
@@ -116,3 +120,27 @@ async def on_command_error(
 
 def build_client(settings: Settings, **kwargs: Any) -> TasteClient:
     return TasteClient(settings, **kwargs)
+
+
+class DiscordPlatform:
+    name = "discord"
+
+    def __init__(self, settings: Settings, **kwargs: object) -> None:
+        assert settings.discord_bot_token is not None
+        self.token = settings.discord_bot_token.get_secret_value()
+        self.client = build_client(settings, **kwargs)
+        self.task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        await self.client.login(self.token)  # checks the token, registers buttons and commands
+
+    async def start(self, service: TasteService) -> asyncio.Task[None]:
+        self.client.attach(service)
+        self.task = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
+        return self.task
+
+    async def stop(self) -> None:
+        await self.client.close()
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -11,6 +13,7 @@ from urllib.parse import urlsplit
 import discord
 
 from bot import render
+from bot.charts import learning_curve_png
 from bot.core import AlreadyAnswered, IncomingImage, Person, Refused
 from bot.discord_adapter.views import vote_view
 from storage.records import Vote
@@ -174,13 +177,53 @@ async def cmd_help(interaction: discord.Interaction[TasteClient]) -> None:
 
 
 async def cmd_stats(interaction: discord.Interaction[TasteClient]) -> None:
-    """/stats: the person's counts and model; totals for admins."""
+    """/stats: the person's counts and model, with the learning-curve chart; totals for admins."""
     client = interaction.client
-    stats = await client.service.stats(
-        person(interaction.user), include_totals=is_admin(interaction)
+    who = person(interaction.user)
+    stats = await client.service.stats(who, include_totals=is_admin(interaction))
+    curve = await client.service.learning_curve(who)
+    caption = render.curve_caption(stats, curve, client.settings.head_min_votes)[:MAX_MESSAGE]
+    if not curve.versions and not curve.votes:
+        await interaction.response.send_message(caption, ephemeral=True)
+        return
+    await interaction.response.defer(ephemeral=True, thinking=True)  # the chart takes a moment
+    png = await asyncio.to_thread(learning_curve_png, curve)
+    chart = discord.File(io.BytesIO(png), filename="learning-curve.png")
+    await interaction.followup.send(caption, file=chart, ephemeral=True)
+
+
+async def cmd_export(interaction: discord.Interaction[TasteClient]) -> None:
+    """/export: the person's own data as a JSON file, shown only to them."""
+    rows = await interaction.client.service.export(person(interaction.user))
+    data = json.dumps({"submissions": rows}, ensure_ascii=False, indent=1).encode()
+    await interaction.response.send_message(
+        f"Your data: {len(rows)} images.",
+        file=discord.File(io.BytesIO(data), filename="tastebot-export.json"),
+        ephemeral=True,
     )
-    text = render.stats_text(stats, client.settings.head_min_votes)
-    await interaction.response.send_message(text[:MAX_MESSAGE], ephemeral=True)
+
+
+class ForgetConfirm(discord.ui.View):
+    """The /forget confirmation: ephemeral and short-lived, so not persistent."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=300)
+
+    @discord.ui.button(label="Delete everything", style=discord.ButtonStyle.danger)
+    async def yes(self, interaction: discord.Interaction[TasteClient], _: Any) -> None:
+        report = await interaction.client.service.forget(person(interaction.user))
+        await interaction.response.edit_message(content=render.forget_report(report), view=None)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def no(self, interaction: discord.Interaction[TasteClient], _: Any) -> None:
+        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
+
+
+async def cmd_forget(interaction: discord.Interaction[TasteClient]) -> None:
+    """/forget: ask for confirmation, then delete everything of the person."""
+    await interaction.response.send_message(
+        render.forget_prompt(), view=ForgetConfirm(), ephemeral=True
+    )
 
 
 async def cmd_retrain(interaction: discord.Interaction[TasteClient]) -> None:

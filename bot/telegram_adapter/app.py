@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from telegram import BotCommand
 from telegram.ext import (
@@ -19,7 +20,6 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 
 from bot.core import TasteService
-from bot.scheduler import start_scheduler
 from bot.settings import Settings
 from bot.telegram_adapter import handlers
 from bot.telegram_adapter.callback_data import FORGET_PATTERN, MY_SCORE_PATTERN, SIMILAR_PATTERN
@@ -38,30 +38,9 @@ COMMANDS = [
 
 
 def build_application(
-    settings: Settings,
-    open_service: Callable[[], Awaitable[TasteService]],
-    *,
-    httpx_kwargs: dict[str, Any] | None = None,
+    settings: Settings, *, httpx_kwargs: dict[str, Any] | None = None
 ) -> TasteApplication:
-    """The Application; `open_service` runs in post_init, so the CLIP model loads once
-    the bot has checked its token."""
-
-    async def post_init(app: TasteApplication) -> None:
-        service = await open_service()
-        app.bot_data.service = service
-
-        async def notify(user: User, text: str) -> None:
-            await app.bot.send_message(chat_id=int(user.platform_user_id), text=text)
-
-        service.notifiers[PLATFORM] = notify
-        app.bot_data.scheduler = start_scheduler(service, settings)
-        await app.bot.set_my_commands(COMMANDS)
-
-    async def post_shutdown(app: TasteApplication) -> None:
-        if app.bot_data.scheduler is not None:
-            app.bot_data.scheduler.shutdown(wait=False)
-        if app.bot_data.service is not None:
-            await app.bot_data.service.close()
+    """The Application with every handler. The core is attached by `TelegramPlatform.start`."""
 
     def request(read_timeout: float) -> HTTPXRequest:
         return HTTPXRequest(
@@ -86,8 +65,6 @@ def build_application(
         # Queues outgoing calls within Telegram's flood limits and retries on RetryAfter,
         # so a burst of replies is delayed rather than dropped.
         .rate_limiter(AIORateLimiter(max_retries=3))
-        .post_init(post_init)
-        .post_shutdown(post_shutdown)
         .build()
     )
     app.bot_data.settings = settings
@@ -116,3 +93,55 @@ def add_handlers(app: TasteApplication) -> None:
     # Last: votes, and anything else gets "this button is not mine".
     app.add_handler(CallbackQueryHandler(handlers.on_vote))
     app.add_error_handler(handlers.on_error)
+
+
+async def attach_service(app: TasteApplication, service: TasteService) -> None:
+    """Give the handlers the core, and the core a way to message Telegram users."""
+    app.bot_data.service = service
+
+    async def notify(user: User, text: str) -> None:
+        await app.bot.send_message(chat_id=int(user.platform_user_id), text=text)
+
+    service.notifiers[PLATFORM] = notify
+    await app.bot.set_my_commands(COMMANDS)
+
+
+class TelegramPlatform:
+    """Telegram as the runner drives it: long polling, or a webhook when WEBHOOK_URL is set."""
+
+    name = PLATFORM
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        self.app = build_application(settings, **kwargs)
+        # Telegram sends this secret with every webhook request; PTB refuses requests
+        # without it (403). A fresh one per start is fine: setWebhook runs at every start.
+        self.webhook_secret = settings.webhook_secret or secrets.token_urlsafe(32)
+
+    async def connect(self) -> None:
+        await self.app.initialize()  # getMe: checks the token before CLIP loads
+
+    async def start(self, service: TasteService) -> None:
+        await attach_service(self.app, service)
+        await self.app.start()
+        assert self.app.updater is not None
+        updates = ["message", "callback_query"]
+        url = self.settings.webhook_url
+        if url is None:
+            await self.app.updater.start_polling(allowed_updates=updates)
+            return
+        await self.app.updater.start_webhook(
+            listen=self.settings.webhook_listen,
+            port=self.settings.webhook_port,
+            url_path=urlsplit(url).path.lstrip("/"),
+            webhook_url=url,
+            secret_token=self.webhook_secret,
+            allowed_updates=updates,
+        )
+
+    async def stop(self) -> None:
+        if self.app.updater is not None and self.app.updater.running:
+            await self.app.updater.stop()
+        if self.app.running:
+            await self.app.stop()
+        await self.app.shutdown()

@@ -7,7 +7,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from telegram import Document, Message, PhotoSize, Update
 from telegram.constants import ChatType
 from telegram.error import BadRequest, Forbidden
@@ -44,7 +43,6 @@ class BotState:
 
     settings: Settings | None = None
     service: TasteService | None = None
-    scheduler: AsyncIOScheduler | None = None
     albums: dict[tuple[int, str], Album] = field(default_factory=dict)
 
 

@@ -1,0 +1,93 @@
+"""Run the chat platforms on one event loop around one core.
+
+The runner owns what the platforms share — the core service (database, FAISS, CLIP) and
+the retrain scheduler — and each platform only connects, receives and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from bot.core import TasteService
+from bot.scheduler import start_scheduler
+from bot.settings import Settings
+
+log = logging.getLogger("bot")
+
+OpenService = Callable[[], Awaitable[TasteService]]
+
+
+class Platform(Protocol):
+    """One chat platform's adapter, as the runner drives it."""
+
+    name: str
+
+    async def connect(self) -> None:
+        """Check the token (before CLIP loads, so a wrong token fails fast)."""
+
+    async def start(self, service: TasteService) -> Awaitable[None] | None:
+        """Attach the core and start receiving; may return what finishes if the platform dies."""
+
+    async def stop(self) -> None:
+        """Stop receiving and let handlers in flight finish."""
+
+
+class SharedService:
+    """Opens the core once, however many platforms ask for it."""
+
+    def __init__(self, open_service: OpenService) -> None:
+        self._open = open_service
+        self._lock = asyncio.Lock()
+        self.service: TasteService | None = None
+
+    async def get(self) -> TasteService:
+        async with self._lock:
+            if self.service is None:
+                self.service = await self._open()
+            return self.service
+
+
+async def serve(
+    settings: Settings,
+    shared: SharedService,
+    platforms: Sequence[Platform],
+    stop: asyncio.Event,
+) -> None:
+    """Connect every platform, open the core, start the scheduler, run until `stop`, shut down.
+
+    A platform whose connection dies for good (a revoked token, a missing privileged
+    intent) stops everything, and its error is raised.
+    """
+    started: list[Platform] = []
+    scheduler = None
+    try:
+        for platform in platforms:
+            started.append(platform)
+            await platform.connect()
+        service = await shared.get()
+        scheduler = start_scheduler(service, settings)
+        watched: list[asyncio.Future[object]] = []
+        for platform in platforms:
+            done = await platform.start(service)
+            if done is not None:
+                watched.append(asyncio.ensure_future(done))
+            log.info("%s: receiving", platform.name)
+        stopping: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
+        finished, _ = await asyncio.wait([stopping, *watched], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        for future in finished - {stopping}:
+            future.result()  # raises the platform's error
+            raise RuntimeError("a platform stopped on its own")
+    finally:
+        for platform in reversed(started):
+            try:
+                await platform.stop()
+            except Exception:
+                log.exception("stopping %s failed", platform.name)
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        if shared.service is not None:
+            await shared.service.close()
