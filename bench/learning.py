@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from learner.head import SUPER_LIKE, DISLIKE, LIKE, train_head
+from learner.head import DISLIKE, LIKE, SUPER_LIKE, train_head
 from learner.metrics import expected_calibration_error, roc_auc
 
 BUDGETS = (10, 20, 50, 100, 200, 500)
@@ -80,7 +80,7 @@ def simulate_person(x: np.ndarray, labels: np.ndarray, u: int) -> Person:
     liked = np.isin(labels, liked_classes)
 
     perm = rng.permutation(len(x))
-    n_test = int(round(TEST_FRACTION * len(x)))
+    n_test = round(TEST_FRACTION * len(x))
     test, stream = perm[:n_test], perm[n_test:]
     flips = rng.random(len(stream)) < FLIP_PROBABILITY
     true_stream = liked[stream]
@@ -102,7 +102,9 @@ def _one_sided(votes: np.ndarray) -> bool:
     return bool(y.all() or not y.any())
 
 
-def logistic_regression(xtr: np.ndarray, votes: np.ndarray, _u: np.ndarray, xte: np.ndarray) -> np.ndarray | None:
+def logistic_regression(
+    xtr: np.ndarray, votes: np.ndarray, _u: np.ndarray, xte: np.ndarray
+) -> np.ndarray | None:
     from sklearn.linear_model import LogisticRegression
 
     if _one_sided(votes):
@@ -127,7 +129,9 @@ def knn(xtr: np.ndarray, votes: np.ndarray, _u: np.ndarray, xte: np.ndarray) -> 
     return out
 
 
-def centroids(xtr: np.ndarray, votes: np.ndarray, _u: np.ndarray, xte: np.ndarray) -> np.ndarray | None:
+def centroids(
+    xtr: np.ndarray, votes: np.ndarray, _u: np.ndarray, xte: np.ndarray
+) -> np.ndarray | None:
     """cos(x, liked centroid) - cos(x, disliked centroid)."""
     if _one_sided(votes):
         return None
@@ -147,8 +151,10 @@ def mlp(xtr: np.ndarray, votes: np.ndarray, _u: np.ndarray, xte: np.ndarray) -> 
     torch.manual_seed(0)
     d = xtr.shape[1]
     net = torch.nn.Sequential(
-        torch.nn.Linear(d, 256), torch.nn.ReLU(),
-        torch.nn.Linear(256, 128), torch.nn.ReLU(),
+        torch.nn.Linear(d, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 128),
+        torch.nn.ReLU(),
         torch.nn.Linear(128, 1),
     )
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -162,7 +168,9 @@ def mlp(xtr: np.ndarray, votes: np.ndarray, _u: np.ndarray, xte: np.ndarray) -> 
             loss.backward()
             opt.step()
     with torch.no_grad():
-        out: np.ndarray = net(torch.from_numpy(np.ascontiguousarray(xte, dtype=np.float32)))[:, 0].numpy()
+        out: np.ndarray = net(torch.from_numpy(np.ascontiguousarray(xte, dtype=np.float32)))[
+            :, 0
+        ].numpy()
     return out
 
 
@@ -187,8 +195,12 @@ class Results:
 
 def run(x: np.ndarray, labels: np.ndarray, users: int, references: bool = True) -> Results:
     names = [PROJECT] + (list(REFERENCES) if references else [])
-    res = Results({n: {b: [] for b in BUDGETS} for n in names},
-                  {b: [] for b in BUDGETS}, {b: [] for b in BUDGETS}, [])
+    res = Results(
+        {n: {b: [] for b in BUDGETS} for n in names},
+        {b: [] for b in BUDGETS},
+        {b: [] for b in BUDGETS},
+        [],
+    )
     for u in range(users):
         p = simulate_person(x, labels, u)
         xte = x[p.test]
@@ -228,11 +240,15 @@ def targets(s: dict[str, dict[str, float]]) -> list[str]:
         best = max(s[n][str(b)] for n in refs)
         got = s[PROJECT][str(b)]
         ok = got >= best - 0.005
-        lines.append(f"budget {b}: {got:.3f} vs best ref {best:.3f} - 0.005  {'PASS' if ok else 'FAIL'}")
+        lines.append(
+            f"budget {b}: {got:.3f} vs best ref {best:.3f} - 0.005  {'PASS' if ok else 'FAIL'}"
+        )
     mean_p = np.mean([s[PROJECT][str(b)] for b in TARGET_BUDGETS])
     mean_best = np.mean([max(s[n][str(b)] for n in refs) for b in TARGET_BUDGETS])
     ok = mean_p >= mean_best + 0.02
-    lines.append(f"mean 20-200: {mean_p:.3f} vs best ref {mean_best:.3f} + 0.02  {'PASS' if ok else 'FAIL'}")
+    lines.append(
+        f"mean 20-200: {mean_p:.3f} vs best ref {mean_best:.3f} + 0.02  {'PASS' if ok else 'FAIL'}"
+    )
     ece = s["ece"]["200"]
     lines.append(f"ECE at 200: {ece:.3f} <= 0.05  {'PASS' if ece <= 0.05 else 'FAIL'}")
     return lines
@@ -243,10 +259,19 @@ def table(s: dict[str, dict[str, float]], title: str) -> str:
     rows = [head, "|---" * (len(BUDGETS) + 1) + "|"]
     for name in [PROJECT, *REFERENCES]:
         if name in s:
-            rows.append(f"| {name} | " + " | ".join(f"{s[name][str(b)]:.3f}" for b in BUDGETS) + " |")
-    rows.append("| project ECE (vs votes) | " + " | ".join(f"{s['ece'][str(b)]:.3f}" for b in BUDGETS) + " |")
-    rows.append("| project ECE (vs true labels) | "
-                + " | ".join(f"{s['ece_true_labels'][str(b)]:.3f}" for b in BUDGETS) + " |")
+            rows.append(
+                f"| {name} | " + " | ".join(f"{s[name][str(b)]:.3f}" for b in BUDGETS) + " |"
+            )
+    rows.append(
+        "| project ECE (vs votes) | "
+        + " | ".join(f"{s['ece'][str(b)]:.3f}" for b in BUDGETS)
+        + " |"
+    )
+    rows.append(
+        "| project ECE (vs true labels) | "
+        + " | ".join(f"{s['ece_true_labels'][str(b)]:.3f}" for b in BUDGETS)
+        + " |"
+    )
     return "\n".join(rows)
 
 
@@ -259,8 +284,13 @@ def plot(s: dict[str, dict[str, float]], title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in [PROJECT, *REFERENCES]:
         if name in s:
-            ax.plot(BUDGETS, [s[name][str(b)] for b in BUDGETS], marker="o",
-                    lw=2.5 if name == PROJECT else 1.2, label=name)
+            ax.plot(
+                BUDGETS,
+                [s[name][str(b)] for b in BUDGETS],
+                marker="o",
+                lw=2.5 if name == PROJECT else 1.2,
+                label=name,
+            )
     ax.set_xscale("log")
     ax.set_xticks(BUDGETS, [str(b) for b in BUDGETS])
     ax.set_xlabel("votes")
@@ -287,7 +317,9 @@ def main(argv: list[str] | None = None) -> None:
     x, labels = load(args.data, args.classes, args.class_seed)
     res = run(x, labels, args.users, references=not args.no_references)
     s = summary(res)
-    title = args.data.stem + (f" ({args.classes:.0%} classes, seed {args.class_seed})" if args.classes < 1 else "")
+    title = args.data.stem + (
+        f" ({args.classes:.0%} classes, seed {args.class_seed})" if args.classes < 1 else ""
+    )
     if args.plot:
         plot(s, title, args.plot)
     if args.json:

@@ -58,13 +58,15 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def open_service() -> TasteService:
+        from bot.backbone import model_to_load
         from learner.encoder import ClipImageEncoder  # torch import: slow, so only here
 
-        log.info("loading CLIP %s", settings.clip_model)
+        model = await model_to_load(settings)  # a promoted fine-tune, else CLIP_MODEL
+        log.info("loading CLIP %s", model)
         device = None if settings.device == "auto" else settings.device
         encoder = await asyncio.to_thread(
             ClipImageEncoder,
-            settings.clip_model,
+            model,
             device=device,
             torch_threads=settings.torch_threads,  # 0 = every usable core but one
             precision=settings.clip_precision,

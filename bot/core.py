@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
@@ -40,6 +40,9 @@ from storage.records import (
 )
 from storage.store import Store
 from storage.vectors import LikedIndex, index_directory
+
+if TYPE_CHECKING:
+    from bot.backbone import BackboneTuner
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +169,11 @@ class TasteService:
             max_wait_ms=settings.embed_batch_wait_ms,
         )
         self._train_pool = ThreadPoolExecutor(1, thread_name_prefix="train")
-        self._train_lock = asyncio.Lock()  # one training run at a time
+        self.training_lock = asyncio.Lock()  # one head training (or model switch) at a time
         self._heads: dict[int, TasteHead] = {}  # model_versions.id → loaded head
         self._rate_limit = SlidingWindowLimit(settings.images_per_minute, window_seconds=60)
         self.notifiers: dict[str, Notifier] = {}  # platform → how to message a person there
+        self.backbone: BackboneTuner | None = None  # CLIP fine-tuning, set by open()
 
     @classmethod
     async def open(cls, settings: Settings, embedder: ImageEmbedder) -> TasteService:
@@ -182,9 +186,14 @@ class TasteService:
             log.warning("marked %d abandoned training run(s) as failed", abandoned)
         service = cls(store=store, data_dir=data_dir, embedder=embedder, settings=settings)
         await service.sync_vote_indexes()
+        from bot.backbone import BackboneTuner  # it builds on this module
+
+        service.backbone = BackboneTuner(service)
         return service
 
     async def close(self) -> None:
+        if self.backbone is not None:
+            self.backbone.cancel()  # the child is a daemon process: it cannot outlive us
         self.liked_index.flush()
         self.disliked_index.flush()
         await self._batcher.close()
@@ -194,16 +203,37 @@ class TasteService:
 
     async def sync_vote_indexes(self) -> int:
         """Rebuild every person's FAISS index that is missing or stale; returns how many."""
+        return await self._sync_indexes(
+            self.liked_index, self.disliked_index, self.embedder.version
+        )
+
+    async def _sync_indexes(self, liked: LikedIndex, disliked: LikedIndex, encoder: str) -> int:
         rebuilt = 0
         for user_id in await self.store.users_with_votes():
-            for index, liked in ((self.liked_index, True), (self.disliked_index, False)):
-                vectors = await self.store.voted_image_vectors(
-                    user_id, self.embedder.version, liked=liked
-                )
+            for index, is_liked in ((liked, True), (disliked, False)):
+                vectors = await self.store.voted_image_vectors(user_id, encoder, liked=is_liked)
                 rebuilt += index.sync(user_id, vectors)
-        self.liked_index.flush()
-        self.disliked_index.flush()
+        liked.flush()
+        disliked.flush()
         return rebuilt
+
+    async def switch_encoder(self, embedder: ImageEmbedder) -> None:
+        """Serve with another encoder (a promoted fine-tune): its FAISS indexes and heads.
+        Its embeddings must already be stored."""
+        faiss_dir = index_directory(self.data_dir.faiss, embedder.version)
+        liked = LikedIndex(faiss_dir, embedder.dim, kind="liked")
+        disliked = LikedIndex(faiss_dir, embedder.dim, kind="disliked")
+        await self._sync_indexes(liked, disliked, embedder.version)
+        old_batcher = self._batcher
+        self.embedder, self.liked_index, self.disliked_index = embedder, liked, disliked
+        self._batcher = EmbeddingBatcher(
+            embedder,
+            self._encode_pool,
+            max_batch=self.settings.embed_batch_max,
+            max_wait_ms=self.settings.embed_batch_wait_ms,
+        )
+        self._heads.clear()
+        await old_batcher.close()  # finishes what it had queued
 
     # -- scoring -------------------------------------------------------------
 
@@ -439,7 +469,7 @@ class TasteService:
         user = await self.store.find_user(person.platform, person.platform_user_id)
         if user is None:
             return None
-        async with self._train_lock:  # not while one of their models is being trained
+        async with self.training_lock:  # not while one of their models is being trained
             report = await self.store.forget_user(user.id)
             self.liked_index.forget(user.id)
             self.disliked_index.forget(user.id)
@@ -495,7 +525,7 @@ class TasteService:
         user = await self.store.find_user(platform, platform_user_id)
         if user is None:
             return False
-        async with self._train_lock:
+        async with self.training_lock:
             return await self.store.activate_model_version(user.id, version)
 
     async def retrain_person(
@@ -527,7 +557,7 @@ class TasteService:
         return outcomes
 
     async def retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome:
-        async with self._train_lock:
+        async with self.training_lock:
             return await self._retrain_user(user_id, trigger)
 
     async def _retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bot.core import LearningCurve, RetrainOutcome, Scored, Stats
 from storage.records import ForgetReport, ModelVersion, Totals, UserSummary, Vote
+
+if TYPE_CHECKING:  # bot.backbone imports torch; texts should not
+    from bot.backbone import BackboneOutcome
 
 VOTE_LABELS = {Vote.DISLIKE: "👎 Dislike", Vote.LIKE: "👍 Like", Vote.SUPER_LIKE: "⭐ Super like"}
 VOTE_EMOJI = {Vote.DISLIKE: "👎", Vote.LIKE: "👍", Vote.SUPER_LIKE: "⭐"}
@@ -122,7 +126,10 @@ def album_text(ranked: Sequence[tuple[int, Scored]]) -> str:
     return "\n".join(lines)
 
 
-GROUP_PROMPT = "Rate this image with the buttons. 🔒 My score shows how much *you* would like it (only you see it)."
+GROUP_PROMPT = (
+    "Rate this image with the buttons. "
+    "🔒 My score shows how much *you* would like it (only you see it)."
+)
 
 
 def vote_ack(vote: Vote, changed: bool) -> str:
@@ -186,3 +193,13 @@ def summaries_text(summaries: tuple[Totals, Sequence[UserSummary]]) -> str:
     if len(people) > 50:
         lines.append(f"… and {len(people) - 50} more")
     return "\n".join(lines)
+
+
+def backbone_text(outcome: BackboneOutcome) -> str:
+    if outcome.version is None:
+        return f"No fine-tune: {outcome.reason}."
+    verdict = "promoted: new scores use it now" if outcome.promoted else "not promoted"
+    return (
+        f"CLIP fine-tune v{outcome.version} ({outcome.examples} votes, "
+        f"{outcome.seconds:.0f} s): {verdict} — {outcome.reason}."
+    )

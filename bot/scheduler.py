@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from bot.core import TasteService
 from bot.settings import Settings
@@ -20,6 +21,19 @@ async def retrain_tick(service: TasteService, min_new_votes: int) -> None:
         log.info("scheduled retrain: %d trained, %d promoted", len(outcomes), promoted)
 
 
+async def finetune_tick(service: TasteService) -> None:
+    """Fine-tune CLIP when enough votes with retained images have come in since the last time."""
+    tuner = service.backbone
+    if tuner is None or tuner.running:
+        return
+    why_not = await tuner.why_not_due()
+    if why_not is not None:
+        log.info("scheduled fine-tune skipped: %s", why_not)
+        return
+    outcome = await tuner.run("schedule")
+    log.info("scheduled fine-tune: %s", outcome.reason)
+
+
 def start_scheduler(service: TasteService, settings: Settings) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler()
     scheduler.add_job(
@@ -32,5 +46,14 @@ def start_scheduler(service: TasteService, settings: Settings) -> AsyncIOSchedul
         max_instances=1,
         coalesce=True,
     )
+    if settings.finetune_cron:
+        scheduler.add_job(
+            finetune_tick,
+            CronTrigger.from_crontab(settings.finetune_cron),
+            args=(service,),
+            id="finetune_backbone",
+            max_instances=1,
+            coalesce=True,
+        )
     scheduler.start()
     return scheduler

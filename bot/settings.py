@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     # before a head is trained; until then the score comes from the cold-start prior.
     head_min_votes: int = Field(6, ge=2)
 
+    # Fine-tuning the CLIP backbone (scheduled by FINETUNE_CRON, or /retrain full).
+    finetune_min_votes: int = Field(200, ge=1)  # votes with retained images
+    finetune_min_new_votes: int = Field(100, ge=1)  # since the last fine-tune (scheduled runs)
+    finetune_cron: str = "0 3 * * *"  # crontab (minute hour day month weekday); empty = never
+    finetune_head_epochs: int = Field(10, ge=0)
+    finetune_encoder_epochs: int = Field(3, ge=0)
+    finetune_unfreeze_blocks: int = Field(4, ge=0)  # top vision blocks trained; ≥ depth = all
+    finetune_contrastive_weight: float = Field(0.0, ge=0)  # supervised-contrastive term; 0 = off
+
     # Input limits. Telegram's cloud Bot API serves files up to 20 MB.
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)

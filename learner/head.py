@@ -34,8 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from learner.metrics import roc_auc
-
 DISLIKE, LIKE, SUPER_LIKE = 0, 1, 2
 
 FORMAT_VERSION = 1
@@ -44,6 +42,8 @@ PRIOR_STRENGTH = 10.0  # logit per unit of (cos to liked centroid - cos to disli
 RIDGE_LAMBDAS = tuple(float(v) for v in np.logspace(-3, 2, 11))  # LOO picks one per person
 MIN_PER_CLASS = 2  # fewer votes on either side: use the cold-start prior
 MIN_PLATT_SLOPE = 1e-3  # keep the ranking even when held-out scores are uninformative
+PLATT_PRIOR = 0.01  # precision of the N(0, 10^2) prior on the Platt slope and intercept
+MAX_PLATT_SLOPE = 4.0  # logit per held-out standard deviation: steeper saturates scores into ties
 MAX_ANCHORS = 2000  # graph size cap: bounds training time and predict latency
 GRAPH_K = 10  # neighbours per image in the propagation graph
 GRAPH_TEMPERATURE = 0.05  # edge weight exp((cos - 1) / T)
@@ -53,7 +53,7 @@ QUERY_K = 10  # a new image reads the scores of its QUERY_K most similar anchors
 QUERY_TEMPERATURE = 0.05  # softmax temperature over their cosines
 N_FOLDS = 5  # cross-validation folds for the graph evidence
 VOTE_NOISE_CHOICES = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2)  # people are inconsistent
-MIX_CHOICES = (2.0,)  # graph evidence weights tried, in units of each part's held-out spread  # fewer votes on either side: use the centroid prior
+GRAPH_MIX = 2.0  # weight of the graph part, in units of each part's held-out spread
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -70,7 +70,9 @@ def _centroid(rows: np.ndarray) -> np.ndarray:
     return _unit(rows.astype(np.float64).mean(axis=0)) if len(rows) else np.zeros(rows.shape[1])
 
 
-def cold_start_scores(embeddings: np.ndarray, liked: np.ndarray, disliked: np.ndarray) -> np.ndarray:
+def cold_start_scores(
+    embeddings: np.ndarray, liked: np.ndarray, disliked: np.ndarray
+) -> np.ndarray:
     """The prior score used before a person has a trained head.
 
     With c_L and c_D the normalised means of the liked and disliked embeddings and
@@ -89,7 +91,9 @@ def cold_start_scores(embeddings: np.ndarray, liked: np.ndarray, disliked: np.nd
     return _sigmoid(a * (x @ w + b))
 
 
-def _prior_linear(liked: np.ndarray, disliked: np.ndarray, d: int) -> tuple[np.ndarray, float, float]:
+def _prior_linear(
+    liked: np.ndarray, disliked: np.ndarray, d: int
+) -> tuple[np.ndarray, float, float]:
     """(w, b, a) with cold_start_scores(x) = sigmoid(a * (x . w + b))."""
     liked = liked.reshape(-1, d)
     disliked = disliked.reshape(-1, d)
@@ -166,7 +170,7 @@ class TasteHead:
             raise
 
     @classmethod
-    def load(cls, path: Path) -> "TasteHead":
+    def load(cls, path: Path) -> TasteHead:
         with np.load(Path(path), allow_pickle=False) as z:
             meta: dict[str, Any] = json.loads(str(z["meta"]))
             if meta.get("format_version") != FORMAT_VERSION:
@@ -211,7 +215,10 @@ class _Graph:
         self.dinv = 1.0 / np.sqrt(deg + 1e-12)
 
     def propagate(self, seeds: np.ndarray) -> np.ndarray:
-        """Zhou et al.'s F = (1-a) sum_t (a S)^t Y with S = D^-1/2 (W + W^T) D^-1/2, degree-normalised."""
+        """Label propagation (Zhou et al.): D^-1/2 F with F = (1-a) sum_t (a S)^t Y.
+
+        S = D^-1/2 (W + W^T) D^-1/2 is the normalised symmetric k-NN graph.
+        """
         f = seeds.copy()
         for _ in range(PROPAGATION_STEPS):
             g = f * self.dinv
@@ -271,10 +278,16 @@ def _ridge_loo(
     return lam, beta[:d], float(beta[d]), loo
 
 
-def _fit_platt(scores: np.ndarray, y: np.ndarray, eps: float, iters: int = 50) -> tuple[float, float]:
-    """Fit p = eps + (1 - 2 eps) sigmoid(a*s + c) to labels y by Fisher scoring (a >= MIN_PLATT_SLOPE)."""
+def _fit_platt(
+    scores: np.ndarray, y: np.ndarray, eps: float, iters: int = 50
+) -> tuple[float, float]:
+    """Fit p = eps + (1 - 2 eps) sigmoid(a*s + c) to labels y by Fisher scoring."""
     scale = max(float(np.std(scores)), 1e-12)
     s = scores / scale
+    # Platt's smoothed targets keep the slope finite when held-out scores separate the votes.
+    n_pos = float(y.sum())
+    n_neg = float(len(y) - n_pos)
+    y = np.where(y > 0, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
     a, c = 1.0, 0.0
     for _ in range(iters):
         q = _sigmoid(a * s + c)
@@ -283,10 +296,11 @@ def _fit_platt(scores: np.ndarray, y: np.ndarray, eps: float, iters: int = 50) -
         r = dp / np.maximum(p * (1 - p), 1e-12)
         g = r * (y - p)  # d loglik / dz
         fisher = r * dp
-        grad = np.array([g @ s, g.sum()])
+        # A weak Gaussian prior on (a, c) keeps them finite when a constant fits best.
+        grad = np.array([g @ s, g.sum()]) - PLATT_PRIOR * np.array([a, c])
         info = np.array([[fisher @ (s * s), fisher @ s], [fisher @ s, fisher.sum()]])
-        step = np.linalg.solve(info + 1e-6 * np.eye(2), grad)
-        a, c = max(a + step[0], MIN_PLATT_SLOPE), c + step[1]
+        step = np.linalg.solve(info + PLATT_PRIOR * np.eye(2), grad)
+        a, c = min(max(a + step[0], MIN_PLATT_SLOPE), MAX_PLATT_SLOPE), c + step[1]
         if np.abs(step).max() < 1e-8:
             break
     return float(a / scale), float(c)
@@ -307,25 +321,19 @@ def _calibrate(scores: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 
 
 def _balanced_seeds(y: np.ndarray, sw: np.ndarray) -> np.ndarray:
-    """+sw/(sum of liked sw) on likes, -sw/(sum of disliked sw) on dislikes (0 where a side is empty)."""
+    """+sw / (liked total) on likes, -sw / (disliked total) on dislikes (0 if a side is empty)."""
     pos, neg = sw * (y == 1), sw * (y == 0)
     out: np.ndarray = pos / max(pos.sum(), 1e-12) - neg / max(neg.sum(), 1e-12)
     return out
 
 
-def _choose_mix(lin: np.ndarray, graph: np.ndarray, y: np.ndarray) -> float:
-    """The MIX_CHOICES weight whose held-out combination ranks the votes best (first on ties)."""
-    best, best_auc = MIX_CHOICES[0], -1.0
-    for beta in MIX_CHOICES:
-        auc = roc_auc(y, lin + beta * graph) or 0.5
-        if auc > best_auc + 1e-9:
-            best, best_auc = beta, auc
-    return best
-
-
 def _prior_head(x: np.ndarray, y: np.ndarray) -> TasteHead:
     w, b, a = _prior_linear(x[y == 1], x[y == 0], x.shape[1])
-    info: dict[str, float | int | str] = {"kind": "prior", "n_train": len(y), "n_liked": int(y.sum())}
+    info: dict[str, float | int | str] = {
+        "kind": "prior",
+        "n_train": len(y),
+        "n_liked": int(y.sum()),
+    }
     empty = np.zeros((0, x.shape[1]), dtype=np.float32)
     return TasteHead(w, b, empty, np.zeros(0), 0.0, a, 0.0, 0.0, info)
 
@@ -385,8 +393,7 @@ def train_head(
         fold_seeds[: len(lab)] = _balanced_seeds(y[lab] * keep, sw[lab] * keep) * keep
         oof_graph[rows] = graph.query_without_self(graph.propagate(fold_seeds), rows)
     oof_lin = loo_lin[lab]
-    unit = float(np.std(oof_lin)) / max(float(np.std(oof_graph)), 1e-12)
-    mix = _choose_mix(oof_lin, oof_graph * unit, y[lab]) * unit
+    mix = GRAPH_MIX * float(np.std(oof_lin)) / max(float(np.std(oof_graph)), 1e-12)
     oof = oof_lin + mix * oof_graph
     a, c, eps = _calibrate(oof, y[lab].astype(np.float64))
     info: dict[str, float | int | str] = {

@@ -59,7 +59,6 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
     if y.size == 0:
         return 0.0
     idx = np.clip(np.floor(p * bins).astype(np.int64), 0, bins - 1)
-    count = np.bincount(idx, minlength=bins).astype(np.float64)
     sum_y = np.bincount(idx, weights=y, minlength=bins)
     sum_p = np.bincount(idx, weights=p, minlength=bins)
     # |sum_y - sum_p| / n per bin == (count / n) * |mean_y - mean_p|.

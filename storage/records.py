@@ -125,3 +125,24 @@ class UserSummary:
     votes: int
     active_version: int | None
     active_auc: float | None
+
+
+@dataclass(frozen=True)
+class RetainedVote:
+    user_id: int
+    submission_id: int
+    vote: Vote
+    file_path: str  # relative to DATA_DIR
+
+
+@dataclass(frozen=True)
+class NewHead:
+    """A head trained on a candidate encoder's embeddings, activated with it."""
+
+    owner_user_id: int
+    version: int
+    file_path: str
+    train_size: int
+    holdout_size: int
+    metrics: dict[str, float | None]
+    trained_through: int

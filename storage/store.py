@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from storage.db import Database
@@ -12,6 +12,8 @@ from storage.records import (
     ForgetReport,
     LabelledEmbedding,
     ModelVersion,
+    NewHead,
+    RetainedVote,
     Submission,
     Totals,
     User,
@@ -354,10 +356,11 @@ class Store:
         )
         return [ModelVersion.from_row(r) for r in rows]
 
-    async def next_model_version(self, user_id: int, kind: str = "head") -> int:
+    async def next_model_version(self, user_id: int | None, kind: str = "head") -> int:
+        """1 + the newest version of this owner's models of `kind` (None = global models)."""
         row = await self.db.fetch_one(
             "SELECT IFNULL(MAX(version), 0) + 1 FROM model_versions"
-            " WHERE owner_user_id = ? AND kind = ?",
+            " WHERE owner_user_id IS ? AND kind = ?",
             (user_id, kind),
         )
         return int(row[0]) if row else 1
@@ -496,6 +499,127 @@ class Store:
             images=deleted_images,
             files=[str(f) for f in model_files] + image_files,
         )
+
+    # -- backbone fine-tuning ------------------------------------------------
+
+    async def retained_votes(self) -> list[RetainedVote]:
+        """Every vote whose image file is still on disk: what fine-tuning learns from."""
+        rows = await self.db.fetch_all(
+            "SELECT f.user_id, f.submission_id, f.vote, i.file_path FROM feedback f"
+            " JOIN submissions s ON s.id = f.submission_id"
+            " JOIN images i ON i.id = s.image_id"
+            " WHERE i.file_path IS NOT NULL ORDER BY f.revision"
+        )
+        return [RetainedVote(int(r[0]), int(r[1]), Vote(r[2]), str(r[3])) for r in rows]
+
+    async def latest_revision_overall(self) -> int:
+        row = await self.db.fetch_one("SELECT IFNULL(MAX(revision), 0) FROM feedback")
+        return int(row[0]) if row else 0
+
+    async def votes_after(self, revision: int) -> int:
+        row = await self.db.fetch_one("SELECT COUNT(*) FROM feedback WHERE revision > ?", (revision,))
+        return int(row[0]) if row else 0
+
+    async def retained_images(self) -> list[tuple[int, str]]:
+        """(image_id, file path) of every image whose file is kept."""
+        rows = await self.db.fetch_all(
+            "SELECT id, file_path FROM images WHERE file_path IS NOT NULL ORDER BY id"
+        )
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    async def put_embeddings(
+        self, encoder_version: str, vectors: Sequence[tuple[int, bytes]], dim: int
+    ) -> None:
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "INSERT OR REPLACE INTO embeddings (image_id, encoder_version, kind, dim, vector)"
+                " VALUES (?, ?, 'image', ?, ?)",
+                [(image_id, encoder_version, dim, vector) for image_id, vector in vectors],
+            )
+
+    async def drop_embeddings(self, encoder_version: str) -> int:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "DELETE FROM embeddings WHERE encoder_version = ?", (encoder_version,)
+            )
+            return cur.rowcount
+
+    async def active_backbone(self) -> ModelVersion | None:
+        row = await self.db.fetch_one(
+            "SELECT * FROM model_versions"
+            " WHERE owner_user_id IS NULL AND kind = 'backbone' AND status = 'active'"
+        )
+        return None if row is None else ModelVersion.from_row(row)
+
+    async def last_backbone(self) -> ModelVersion | None:
+        """The newest backbone row of any status: new votes are counted from it."""
+        row = await self.db.fetch_one(
+            "SELECT * FROM model_versions WHERE owner_user_id IS NULL AND kind = 'backbone'"
+            " ORDER BY version DESC LIMIT 1"
+        )
+        return None if row is None else ModelVersion.from_row(row)
+
+    async def add_backbone_version(
+        self,
+        *,
+        version: int,
+        parent_id: int | None,
+        file_path: str,
+        encoder_version: str,
+        train_size: int,
+        holdout_size: int,
+        metrics: Mapping[str, float | None],
+        trained_through: int,
+        promote: bool,
+        heads: Sequence[NewHead] = (),
+    ) -> ModelVersion:
+        """Record a fine-tuned encoder; if `promote`, it and its people's new heads become
+        active (and the old ones retired) in one transaction."""
+        async with self.db.transaction() as conn:
+            if promote:
+                await conn.execute(
+                    "UPDATE model_versions SET status = 'retired'"
+                    " WHERE status = 'active' AND (kind = 'backbone' OR owner_user_id IN"
+                    f" ({','.join('?' * len(heads)) or 'NULL'}))",
+                    [h.owner_user_id for h in heads],
+                )
+            async with conn.execute(
+                "INSERT INTO model_versions (owner_user_id, kind, version, parent_id, file_path,"
+                " encoder_version, train_size, holdout_size, metrics_json, trained_through, status)"
+                " VALUES (NULL, 'backbone', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                (
+                    version,
+                    parent_id,
+                    file_path,
+                    encoder_version,
+                    train_size,
+                    holdout_size,
+                    json.dumps(dict(metrics)),
+                    trained_through,
+                    "active" if promote else "rejected",
+                ),
+            ) as cur:
+                row = await cur.fetchone()
+            if promote:
+                for h in heads:
+                    await conn.execute(
+                        "INSERT INTO model_versions (owner_user_id, kind, version, parent_id,"
+                        " file_path, encoder_version, train_size, holdout_size, metrics_json,"
+                        " trained_through, status)"
+                        " VALUES (?, 'head', ?, NULL, ?, ?, ?, ?, ?, ?, 'active')",
+                        (
+                            h.owner_user_id,
+                            h.version,
+                            h.file_path,
+                            encoder_version,
+                            h.train_size,
+                            h.holdout_size,
+                            json.dumps(dict(h.metrics)),
+                            h.trained_through,
+                        ),
+                    )
+        assert row is not None
+        return ModelVersion.from_row(row)
 
     # -- training runs -------------------------------------------------------
 

@@ -101,10 +101,25 @@ def test_info_is_json_serialisable() -> None:
     assert info["n_train"] == 80
 
 
-def test_predict_single_image_accepts_1d_and_2d() -> None:
+def test_predict_single_image() -> None:
     x, votes = _toy(80)
-    head = train_head(x, votes)
-    assert head.predict(x[:1]).shape == (1,)
+    head = train_head(x[:60], votes[:60], unlabeled=x[60:])
+    one = head.predict(x[:1])
+    assert one.shape == (1,)
+    assert one[0] == pytest.approx(head.predict(x[:5])[0])
+
+
+def test_training_is_deterministic_for_a_seed() -> None:
+    x, votes = _toy(120)
+    a = train_head(x[:80], votes[:80], unlabeled=x[80:], seed=3).predict(x)
+    b = train_head(x[:80], votes[:80], unlabeled=x[80:], seed=3).predict(x)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_rejects_mismatched_inputs() -> None:
+    x, votes = _toy(10)
+    with pytest.raises(ValueError):
+        train_head(x, votes[:5])
 
 
 def test_cold_start_without_votes_is_one_half() -> None:

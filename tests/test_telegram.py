@@ -67,7 +67,12 @@ class Harness:
 
         def final() -> str | None:
             new = self.api.sent_messages(chat_id=ADMIN)[before:]
-            done = [m["text"] for m in new if not m["text"].startswith("Retraining")]
+            done = [
+                m["text"]
+                for m in new
+                if not m["text"].startswith(("Retraining", "Starting a fine-tune", "Fine-tuning",
+                                             "Re-embedding", "Comparing"))
+            ]
             return done[-1] if done else None
 
         return await self.api.wait_for(final, timeout=30)

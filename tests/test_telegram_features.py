@@ -253,3 +253,35 @@ async def test_admin_models_and_rollback(bot: Harness) -> None:
     everyone = await bot.command(ADMIN, "/stats all")
     assert everyone.startswith("All users: ") and f"telegram {ALICE}: 12 votes · v1" in everyone
     assert np.isfinite(active.metrics.get("train_seconds") or 0.0)
+
+
+async def test_retrain_full_fine_tunes_with_progress_in_chat(
+    settings: Settings, encoder: ClipImageEncoder
+) -> None:
+    from tests.test_backbone import coloured
+
+    quick = settings.model_copy(
+        update={
+            "finetune_min_votes": 10,
+            "finetune_head_epochs": 1,
+            "finetune_encoder_epochs": 1,
+            "finetune_unfreeze_blocks": 1,
+            "duplicate_threshold": 1.0,  # these pictures are near-identical to a tiny CLIP
+        }
+    )
+    async with running_bot(quick, encoder) as bot:
+        assert await bot.command(ALICE, "/retrain full") == "Only the bot's admins can use /retrain."
+        for seed in range(16):
+            reply = await bot.send_photo(ALICE, coloured(seed, red=seed % 2 == 0))
+            await bot.vote(ALICE, reply, Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE)
+        await bot.retrain()  # a head on the current encoder first
+        final = await bot.retrain("/retrain full")
+        assert final.startswith("CLIP fine-tune v1 (") and "promoted" in final, final
+        edits = [c.params["text"] for c in bot.api.calls_to("editMessageText")]
+        assert any(e.startswith("Fine-tuning CLIP v1 on ") for e in edits)
+        assert any(e.startswith("Re-embedding images: 16/16") for e in edits)
+        runs = await bot.service.store.db.fetch_all(
+            "SELECT outcome FROM training_runs WHERE kind = 'backbone'"
+        )
+        assert runs[0][0] in ("promoted", "rejected")
+        assert await bot.command(ADMIN, "/retrain cancel") == "No fine-tune is running."

@@ -371,6 +371,9 @@ async def cmd_retrain(update: Update, context: TasteContext) -> None:
         await message.reply_text("Only the bot's admins can use /retrain.")
         return
     target = (context.args or ["all"])[0]
+    if target in ("full", "cancel"):
+        await _retrain_backbone(message, context, cancel=target == "cancel")
+        return
     if target == "all":
         # One message, edited as people are retrained, then replaced by the results.
         status = await message.reply_text("Retraining everyone with new votes…")
@@ -392,6 +395,34 @@ async def cmd_retrain(update: Update, context: TasteContext) -> None:
     await message.reply_text(
         f"I don't know user {target}." if outcome is None else render.retrain_text([outcome])
     )
+
+
+async def _retrain_backbone(message: Message, context: TasteContext, *, cancel: bool) -> None:
+    """/retrain full: fine-tune CLIP, with progress in one edited message; /retrain cancel."""
+    tuner = context.service.backbone
+    assert tuner is not None
+    if cancel:
+        await message.reply_text(
+            "Cancelling the fine-tune…" if tuner.cancel() else "No fine-tune is running."
+        )
+        return
+    if tuner.running:
+        await message.reply_text("A fine-tune is already running; /retrain cancel stops it.")
+        return
+    status = await message.reply_text("Starting a fine-tune of CLIP…")
+    shown = status.text
+
+    async def progress(text: str) -> None:
+        nonlocal shown
+        if text != shown:
+            shown = text
+            try:
+                await status.edit_text(text)
+            except BadRequest as error:  # e.g. edited too often: the next update comes soon
+                log.debug("progress edit failed: %s", error)
+
+    outcome = await tuner.run("admin", on_progress=progress)
+    await progress(render.backbone_text(outcome))
 
 
 async def cmd_models(update: Update, context: TasteContext) -> None:

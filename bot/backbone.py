@@ -1,0 +1,392 @@
+"""Fine-tune the CLIP backbone on everyone's votes, and promote it only when it helps.
+
+One run (`BackboneTuner.run`):
+
+1. Checks: image retention is on, and enough votes have a retained image file.
+2. Trains in a separate process (`bot.finetune_process.FinetuneJob`): heads only, then
+   the top of the vision encoder at a much lower learning rate. Held-out votes (the
+   fixed 1-in-5 hash of `learner.training.is_holdout`) are never trained on.
+3. Loads the new encoder and re-embeds every retained image with it.
+4. For each person, trains a head on the old embeddings and one on the new, on the same
+   training votes, and scores both on the same held-out votes. The new encoder is
+   promoted only if its holdout AUC, averaged over people (weighted by their held-out
+   votes), is higher.
+5. Promotion, in one transaction: the encoder row and every person's new head become
+   active. Then the service switches encoders and rebuilds FAISS, and the old encoder's
+   embeddings are dropped. Otherwise the new embeddings and weights are deleted and
+   everything stays as it was.
+
+A crash or kill of the child leaves the active models untouched; the run is recorded as
+failed (and one left 'running' by a dead bot is marked failed at the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bot.core import VOTE_CODES, TasteService
+from bot.finetune_process import FinetuneFailed, FinetuneJob, FinetuneRunner
+from bot.settings import Settings
+from learner.encoder import ClipImageEncoder
+from learner.finetune import FinetuneConfig, FinetuneExample, FinetuneProgress, finetune
+from learner.images import ImageRejected, decode_image
+from learner.training import is_holdout, train_and_compare, trainable
+from storage.db import Database
+from storage.files import DataDir
+from storage.records import LabelledEmbedding, NewHead, Vote
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], Coroutine[Any, Any, None]]
+REEMBED_BATCH = 32
+
+
+@dataclass(frozen=True)
+class BackboneOutcome:
+    version: int | None  # None when nothing was trained
+    promoted: bool
+    reason: str
+    new_auc: float | None = None
+    old_auc: float | None = None
+    people: int = 0  # people whose held-out votes decided
+    examples: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _PersonComparison:
+    user_id: int
+    holdout: int
+    old_auc: float
+    new_auc: float
+    head: NewHead
+
+
+async def model_to_load(settings: Settings) -> str:
+    """The active fine-tuned encoder's directory if there is one, else CLIP_MODEL."""
+    data_dir = DataDir(settings.data_dir)
+    if not data_dir.database.exists():
+        return settings.clip_model
+    db = await Database.open(data_dir.database)
+    try:
+        row = await db.fetch_one(
+            "SELECT file_path FROM model_versions"
+            " WHERE owner_user_id IS NULL AND kind = 'backbone' AND status = 'active'"
+        )
+    finally:
+        await db.close()
+    return settings.clip_model if row is None else str(data_dir.path(row[0]))
+
+
+class BackboneTuner:
+    def __init__(
+        self,
+        service: TasteService,
+        *,
+        config: FinetuneConfig | None = None,
+        runner: FinetuneRunner = finetune,
+    ) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.config = config or FinetuneConfig(
+            head_epochs=self.settings.finetune_head_epochs,
+            encoder_epochs=self.settings.finetune_encoder_epochs,
+            unfreeze_blocks=self.settings.finetune_unfreeze_blocks,
+            contrastive_weight=self.settings.finetune_contrastive_weight,
+        )
+        self.runner = runner
+        self.job: FinetuneJob | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    def cancel(self) -> bool:
+        if self.job is None or self.job.done:
+            return False
+        self.job.cancel()
+        return True
+
+    async def why_not_due(self) -> str | None:
+        """Why the scheduled fine-tune should not start now, or None if it should."""
+        store = self.service.store
+        votes = await store.retained_votes()
+        if len(votes) < self.settings.finetune_min_votes:
+            return f"{len(votes)} votes with retained images, fewer than FINETUNE_MIN_VOTES"
+        last = await store.last_backbone()
+        new = len(votes) if last is None else await store.votes_after(last.trained_through)
+        if new < self.settings.finetune_min_new_votes:
+            return f"{new} new votes since the last fine-tune, fewer than FINETUNE_MIN_NEW_VOTES"
+        return None
+
+    async def run(self, trigger: str, on_progress: Progress | None = None) -> BackboneOutcome:
+        """One fine-tune, start to promotion decision. Only one runs at a time."""
+        if self.running:
+            return BackboneOutcome(None, False, "a fine-tune is already running")
+        async with self._lock:
+            return await self._run(trigger, on_progress or _no_progress)
+
+    async def _run(self, trigger: str, progress: Progress) -> BackboneOutcome:
+        if not self.settings.retain_images:
+            return BackboneOutcome(
+                None, False, "fine-tuning needs the image files, and RETAIN_IMAGES is off"
+            )
+        store, data_dir = self.service.store, self.service.data_dir
+        votes = await store.retained_votes()
+        if len(votes) < self.settings.finetune_min_votes:
+            return BackboneOutcome(
+                None,
+                False,
+                f"needs {self.settings.finetune_min_votes} votes with retained images "
+                f"(has {len(votes)})",
+            )
+        started = time.perf_counter()
+        revision = await store.latest_revision_overall()
+        examples = [
+            FinetuneExample(data_dir.path(v.file_path), v.user_id, _vote_code(v.vote))
+            for v in votes
+            if not is_holdout(v.submission_id)
+        ]
+        active = await store.active_backbone()
+        parent = (
+            self.settings.clip_model if active is None else str(data_dir.path(active.file_path))
+        )
+        version = await store.next_model_version(None, kind="backbone")
+        relpath = f"models/backbones/v{version}"
+        out_dir = data_dir.path(relpath)
+        run_id = await store.start_training_run(None, "backbone", trigger)
+        old_version = self.service.embedder.version
+        new_version: str | None = None
+        locked = False
+        try:
+            await progress(f"Fine-tuning CLIP v{version} on {len(examples)} votes…")
+            self.job = FinetuneJob(
+                parent,
+                examples,
+                out_dir,
+                self.config,
+                on_progress=_throttled(progress),
+                runner=self.runner,
+            )
+            await self.job.start()
+            result = await self.job.wait()
+            if result.out_dir is None:
+                raise FinetuneFailed("stopped before it produced a model")
+            encoder = await asyncio.to_thread(
+                ClipImageEncoder,
+                str(out_dir),
+                device=None if self.settings.device == "auto" else self.settings.device,
+                torch_threads=self.settings.torch_threads,
+                precision=self.settings.clip_precision,
+            )
+            new_version = encoder.version
+            await self._reembed(encoder, progress)
+            await progress("Comparing the new encoder with the current one on held-out votes…")
+            # Per-person head versions are taken now: no head retrain may interleave.
+            await self.service.training_lock.acquire()
+            locked = True
+            comparisons = await self._compare(old_version, new_version, version, revision)
+            old_auc, new_auc, holdout = _weighted(comparisons)
+            promote = new_auc is not None and old_auc is not None and new_auc > old_auc
+            if new_auc is None or old_auc is None:
+                reason = (
+                    "no person has held-out votes of both kinds, so the encoders cannot be compared"
+                )
+            elif promote:
+                reason = f"holdout AUC {new_auc:.3f} > {old_auc:.3f} over {len(comparisons)} people"
+            else:
+                reason = (
+                    f"holdout AUC {new_auc:.3f} ≤ current {old_auc:.3f}: kept the current encoder"
+                )
+            metrics = {
+                "auc": new_auc,
+                "active_auc": old_auc,
+                "train_seconds": result.seconds,
+                "head_loss": result.head_loss,
+                "encoder_loss": result.encoder_loss,
+            }
+            model = await store.add_backbone_version(
+                version=version,
+                parent_id=None if active is None else active.id,
+                file_path=relpath,
+                encoder_version=new_version,
+                train_size=result.n_examples,
+                holdout_size=holdout,
+                metrics=metrics,
+                trained_through=revision,
+                promote=promote,
+                heads=[c.head for c in comparisons] if promote else [],
+            )
+            if promote:
+                await self.service.switch_encoder(encoder)
+                await store.drop_embeddings(old_version)
+            self.service.training_lock.release()
+            locked = False
+            if not promote:
+                await store.drop_embeddings(new_version)
+                await asyncio.to_thread(shutil.rmtree, out_dir, True)
+                for c in comparisons:
+                    data_dir.path(c.head.file_path).unlink(missing_ok=True)
+        except Exception as error:
+            log.exception("fine-tuning v%d failed", version)
+            if locked:
+                self.service.training_lock.release()
+            if new_version is not None:
+                await store.drop_embeddings(new_version)
+            await asyncio.to_thread(shutil.rmtree, out_dir, True)
+            await store.finish_training_run(
+                run_id, outcome="failed", n_labels=len(examples), detail=str(error)[:2000]
+            )
+            return BackboneOutcome(
+                version,
+                False,
+                f"failed: {error}",
+                examples=len(examples),
+                seconds=time.perf_counter() - started,
+            )
+        finally:
+            self.job = None
+        await store.finish_training_run(
+            run_id,
+            outcome="promoted" if promote else "rejected",
+            n_labels=len(examples),
+            model_version_id=model.id,
+            detail=reason,
+        )
+        log.info("backbone v%d: %s", version, reason)
+        return BackboneOutcome(
+            version,
+            promote,
+            reason,
+            new_auc,
+            old_auc,
+            len(comparisons),
+            len(examples),
+            time.perf_counter() - started,
+        )
+
+    async def _reembed(self, encoder: ClipImageEncoder, progress: Progress) -> None:
+        """Embed every retained image with the new encoder, in batches, off the event loop."""
+        store, data_dir = self.service.store, self.service.data_dir
+        images = await store.retained_images()
+        for start in range(0, len(images), REEMBED_BATCH):
+            batch = images[start : start + REEMBED_BATCH]
+            vectors = await asyncio.to_thread(_embed_files, encoder, data_dir, batch)
+            await store.put_embeddings(encoder.version, vectors, encoder.dim)
+            await progress(f"Re-embedding images: {start + len(batch)}/{len(images)}")
+
+    async def _compare(
+        self, old_version: str, new_version: str, backbone_version: int, revision: int
+    ) -> list[_PersonComparison]:
+        """Per person: a head on the old and one on the new embeddings, same votes, same holdout."""
+        store, data_dir = self.service.store, self.service.data_dir
+        comparisons = []
+        for user_id in await store.users_with_votes():
+            old = await store.labelled_embeddings(user_id, old_version)
+            new = await store.labelled_embeddings(user_id, new_version)
+            shared = {v.submission_id for v in old} & {v.submission_id for v in new}
+            old = [v for v in old if v.submission_id in shared]
+            new = [v for v in new if v.submission_id in shared]
+            ids = np.array([v.submission_id for v in new], np.int64)
+            votes = np.array([_vote_code(v.vote) for v in new], np.int8)
+            if trainable(ids, votes, self.settings.head_min_votes) is not None:
+                continue
+            old_result = await asyncio.to_thread(
+                train_and_compare, ids, _stack(old), votes, None, None
+            )
+            new_result = await asyncio.to_thread(
+                train_and_compare, ids, _stack(new), votes, None, None
+            )
+            if old_result.candidate.auc is None or new_result.candidate.auc is None:
+                continue
+            head_version = await store.next_model_version(user_id)
+            relpath = data_dir.head_relpath(user_id, head_version)
+            head_path = data_dir.path(relpath)
+            head_path.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(new_result.head.save, head_path)
+            comparisons.append(
+                _PersonComparison(
+                    user_id,
+                    new_result.candidate.size,
+                    old_result.candidate.auc,
+                    new_result.candidate.auc,
+                    NewHead(
+                        user_id,
+                        head_version,
+                        relpath,
+                        new_result.train_size,
+                        new_result.candidate.size,
+                        new_result.metrics(),
+                        revision,
+                    ),
+                )
+            )
+        return comparisons
+
+
+def _embed_files(
+    encoder: ClipImageEncoder, data_dir: DataDir, batch: list[tuple[int, str]]
+) -> list[tuple[int, bytes]]:
+    ids, images = [], []
+    for image_id, relpath in batch:
+        try:
+            data = data_dir.path(relpath).read_bytes()
+            images.append(decode_image(data, target_size=encoder.input_size).image)
+            ids.append(image_id)
+        except (OSError, ImageRejected):
+            log.warning("retained image %s is missing or unreadable; not re-embedded", relpath)
+    if not images:
+        return []
+    vectors = encoder.embed(images)
+    return [
+        (i, np.ascontiguousarray(v, np.float32).tobytes())
+        for i, v in zip(ids, vectors, strict=True)
+    ]
+
+
+def _stack(rows: list[LabelledEmbedding]) -> np.ndarray:
+    return np.stack([np.frombuffer(r.vector, np.float32) for r in rows])
+
+
+def _vote_code(vote: Vote) -> int:
+    return int(VOTE_CODES[vote])
+
+
+def _weighted(comparisons: list[_PersonComparison]) -> tuple[float | None, float | None, int]:
+    total = sum(c.holdout for c in comparisons)
+    if total == 0:
+        return None, None, 0
+    old = sum(c.old_auc * c.holdout for c in comparisons) / total
+    new = sum(c.new_auc * c.holdout for c in comparisons) / total
+    return old, new, total
+
+
+async def _no_progress(_: str) -> None:
+    return None
+
+
+def _throttled(progress: Progress, every_s: float = 3.0) -> Callable[[FinetuneProgress], None]:
+    """FinetuneJob calls back synchronously (on the loop) and often; forward one message
+    every few seconds."""
+    last = 0.0
+    tasks: set[asyncio.Task[None]] = set()  # a task nobody holds may be collected mid-way
+
+    def forward(p: FinetuneProgress) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= every_s or p.phase == "done":
+            last = now
+            task = asyncio.get_running_loop().create_task(progress(f"Fine-tuning: {p.describe()}"))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    return forward

@@ -1,0 +1,186 @@
+"""Fine-tuning the backbone end to end: child process, re-embedding, comparison on
+held-out votes, promotion or not, and failures that leave the active models untouched."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessorPil, CLIPModel
+
+import bot.backbone
+from bot.backbone import BackboneTuner
+from bot.core import IncomingImage, Person, Scored, TasteService
+from bot.settings import Settings
+from learner.encoder import ClipImageEncoder
+from learner.finetune import FinetuneConfig, FinetuneExample, FinetuneProgress, FinetuneResult
+from storage.records import Vote
+
+FAST = FinetuneConfig(head_epochs=1, encoder_epochs=1, unfreeze_blocks=1, batch_size=8)
+PEOPLE = (Person("telegram", "1"), Person("telegram", "2"))
+
+
+def coloured(seed: int, red: bool) -> bytes:
+    """Reddish or bluish pictures: a taste even a tiny random CLIP can tell apart."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 90, size=(48, 48, 3))
+    pixels[..., 0 if red else 2] += 160
+    out = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+async def vote_on_pictures(service: TasteService, n: int = 20) -> None:
+    """Person 1 likes red, person 2 likes blue; both vote on the same n pictures."""
+    for seed in range(n):
+        data = coloured(seed, red=seed % 2 == 0)
+
+        async def download(data: bytes = data) -> bytes:
+            return data
+
+        for i, person in enumerate(PEOPLE):
+            out = await service.score_image(
+                IncomingImage(person, person.platform_user_id, str(seed), None, None), download
+            )
+            assert isinstance(out, Scored)
+            likes = (seed % 2 == 0) == (i == 0)
+            await service.record_vote(person, out.submission_id, Vote.LIKE if likes else Vote.DISLIKE)
+
+
+@pytest.fixture
+async def trained(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[TasteService]:
+    settings = settings.model_copy(update={"finetune_min_votes": 10})
+    service = await TasteService.open(settings, encoder)
+    await vote_on_pictures(service)
+    outcomes = await service.retrain_due_heads(min_new_votes=1, trigger="test")
+    assert all(o.promoted for o in outcomes) and len(outcomes) == 2
+    yield service
+    await service.close()
+
+
+def degenerate_runner(
+    model_dir: str,
+    examples: Sequence[FinetuneExample],
+    out_dir: Path,
+    config: FinetuneConfig,
+    progress: Callable[[FinetuneProgress], None],
+    should_stop: Callable[[], bool],
+) -> FinetuneResult:
+    """A 'fine-tune' that maps every image to the same embedding: worse than anything."""
+    model = CLIPModel.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.vision_model.post_layernorm.weight.zero_()
+        model.vision_model.post_layernorm.bias.fill_(1.0)
+    model.save_pretrained(out_dir)
+    CLIPImageProcessorPil.from_pretrained(model_dir).save_pretrained(out_dir)
+    return FinetuneResult(out_dir, "parent", len(examples), 0, (1, 2), 0.7, 0.7, 0.1, False, "cpu")
+
+
+def crashing_runner(
+    model_dir: str,
+    examples: Sequence[FinetuneExample],
+    out_dir: Path,
+    config: FinetuneConfig,
+    progress: Callable[[FinetuneProgress], None],
+    should_stop: Callable[[], bool],
+) -> FinetuneResult:
+    progress(FinetuneProgress("heads", 1, 1, 1, 2, 0.5, 0.1))
+    raise RuntimeError("out of memory (pretend)")
+
+
+async def snapshot(service: TasteService) -> tuple[list[tuple[object, ...]], set[str]]:
+    rows = await service.store.db.fetch_all(
+        "SELECT id, owner_user_id, kind, version, status FROM model_versions ORDER BY id"
+    )
+    encoders = await service.store.db.fetch_all("SELECT DISTINCT encoder_version FROM embeddings")
+    return [tuple(r) for r in rows], {r[0] for r in encoders}
+
+
+async def test_a_worse_encoder_is_not_promoted(trained: TasteService) -> None:
+    before = await snapshot(trained)
+    messages: list[str] = []
+
+    async def progress(text: str) -> None:
+        messages.append(text)
+
+    tuner = BackboneTuner(trained, config=FAST, runner=degenerate_runner)
+    outcome = await tuner.run("test", on_progress=progress)
+    assert outcome.version == 1 and not outcome.promoted, outcome
+    assert outcome.new_auc is not None and outcome.old_auc is not None
+    assert outcome.new_auc < outcome.old_auc
+    assert any(m.startswith("Re-embedding images: ") for m in messages)
+    models, encoders = await snapshot(trained)
+    # The rejected encoder is recorded; nothing active changed; its embeddings are gone.
+    assert models == before[0] + [(models[-1][0], None, "backbone", 1, "rejected")]
+    assert encoders == before[1] == {trained.embedder.version}
+    assert not (trained.data_dir.root / "models" / "backbones" / "v1").exists()
+    runs = await trained.store.db.fetch_all(
+        "SELECT outcome, detail FROM training_runs WHERE kind = 'backbone'"
+    )
+    assert runs[0][0] == "rejected" and "kept the current encoder" in runs[0][1]
+
+
+async def test_a_crashing_run_is_recorded_failed_and_changes_nothing(trained: TasteService) -> None:
+    before = await snapshot(trained)
+    outcome = await BackboneTuner(trained, config=FAST, runner=crashing_runner).run("test")
+    assert not outcome.promoted and "out of memory (pretend)" in outcome.reason
+    assert await snapshot(trained) == before
+    runs = await trained.store.db.fetch_all(
+        "SELECT outcome, detail FROM training_runs WHERE kind = 'backbone'"
+    )
+    assert runs[0][0] == "failed" and "out of memory (pretend)" in runs[0][1]
+    assert not list((trained.data_dir.root / "models").glob("backbones/*"))
+
+
+async def test_a_better_encoder_replaces_the_old_one_everywhere(
+    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real fine-tune in a child process; the comparison is forced to favour it, so
+    this checks what promotion does: new heads, FAISS, embeddings, start-up model."""
+    real_weighted = bot.backbone._weighted
+
+    def favour_new(comparisons: list) -> tuple[float | None, float | None, int]:  # type: ignore[type-arg]
+        old, new, n = real_weighted(comparisons)
+        assert old is not None and new is not None and n > 0
+        return 0.5, 0.9, n
+
+    monkeypatch.setattr(bot.backbone, "_weighted", favour_new)
+    old_version = trained.embedder.version
+    outcome = await BackboneTuner(trained, config=FAST).run("test")
+    assert outcome.promoted, outcome
+    new_version = trained.embedder.version
+    assert new_version != old_version and new_version.startswith("v1@")
+    _, encoders = await snapshot(trained)
+    assert encoders == {new_version}  # every retained image re-embedded; old vectors dropped
+    n_images = await trained.store.db.fetch_all("SELECT COUNT(*) FROM images")
+    n_vectors = await trained.store.db.fetch_all("SELECT COUNT(*) FROM embeddings")
+    assert n_images[0][0] == n_vectors[0][0] == 20
+    for user_id in (1, 2):
+        head = await trained.store.active_model(user_id)
+        assert head is not None and head.encoder_version == new_version and head.version == 2
+        assert trained.liked_index.count(user_id) == 10  # FAISS rebuilt for the new encoder
+    backbone = await trained.store.active_backbone()
+    assert backbone is not None and backbone.version == 1
+    assert await bot.backbone.model_to_load(trained.settings) == str(
+        trained.data_dir.path(backbone.file_path)
+    )
+
+    async def download() -> bytes:
+        return coloured(99, red=True)
+
+    scored = await trained.score_image(
+        IncomingImage(PEOPLE[0], "1", "new", None, None), download
+    )
+    assert isinstance(scored, Scored) and scored.model_version == 2
+
+
+async def test_fine_tuning_needs_retained_images(trained: TasteService) -> None:
+    trained.settings = trained.settings.model_copy(update={"retain_images": False})
+    tuner = BackboneTuner(trained, config=FAST)
+    outcome = await tuner.run("test")
+    assert outcome.version is None and "RETAIN_IMAGES is off" in outcome.reason
