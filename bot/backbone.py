@@ -41,7 +41,7 @@ from learner.images import ImageRejected, decode_image
 from learner.training import is_holdout, train_and_compare, trainable
 from storage.db import Database
 from storage.files import DataDir
-from storage.records import LabelledEmbedding, NewHead, Vote
+from storage.records import LabelledEmbedding, NewModel, Vote
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _PersonComparison:
     holdout: int
     old_auc: float
     new_auc: float
-    head: NewHead
+    head: NewModel
 
 
 async def model_to_load(settings: Settings) -> str:
@@ -214,7 +214,9 @@ class BackboneTuner:
                 "head_loss": result.head_loss,
                 "encoder_loss": result.encoder_loss,
             }
-            model = await store.add_backbone_version(
+            backbone = NewModel(
+                owner_user_id=None,
+                kind="backbone",
                 version=version,
                 parent_id=None if active is None else active.id,
                 file_path=relpath,
@@ -223,8 +225,9 @@ class BackboneTuner:
                 holdout_size=holdout,
                 metrics=metrics,
                 trained_through=revision,
-                promote=promote,
-                heads=[c.head for c in comparisons] if promote else [],
+            )
+            model = await store.add_backbone_version(
+                backbone, promote=promote, heads=[c.head for c in comparisons] if promote else []
             )
             if promote:
                 await self.service.switch_encoder(encoder)
@@ -319,14 +322,16 @@ class BackboneTuner:
                     new_result.candidate.size,
                     old_result.candidate.auc,
                     new_result.candidate.auc,
-                    NewHead(
-                        user_id,
-                        head_version,
-                        relpath,
-                        new_result.train_size,
-                        new_result.candidate.size,
-                        new_result.metrics(),
-                        revision,
+                    NewModel(
+                        owner_user_id=user_id,
+                        kind="head",
+                        version=head_version,
+                        file_path=relpath,
+                        encoder_version=new_version,
+                        train_size=new_result.train_size,
+                        holdout_size=new_result.candidate.size,
+                        metrics=new_result.metrics(),
+                        trained_through=revision,
                     ),
                 )
             )

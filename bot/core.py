@@ -31,6 +31,7 @@ from storage.files import DataDir
 from storage.records import (
     ForgetReport,
     ModelVersion,
+    NewModel,
     Submission,
     Totals,
     User,
@@ -367,18 +368,22 @@ class TasteService:
             vote_target=submission_id if earlier is None else earlier[0],
         )
 
-    async def score_for(self, person: Person, submission_id: int) -> Scored | None:
-        """Score an image already sent (by anyone) for `person`: the group chat "my score"."""
+    async def _submission_vector(self, submission_id: int) -> tuple[Submission, np.ndarray] | None:
         submission = await self.store.get_submission(submission_id)
         if submission is None:
             return None
         stored = await self.store.find_embedding_by_image(
             submission.image_id, self.embedder.version
         )
-        if stored is None:
+        return None if stored is None else (submission, np.frombuffer(stored, np.float32))
+
+    async def score_for(self, person: Person, submission_id: int) -> Scored | None:
+        """Score an image already sent (by anyone) for `person`: the group chat "my score"."""
+        found = await self._submission_vector(submission_id)
+        if found is None:
             return None
+        submission, vector = found
         user = await self._user(person)
-        vector = np.frombuffer(stored, np.float32)
         score, active = await self._score(user, vector)
         return await self._explain(user, submission_id, submission.image_id, vector, score, active)
 
@@ -487,19 +492,13 @@ class TasteService:
     ) -> list[tuple[Path, float]] | None:
         """Files of the `k` images this person liked that are closest to a submission, with
         their similarity. Only the person's own likes are searched. None if unknown."""
-        submission = await self.store.get_submission(submission_id)
-        if submission is None:
+        found_vector = await self._submission_vector(submission_id)
+        if found_vector is None:
             return None
-        stored = await self.store.find_embedding_by_image(
-            submission.image_id, self.embedder.version
-        )
-        if stored is None:
-            return None
+        submission, vector = found_vector
         user = await self._user(person)
         found = []
-        for n in self.liked_index.search(
-            user.id, np.frombuffer(stored, np.float32), k, exclude_image_id=submission.image_id
-        ):
+        for n in self.liked_index.search(user.id, vector, k, exclude_image_id=submission.image_id):
             relpath = await self.store.image_file(n.image_id)
             if relpath is not None and self.data_dir.path(relpath).exists():
                 found.append((self.data_dir.path(relpath), n.similarity))
@@ -606,16 +605,18 @@ class TasteService:
             head_path.parent.mkdir(parents=True, exist_ok=True)
             await loop.run_in_executor(None, result.head.save, head_path)
             model = await self.store.add_model_version(
-                owner_user_id=user_id,
-                kind="head",
-                version=version,
-                parent_id=None if active is None else active.id,
-                file_path=rel,
-                encoder_version=encoder,
-                train_size=result.train_size,
-                holdout_size=result.candidate.size,
-                metrics=result.metrics(),
-                trained_through=revision,
+                NewModel(
+                    owner_user_id=user_id,
+                    kind="head",
+                    version=version,
+                    parent_id=None if active is None else active.id,
+                    file_path=rel,
+                    encoder_version=encoder,
+                    train_size=result.train_size,
+                    holdout_size=result.candidate.size,
+                    metrics=result.metrics(),
+                    trained_through=revision,
+                ),
                 promote=result.promote,
             )
         except Exception as error:

@@ -136,13 +136,16 @@ class RetainedVote:
 
 
 @dataclass(frozen=True)
-class NewHead:
-    """A head trained on a candidate encoder's embeddings, activated with it."""
+class NewModel:
+    """A trained model about to be recorded in model_versions."""
 
-    owner_user_id: int
+    owner_user_id: int | None  # None = global (a backbone)
+    kind: str  # 'head' or 'backbone'
     version: int
     file_path: str
+    encoder_version: str
     train_size: int
     holdout_size: int
     metrics: dict[str, float | None]
-    trained_through: int
+    trained_through: int  # feedback.revision it has seen up to
+    parent_id: int | None = None

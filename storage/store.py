@@ -7,12 +7,14 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import aiosqlite
+
 from storage.db import Database
 from storage.records import (
     ForgetReport,
     LabelledEmbedding,
     ModelVersion,
-    NewHead,
+    NewModel,
     RetainedVote,
     Submission,
     Totals,
@@ -365,51 +367,17 @@ class Store:
         )
         return int(row[0]) if row else 1
 
-    async def add_model_version(
-        self,
-        *,
-        owner_user_id: int,
-        kind: str,
-        version: int,
-        parent_id: int | None,
-        file_path: str,
-        encoder_version: str,
-        train_size: int,
-        holdout_size: int,
-        metrics: Mapping[str, float | None],
-        trained_through: int,
-        promote: bool,
-    ) -> ModelVersion:
-        """Insert a trained model; if `promote`, it becomes active and the old one retired,
-        atomically."""
+    async def add_model_version(self, model: NewModel, *, promote: bool) -> ModelVersion:
+        """Record a trained model; if `promote`, it becomes active and the owner's active one
+        of that kind is retired, atomically. Otherwise it is recorded as rejected."""
         async with self.db.transaction() as conn:
             if promote:
                 await conn.execute(
                     "UPDATE model_versions SET status = 'retired'"
-                    " WHERE owner_user_id = ? AND kind = ? AND status = 'active'",
-                    (owner_user_id, kind),
+                    " WHERE owner_user_id IS ? AND kind = ? AND status = 'active'",
+                    (model.owner_user_id, model.kind),
                 )
-            async with conn.execute(
-                "INSERT INTO model_versions (owner_user_id, kind, version, parent_id, file_path,"
-                " encoder_version, train_size, holdout_size, metrics_json, trained_through, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-                (
-                    owner_user_id,
-                    kind,
-                    version,
-                    parent_id,
-                    file_path,
-                    encoder_version,
-                    train_size,
-                    holdout_size,
-                    json.dumps(dict(metrics)),
-                    trained_through,
-                    "active" if promote else "rejected",
-                ),
-            ) as cur:
-                row = await cur.fetchone()
-        assert row is not None
-        return ModelVersion.from_row(row)
+            return await _insert_model(conn, model, "active" if promote else "rejected")
 
     async def activate_model_version(self, user_id: int, version: int, kind: str = "head") -> bool:
         """Roll back (or forward): make `version` the active one, retiring the current one."""
@@ -517,7 +485,9 @@ class Store:
         return int(row[0]) if row else 0
 
     async def votes_after(self, revision: int) -> int:
-        row = await self.db.fetch_one("SELECT COUNT(*) FROM feedback WHERE revision > ?", (revision,))
+        row = await self.db.fetch_one(
+            "SELECT COUNT(*) FROM feedback WHERE revision > ?", (revision,)
+        )
         return int(row[0]) if row else 0
 
     async def retained_images(self) -> list[tuple[int, str]]:
@@ -560,66 +530,21 @@ class Store:
         return None if row is None else ModelVersion.from_row(row)
 
     async def add_backbone_version(
-        self,
-        *,
-        version: int,
-        parent_id: int | None,
-        file_path: str,
-        encoder_version: str,
-        train_size: int,
-        holdout_size: int,
-        metrics: Mapping[str, float | None],
-        trained_through: int,
-        promote: bool,
-        heads: Sequence[NewHead] = (),
+        self, backbone: NewModel, *, promote: bool, heads: Sequence[NewModel] = ()
     ) -> ModelVersion:
         """Record a fine-tuned encoder; if `promote`, it and its people's new heads become
-        active (and the old ones retired) in one transaction."""
+        active (and the ones they replace retired) in one transaction."""
         async with self.db.transaction() as conn:
             if promote:
-                await conn.execute(
-                    "UPDATE model_versions SET status = 'retired'"
-                    " WHERE status = 'active' AND (kind = 'backbone' OR owner_user_id IN"
-                    f" ({','.join('?' * len(heads)) or 'NULL'}))",
-                    [h.owner_user_id for h in heads],
-                )
-            async with conn.execute(
-                "INSERT INTO model_versions (owner_user_id, kind, version, parent_id, file_path,"
-                " encoder_version, train_size, holdout_size, metrics_json, trained_through, status)"
-                " VALUES (NULL, 'backbone', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-                (
-                    version,
-                    parent_id,
-                    file_path,
-                    encoder_version,
-                    train_size,
-                    holdout_size,
-                    json.dumps(dict(metrics)),
-                    trained_through,
-                    "active" if promote else "rejected",
-                ),
-            ) as cur:
-                row = await cur.fetchone()
-            if promote:
-                for h in heads:
+                for model in (backbone, *heads):
                     await conn.execute(
-                        "INSERT INTO model_versions (owner_user_id, kind, version, parent_id,"
-                        " file_path, encoder_version, train_size, holdout_size, metrics_json,"
-                        " trained_through, status)"
-                        " VALUES (?, 'head', ?, NULL, ?, ?, ?, ?, ?, ?, 'active')",
-                        (
-                            h.owner_user_id,
-                            h.version,
-                            h.file_path,
-                            encoder_version,
-                            h.train_size,
-                            h.holdout_size,
-                            json.dumps(dict(h.metrics)),
-                            h.trained_through,
-                        ),
+                        "UPDATE model_versions SET status = 'retired'"
+                        " WHERE owner_user_id IS ? AND kind = ? AND status = 'active'",
+                        (model.owner_user_id, model.kind),
                     )
-        assert row is not None
-        return ModelVersion.from_row(row)
+                for head in heads:
+                    await _insert_model(conn, head, "active")
+            return await _insert_model(conn, backbone, "active" if promote else "rejected")
 
     # -- training runs -------------------------------------------------------
 
@@ -659,3 +584,27 @@ class Store:
                 " finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE outcome = 'running'"
             )
             return cur.rowcount
+
+
+async def _insert_model(conn: aiosqlite.Connection, model: NewModel, status: str) -> ModelVersion:
+    async with conn.execute(
+        "INSERT INTO model_versions (owner_user_id, kind, version, parent_id, file_path,"
+        " encoder_version, train_size, holdout_size, metrics_json, trained_through, status)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        (
+            model.owner_user_id,
+            model.kind,
+            model.version,
+            model.parent_id,
+            model.file_path,
+            model.encoder_version,
+            model.train_size,
+            model.holdout_size,
+            json.dumps(model.metrics),
+            model.trained_through,
+            status,
+        ),
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return ModelVersion.from_row(row)
