@@ -258,9 +258,10 @@ def finetune(
     encoder_loss: float | None = None
     usable: list[FinetuneExample] = []
 
-    def stopped() -> FinetuneResult:
+    def outcome(saved_to: Path | None) -> FinetuneResult:
+        """What this run did so far; `saved_to` None means it stopped early, nothing written."""
         return FinetuneResult(
-            out_dir=None,
+            out_dir=saved_to,
             parent_version=encoder.version,
             n_examples=len(usable),
             n_skipped=len(examples) - len(usable),
@@ -268,7 +269,7 @@ def finetune(
             head_loss=head_loss,
             encoder_loss=encoder_loss,
             seconds=time.perf_counter() - started,
-            stopped_early=True,
+            stopped_early=saved_to is None,
             device=str(device),
             history=tuple(history),
         )
@@ -280,7 +281,7 @@ def finetune(
     report("embedding", step=0, steps=n_batches)  # every phase and epoch announces its start
     for i, (batch, pixels) in enumerate(trainer.batches(examples, np.arange(len(examples))), 1):
         if should_stop():
-            return stopped()
+            return outcome(None)
         if batch:
             cached.append(trainer.embed_frozen(pixels))
             usable.extend(batch)
@@ -298,7 +299,7 @@ def finetune(
         report("heads", epoch, config.head_epochs, 0, steps)
         for step in range(1, steps + 1):
             if should_stop():
-                return stopped()
+                return outcome(None)
             idx = order[(step - 1) * config.batch_size : step * config.batch_size]
             loss = trainer.head_step([usable[j] for j in idx], features[torch.from_numpy(idx)])
             total, seen = total + loss * len(idx), seen + len(idx)
@@ -319,7 +320,7 @@ def finetune(
             report("encoder", epoch, config.encoder_epochs, 0, steps_per_epoch)
             for step, (batch, pixels) in enumerate(trainer.batches(usable, order), 1):
                 if should_stop():
-                    return stopped()
+                    return outcome(None)
                 if not batch:  # a file vanished since the embedding pass
                     continue
                 losses = trainer.encoder_step(batch, pixels)
@@ -350,7 +351,7 @@ def finetune(
             )
 
     if should_stop():
-        return stopped()
+        return outcome(None)
     report("saving")
     metadata = {
         "format_version": FORMAT_VERSION,
@@ -368,19 +369,7 @@ def finetune(
         "seconds": time.perf_counter() - started,
     }
     _save_atomically(encoder, out_dir, metadata)
-    result = FinetuneResult(
-        out_dir=out_dir,
-        parent_version=encoder.version,
-        n_examples=len(usable),
-        n_skipped=len(examples) - len(usable),
-        people=people,
-        head_loss=head_loss,
-        encoder_loss=encoder_loss,
-        seconds=time.perf_counter() - started,
-        stopped_early=False,
-        device=str(device),
-        history=tuple(history),
-    )
+    result = outcome(out_dir)
     report("done")
     return result
 
