@@ -15,30 +15,18 @@ heads epochs train on those cached embeddings and cost next to nothing.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import transformers
-from PIL import Image
 
+from bench.pictures import screenshot
 from learner.finetune import FinetuneConfig, FinetuneExample, FinetuneProgress, finetune
 from learner.head import DISLIKE, LIKE, SUPER_LIKE
 from tests.tiny_clip import build_clip, vit_b32_config
-
-
-def screenshot(seed: int) -> bytes:
-    """A 1280×720 JPEG with smooth structure (compresses like a real screenshot, not noise)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, size=(9, 16, 3), dtype=np.uint8)
-    image = Image.fromarray(small).resize((1280, 720), Image.Resampling.BICUBIC)
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=85)
-    return out.getvalue()
 
 
 class PeakMemory:

@@ -15,7 +15,9 @@ acknowledged" is well defined.
 
 Phase 1, no kills: ``--photos`` photos. Replies, error replies ("Something went wrong…", a
 refusal, an error in a callback answer), the bot's RSS (VmRSS of its process) at start,
-after warm-up, in the middle and at the end, and the load average. Then SIGTERM, and checks:
+after warm-up (20 % of the photos answered), in the middle and at the end (flat: at most
+max(64 MiB, 10 %) more at the end than after warm-up), and the load average. Then
+SIGTERM, and checks:
 the feedback table holds exactly one row per acknowledged (person, submission) with the last
 acknowledged vote and no other rows; the number of vote changes the database counted (its
 revision counter) equals the number the bench expects; every duplicate tap was answered
@@ -45,6 +47,7 @@ import itertools
 import os
 import random
 import re
+import shutil
 import signal
 import socketserver
 import sqlite3
@@ -190,7 +193,7 @@ class BotProcess:
                 current = [line]
         if current:
             entries.append("\n".join(current))
-        return entries
+        return [f"[{self.log_path.name}] {entry}" for entry in entries]
 
 
 # -- the simulated people --------------------------------------------------------------------
@@ -726,7 +729,7 @@ def main() -> int:
             print(f"  bot ready in {bot.start_seconds:.1f} s, RSS {bot.rss()[0]} MiB", flush=True)
             rss: dict[str, tuple[int, str]] = {"start": (bot.rss()[0], load_average())}
             samples: list[tuple[float, int]] = []
-            marks = {"after warm-up": args.photos // 10, "middle": args.photos // 2}
+            marks = {"after warm-up": args.photos // 5, "middle": args.photos // 2}
             load.budget = args.photos
             phase_start = time.monotonic()
             last_sample = 0.0
@@ -796,16 +799,18 @@ def main() -> int:
                 flush=True,
             )
             phase_start = time.monotonic()
-            load.budget = args.kill_photos
+            new_photos = [args.kill_photos // max(1, args.kills)] * args.kills or [0]
             kills: list[dict[str, Any]] = []
             restarts: list[float] = []
-            per_cycle = max(10.0, args.kill_photos / (args.kills + 0.5))
             bot = BotProcess(api, url, model, data, env, tmp / "bot-1.log")
             logs.append(bot)
             restarts.append(bot.start_seconds)
             for cycle in range(args.kills):
+                # Each cycle brings new photos; the kill comes after 20-80 % of them were
+                # answered, with photos and taps in flight.
+                load.budget += new_photos[cycle]
                 base = load.replied()
-                target = base + round(rng.uniform(0.3, 1.0) * per_cycle)
+                target = base + max(1, round(rng.uniform(0.2, 0.8) * new_photos[cycle]))
                 load.run_until(
                     lambda t=target: load.replied() >= t or not load.busy(), args.timeout
                 )
@@ -831,6 +836,7 @@ def main() -> int:
                 bot = BotProcess(api, url, model, data, env, tmp / f"bot-{cycle + 2}.log")
                 logs.append(bot)
                 restarts.append(bot.start_seconds)
+            load.budget += args.kill_photos - sum(new_photos)  # what did not divide evenly
             load.run_until(lambda: not load.busy(), args.timeout)
             phase2_seconds = time.monotonic() - phase_start
             f2 = load.figures
@@ -855,6 +861,11 @@ def main() -> int:
             )
         api.close()
         log_errors = [entry for b in logs for entry in b.log_errors()]
+        kept = None
+        if log_errors or any(not c.ok for c in checks):  # keep the evidence
+            kept = Path(tempfile.mkdtemp(prefix="tastebot-soak-logs-"))
+            for b in logs:
+                shutil.copy(b.log_path, kept / b.log_path.name)
         checks.append(
             Check(
                 "both phases: no ERROR in the bot's logs",
@@ -931,8 +942,10 @@ def main() -> int:
     print(f"ERROR records in the bot logs: {len(log_errors)}")
     for entry in log_errors[:2]:
         lines = entry.splitlines()
-        for line in [*lines[:3], "    …", *lines[-12:]] if len(lines) > 16 else lines:
+        for line in [*lines[:25], "    …", *lines[-25:]] if len(lines) > 50 else lines:
             print("   ", line)
+    if kept is not None:
+        print(f"the bot's logs are kept in {kept}")
     print()
     failed = [c for c in checks if not c.ok]
     for c in checks:

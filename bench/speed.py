@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import json
 import os
 import signal
@@ -40,22 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from bench.pictures import screenshot
 from tests.fake_bot_api import FakeBotAPI
 from tests.tiny_clip import build_clip, vit_b32_config
 
 FIRST_USER = 10_000
-
-
-def screenshot(seed: int) -> bytes:
-    """A 1280×720 JPEG with smooth structure (compresses like a real screenshot, not noise)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, size=(9, 16, 3), dtype=np.uint8)
-    image = Image.fromarray(small).resize((1280, 720), Image.Resampling.BICUBIC)
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=85)
-    return out.getvalue()
 
 
 def load_average() -> str:

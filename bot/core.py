@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -175,6 +175,8 @@ class TasteService:
         self._rate_limit = SlidingWindowLimit(settings.images_per_minute, window_seconds=60)
         self.notifiers: dict[str, Notifier] = {}  # platform → how to message a person there
         self.backbone: BackboneTuner | None = None  # CLIP fine-tuning, set by open()
+        self._stopping = False  # set by drain(): no new training, no notifications
+        self._rounds: set[asyncio.Task[Any]] = set()  # retrain rounds in progress
 
     @classmethod
     async def open(cls, settings: Settings, embedder: ImageEmbedder) -> TasteService:
@@ -543,17 +545,37 @@ class TasteService:
     ) -> list[RetrainOutcome]:
         """Retrain everyone with ≥ min_new_votes new votes; tell each person whose model
         improved. `on_progress(done, total)` is awaited after each person."""
-        due = await self.store.users_with_new_votes(min_new_votes)
-        outcomes = []
-        for done, (user_id, _) in enumerate(due, start=1):
-            outcome = await self.retrain_user(user_id, trigger)
-            outcomes.append(outcome)
-            if outcome.promoted:
-                await self._notify(outcome.user, _promotion_message(outcome))
-            if on_progress is not None:
-                await on_progress(done, len(due))
-        self.liked_index.flush()
-        return outcomes
+        task = asyncio.current_task()
+        if task is not None:
+            self._rounds.add(task)
+        try:
+            due = await self.store.users_with_new_votes(min_new_votes)
+            outcomes = []
+            for done, (user_id, _) in enumerate(due, start=1):
+                if self._stopping:  # the rest are retrained after the restart
+                    break
+                outcome = await self.retrain_user(user_id, trigger)
+                outcomes.append(outcome)
+                if outcome.promoted:
+                    await self._notify(outcome.user, _promotion_message(outcome))
+                if on_progress is not None:
+                    await on_progress(done, len(due))
+            self.liked_index.flush()
+            return outcomes
+        finally:
+            self._rounds.discard(task)
+
+    async def drain(self, timeout: float) -> None:
+        """Before shutdown: start no more training, cancel a fine-tune, and give retrain
+        rounds in progress up to `timeout` seconds to stop between two people."""
+        self._stopping = True
+        if self.backbone is not None:
+            self.backbone.cancel()
+        rounds = [t for t in self._rounds if t is not asyncio.current_task()]
+        if rounds:
+            _, pending = await asyncio.wait(rounds, timeout=timeout)
+            if pending:
+                log.warning("%d retrain round(s) still running at shutdown", len(pending))
 
     async def retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome:
         async with self.training_lock:
@@ -653,6 +675,9 @@ class TasteService:
     async def _notify(self, user: User, text: str) -> None:
         notifier = self.notifiers.get(user.platform)
         if notifier is None:
+            return
+        if self._stopping:  # platforms are closing; the model is promoted all the same
+            log.info("not telling user %d about their new model: shutting down", user.id)
             return
         try:
             await notifier(user, text)

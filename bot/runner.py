@@ -18,6 +18,7 @@ from bot.settings import Settings
 log = logging.getLogger("bot")
 
 OpenService = Callable[[], Awaitable[TasteService]]
+DRAIN_SECONDS = 4.0  # per wait; SIGTERM must end the process within a few seconds
 
 
 class Platform(Protocol):
@@ -82,12 +83,18 @@ async def serve(
             future.result()  # raises the platform's error
             raise RuntimeError("a platform stopped on its own")
     finally:
+        # Order matters: no new jobs, let a retrain round stop between two people, stop
+        # receiving (handlers in flight finish), then close the database.
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        if shared.service is not None:
+            await shared.service.drain(timeout=DRAIN_SECONDS)
         for platform in reversed(started):
             try:
                 await platform.stop()
             except Exception:
                 log.exception("stopping %s failed", platform.name)
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)
         if shared.service is not None:
+            # A round waiting on a send has it fail now the platforms are closed.
+            await shared.service.drain(timeout=DRAIN_SECONDS)
             await shared.service.close()

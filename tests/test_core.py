@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from bot.core import AlreadyAnswered, IncomingImage, Person, Refused, Scored, TasteService
@@ -133,3 +135,33 @@ async def test_people_are_scored_by_their_own_models(service: TasteService) -> N
     b_scores = np.array([o.score for o in b if isinstance(o, Scored)])
     # Opposite tastes → negatively correlated scores on the same images.
     assert np.corrcoef(a_scores, b_scores)[0, 1] < 0
+
+
+async def test_drain_stops_a_retrain_round_between_two_people(service: TasteService) -> None:
+    bob = Person("telegram", "2", "Bob")
+    for person in (ALICE, bob):
+        for seed in range(1, 13):
+            out = await service.score_image(incoming(seed, person), fetch(image_bytes(seed)))
+            assert isinstance(out, Scored)
+            await service.record_vote(person, out.submission_id, Vote.LIKE if seed % 2 else Vote.DISLIKE)
+    platform_closed = asyncio.Event()
+    told: list[str] = []
+
+    async def slow_notifier(user: object, text: str) -> None:
+        told.append(text)
+        await platform_closed.wait()  # a send stuck behind Telegram's rate limit
+        raise ConnectionError("the platform has shut down")
+
+    service.notifiers["telegram"] = slow_notifier  # type: ignore[assignment]
+    round_ = asyncio.create_task(service.retrain_due_heads(min_new_votes=1, trigger="test"))
+    while not told:
+        await asyncio.sleep(0.01)
+    await service.drain(timeout=0.1)  # stuck in the send: still running
+    assert not round_.done()
+    platform_closed.set()  # the platform stops; the send fails
+    await service.drain(timeout=5)
+    outcomes = round_.result()
+    assert [o.user.platform_user_id for o in outcomes] == ["1"]  # Bob waits for the restart
+    bob_user = await service.store.find_user("telegram", "2")
+    assert bob_user is not None and await service.store.active_model(bob_user.id) is None
+    assert await service.store.active_model(1) is not None
