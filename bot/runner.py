@@ -84,9 +84,10 @@ async def serve(
             raise RuntimeError("a platform stopped on its own")
     finally:
         # Order matters: no new jobs, let a retrain round stop between two people, stop
-        # receiving (handlers in flight finish), then close the database.
+        # receiving (handlers in flight finish), then close the database. The scheduler is
+        # only paused until then: its shutdown cancels a job still running, mid-write.
         if scheduler is not None:
-            scheduler.shutdown(wait=False)
+            scheduler.pause()
         if shared.service is not None:
             await shared.service.drain(timeout=DRAIN_SECONDS)
         for platform in reversed(started):
@@ -97,4 +98,7 @@ async def serve(
         if shared.service is not None:
             # A round waiting on a send has it fail now the platforms are closed.
             await shared.service.drain(timeout=DRAIN_SECONDS)
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        if shared.service is not None:
             await shared.service.close()
