@@ -71,7 +71,13 @@ def main() -> None:
             torch_threads=settings.torch_threads,  # 0 = every usable core but one
             precision=settings.clip_precision,
         )
-        service = await TasteService.open(settings, encoder)
+        text_encoder = None
+        if settings.text_weight > 0:
+            from learner.text import ClipTextEncoder
+
+            # Shares the loaded CLIPModel; None (text off) when the model has no tokenizer.
+            text_encoder = ClipTextEncoder.from_pretrained(model, model=encoder.model)
+        service = await TasteService.open(settings, encoder, text_encoder)
         log.info("ready: encoder %s, data in %s", encoder.version, settings.data_dir)
         return service
 

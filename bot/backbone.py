@@ -41,7 +41,7 @@ from learner.images import ImageRejected, decode_image
 from learner.training import is_holdout, train_and_compare, trainable
 from storage.db import Database
 from storage.files import DataDir
-from storage.records import LabelledEmbedding, NewModel, Vote
+from storage.records import NewModel, Vote
 
 log = logging.getLogger(__name__)
 
@@ -303,12 +303,10 @@ class BackboneTuner:
             votes = np.array([_vote_code(v.vote) for v in new], np.int8)
             if trainable(ids, votes, self.settings.head_min_votes) is not None:
                 continue
-            old_result = await asyncio.to_thread(
-                train_and_compare, ids, _stack(old), votes, None, None
-            )
-            new_result = await asyncio.to_thread(
-                train_and_compare, ids, _stack(new), votes, None, None
-            )
+            old_x = await self.service.training_vectors(old)
+            new_x = await self.service.training_vectors(new)
+            old_result = await asyncio.to_thread(train_and_compare, ids, old_x, votes, None, None)
+            new_result = await asyncio.to_thread(train_and_compare, ids, new_x, votes, None, None)
             if old_result.candidate.auc is None or new_result.candidate.auc is None:
                 continue
             head_version = await store.next_model_version(user_id)
@@ -356,10 +354,6 @@ def _embed_files(
         (i, np.ascontiguousarray(v, np.float32).tobytes())
         for i, v in zip(ids, vectors, strict=True)
     ]
-
-
-def _stack(rows: list[LabelledEmbedding]) -> np.ndarray:
-    return np.stack([np.frombuffer(r.vector, np.float32) for r in rows])
 
 
 def _vote_code(vote: Vote) -> int:

@@ -25,11 +25,14 @@ from bot.ratelimit import SlidingWindowLimit
 from bot.settings import Settings
 from learner.head import DISLIKE, LIKE, SUPER_LIKE, TasteHead, cold_start_scores
 from learner.images import DecodedImage, ImageRejected, decode_image
+from learner.ocr import extract_text, ocr_available
+from learner.text import combine
 from learner.training import HeadTrainingResult, train_and_compare, trainable
 from storage.db import Database
 from storage.files import DataDir
 from storage.records import (
     ForgetReport,
+    LabelledEmbedding,
     ModelVersion,
     NewModel,
     Submission,
@@ -57,6 +60,14 @@ class ImageEmbedder(Protocol):
     dim: int
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+class TextEmbedder(Protocol):
+    """What the core needs of CLIP's text tower (learner.text.ClipTextEncoder)."""
+
+    version: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -151,11 +162,15 @@ class TasteService:
         data_dir: DataDir,
         embedder: ImageEmbedder,
         settings: Settings,
+        text_encoder: TextEmbedder | None = None,
     ) -> None:
         self.store = store
         self.data_dir = data_dir
         self.embedder = embedder
         self.settings = settings
+        # Text is used only with a tokenizer and TEXT_WEIGHT > 0.
+        self.text_encoder = text_encoder if settings.text_weight > 0 else None
+        self._background: set[asyncio.Task[None]] = set()  # OCR after the reply
         # Per-person FAISS caches of what each person liked / disliked, per encoder version.
         faiss_dir = index_directory(data_dir.faiss, embedder.version)
         self.liked_index = LikedIndex(faiss_dir, embedder.dim, kind="liked")
@@ -179,7 +194,12 @@ class TasteService:
         self._rounds: set[asyncio.Task[Any]] = set()  # retrain rounds in progress
 
     @classmethod
-    async def open(cls, settings: Settings, embedder: ImageEmbedder) -> TasteService:
+    async def open(
+        cls,
+        settings: Settings,
+        embedder: ImageEmbedder,
+        text_encoder: TextEmbedder | None = None,
+    ) -> TasteService:
         """Open the database, mark runs a dead process left 'running' as failed, sync FAISS."""
         data_dir = DataDir(settings.data_dir)
         db = await Database.open(data_dir.database)
@@ -187,7 +207,13 @@ class TasteService:
         abandoned = await store.fail_abandoned_runs()
         if abandoned:
             log.warning("marked %d abandoned training run(s) as failed", abandoned)
-        service = cls(store=store, data_dir=data_dir, embedder=embedder, settings=settings)
+        service = cls(
+            store=store,
+            data_dir=data_dir,
+            embedder=embedder,
+            settings=settings,
+            text_encoder=text_encoder,
+        )
         await service.sync_vote_indexes()
         from bot.backbone import BackboneTuner  # it builds on this module
 
@@ -197,6 +223,9 @@ class TasteService:
     async def close(self) -> None:
         if self.backbone is not None:
             self.backbone.cancel()  # the child is a daemon process: it cannot outlive us
+        for task in list(self._background):
+            task.cancel()  # an unfinished OCR: the caption alone stays
+        await asyncio.gather(*self._background, return_exceptions=True)
         self.liked_index.flush()
         self.disliked_index.flush()
         await self._batcher.close()
@@ -299,8 +328,11 @@ class TasteService:
         else:
             assert decoded is not None
             vector = await self._batcher.embed(decoded.image)
+        text_vector = None
+        if self.text_encoder is not None and incoming.caption:
+            text_vector = await self._embed_text(incoming.caption)
         with timing.stage("score"):
-            score, active = await self._score(user, vector)
+            score, active = await self._score(user, vector, text_vector)
 
         file_path = None
         created_file = False
@@ -335,6 +367,8 @@ class TasteService:
                 self.data_dir.path(file_path).unlink(missing_ok=True)
             raise
 
+        if self.text_encoder is not None:
+            await self._record_text(submission.id, incoming.caption, text_vector, data)
         with timing.stage("explain"):  # FAISS neighbours and earlier votes
             return await self._explain(
                 user, submission.id, submission.image_id, vector, score, active
@@ -386,7 +420,14 @@ class TasteService:
             return None
         submission, vector = found
         user = await self._user(person)
-        score, active = await self._score(user, vector)
+        text_vector = None
+        if self.text_encoder is not None:
+            texts = await self.store.submission_text_vectors(
+                [submission_id], self.text_encoder.version
+            )
+            if submission_id in texts:
+                text_vector = np.frombuffer(texts[submission_id], np.float32)
+        score, active = await self._score(user, vector, text_vector)
         return await self._explain(user, submission_id, submission.image_id, vector, score, active)
 
     async def _user(self, person: Person) -> User:
@@ -399,11 +440,14 @@ class TasteService:
             data, max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes
         )
 
-    async def _score(self, user: User, vector: np.ndarray) -> tuple[float, ModelVersion | None]:
+    async def _score(
+        self, user: User, vector: np.ndarray, text_vector: np.ndarray | None = None
+    ) -> tuple[float, ModelVersion | None]:
         active = await self.store.active_model(user.id)
         if active is not None and active.encoder_version == self.embedder.version:
             head = await self._load_head(active)
-            return float(head.predict(vector.reshape(1, -1))[0]), active
+            seen = combine(vector, text_vector, self.settings.text_weight)
+            return float(head.predict(seen.reshape(1, -1))[0]), active
         # Cold start: no head for this encoder yet; the prior uses the votes so far.
         votes = await self.store.labelled_embeddings(user.id, self.embedder.version)
         liked = [np.frombuffer(v.vector, np.float32) for v in votes if v.vote.is_liked]
@@ -415,6 +459,75 @@ class TasteService:
             np.stack(disliked) if disliked else np.zeros((0, dim), np.float32),
         )
         return float(prior[0]), None
+
+    # -- text (captions, OCR) --------------------------------------------------
+
+    async def _embed_text(self, text: str) -> np.ndarray:
+        assert self.text_encoder is not None
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(self._encode_pool, self.text_encoder.embed, [text])
+        return np.asarray(vectors[0], np.float32)
+
+    async def _record_text(
+        self,
+        submission_id: int,
+        caption: str | None,
+        caption_vector: np.ndarray | None,
+        data: bytes,
+    ) -> None:
+        """Store the caption's embedding now; read text in the image after the reply (OCR
+        takes ~0.4 s a screenshot, several CLIP forwards) and store caption + text then."""
+        assert self.text_encoder is not None
+        if caption and caption_vector is not None:
+            await self.store.put_submission_text(
+                submission_id, self.text_encoder.version, caption, caption_vector.tobytes()
+            )
+        if self.settings.ocr and ocr_available():
+            task = asyncio.create_task(self._read_text_in_image(submission_id, caption, data))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _read_text_in_image(
+        self, submission_id: int, caption: str | None, data: bytes
+    ) -> None:
+        assert self.text_encoder is not None
+        loop = asyncio.get_running_loop()
+        try:
+            # Full resolution this time: small print does not survive decoding at 1/8 scale.
+            decoded = await loop.run_in_executor(
+                None,
+                lambda: decode_image(
+                    data,
+                    max_pixels=self.settings.max_image_pixels,
+                    max_bytes=self.settings.max_image_bytes,
+                    target_size=1 << 16,
+                ),
+            )
+        except ImageRejected:
+            return
+        found = await loop.run_in_executor(None, extract_text, decoded.image)
+        if not found:
+            return
+        text = f"{caption}\n{found}" if caption else found
+        vector = await self._embed_text(text)
+        await self.store.put_submission_text(
+            submission_id, self.text_encoder.version, text, vector.tobytes()
+        )
+
+    async def training_vectors(self, labelled: Sequence[LabelledEmbedding]) -> np.ndarray:
+        """What a head trains on: each vote's image embedding, mixed with its text's when
+        text is on (rows without text stay image-only)."""
+        images = np.stack([np.frombuffer(v.vector, np.float32) for v in labelled])
+        if self.text_encoder is None:
+            return images
+        texts = await self.store.submission_text_vectors(
+            [v.submission_id for v in labelled], self.text_encoder.version
+        )
+        text = np.zeros((len(labelled), images.shape[1]), np.float32)
+        for row, v in enumerate(labelled):
+            if v.submission_id in texts:
+                text[row] = np.frombuffer(texts[v.submission_id], np.float32)
+        return combine(images, text, self.settings.text_weight)
 
     async def _load_head(self, model: ModelVersion) -> TasteHead:
         head = self._heads.get(model.id)
@@ -597,7 +710,7 @@ class TasteService:
             # Not a run: nothing is trained, and the scheduler would log one every tick.
             return RetrainOutcome(user, None, False, None, previous_auc, 0, why_not)
 
-        embeddings = np.stack([np.frombuffer(v.vector, np.float32) for v in labelled])
+        embeddings = await self.training_vectors(labelled)
         unlabelled_rows = await self.store.unlabelled_vectors(user_id, encoder)
         unlabelled = (
             np.stack([np.frombuffer(v, np.float32) for v in unlabelled_rows])

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     finetune_unfreeze_blocks: int = Field(4, ge=0)  # top vision blocks trained; ≥ depth = all
     finetune_contrastive_weight: float = Field(0.0, ge=0)  # supervised-contrastive term; 0 = off
 
+    # Captions (and text read from images by OCR, where Tesseract is installed) embedded
+    # with CLIP's text tower and mixed into what the heads see: normalise(image + w·text).
+    # 0 = off, the default: whether text helps could not be measured yet (see README).
+    text_weight: float = Field(0.0, ge=0)
+    ocr: bool = True  # with TEXT_WEIGHT > 0: also read text in images (in the background)
+
     # Input limits. Telegram's cloud Bot API serves files up to 20 MB.
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)

@@ -102,4 +102,15 @@ MIGRATIONS: tuple[str, ...] = (
         detail           TEXT
     );
     """,
+    # 2: text that goes with a submission (its caption, then text read from the image),
+    # embedded with CLIP's text tower; keyed by the text encoder's version.
+    """
+    CREATE TABLE submission_texts (
+        submission_id   INTEGER NOT NULL REFERENCES submissions (id) ON DELETE CASCADE,
+        encoder_version TEXT NOT NULL,
+        text            TEXT NOT NULL,
+        vector          BLOB NOT NULL,  -- float32, L2-normalised
+        PRIMARY KEY (submission_id, encoder_version)
+    );
+    """,
 )

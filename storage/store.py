@@ -165,6 +165,31 @@ class Store:
         assert row is not None
         return _submission(row)
 
+    async def put_submission_text(
+        self, submission_id: int, encoder_version: str, text: str, vector: bytes
+    ) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO submission_texts (submission_id, encoder_version, text, vector)"
+            " VALUES (?, ?, ?, ?)",
+            (submission_id, encoder_version, text, vector),
+        )
+
+    async def submission_text_vectors(
+        self, submission_ids: Sequence[int], encoder_version: str
+    ) -> dict[int, bytes]:
+        """submission id → text vector, for those of `submission_ids` that have text."""
+        found: dict[int, bytes] = {}
+        ids = list(submission_ids)
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[start : start + 500]
+            rows = await self.db.fetch_all(
+                "SELECT submission_id, vector FROM submission_texts WHERE encoder_version = ?"
+                f" AND submission_id IN ({','.join('?' * len(chunk))})",
+                (encoder_version, *chunk),
+            )
+            found.update({int(r[0]): bytes(r[1]) for r in rows})
+        return found
+
     async def set_reply_message(self, submission_id: int, reply_message_id: str) -> None:
         await self.db.execute(
             "UPDATE submissions SET reply_message_id = ? WHERE id = ?",
