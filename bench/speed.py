@@ -16,7 +16,7 @@
 
 ``--soak SECONDS`` then keeps ``--people`` people sending photos for that long and reports
 replies, errors and RSS over time (memory should stay flat). ``--faiss`` times nearest-liked
-lookups at 100k vectors for one person and 1M in total (storage.vectors.LikedIndex).
+lookups at 100k vectors for one person and 1M in total (storage.vectors.VoteIndex).
 
 Times on a shared machine vary run to run; the ratios, measured in one run, are the result.
 With no --model, a ViT-B/32-sized CLIP with random weights is built on the fly.
@@ -309,7 +309,7 @@ def soak(bot: BotRun, seconds: float, people: int) -> dict[str, Any]:
 
 
 def bench_faiss(tmp: Path, dim: int = 512) -> None:
-    from storage.vectors import LikedIndex
+    from storage.vectors import VoteIndex
 
     rng = np.random.default_rng(0)
 
@@ -322,7 +322,7 @@ def bench_faiss(tmp: Path, dim: int = 512) -> None:
 
     centres = rng.standard_normal((2000, dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    index = LikedIndex(tmp / "faiss", dim)
+    index = VoteIndex(tmp / "faiss", dim)
 
     def time_queries(user: int, n: int, vectors: np.ndarray) -> tuple[float, float]:
         queries = clustered(200, centres)

@@ -43,7 +43,7 @@ from storage.records import (
     Vote,
 )
 from storage.store import Store
-from storage.vectors import LikedIndex, index_directory
+from storage.vectors import VoteIndex, index_directory
 
 if TYPE_CHECKING:
     from bot.backbone import BackboneTuner
@@ -173,8 +173,8 @@ class TasteService:
         self._background: set[asyncio.Task[None]] = set()  # OCR after the reply
         # Per-person FAISS caches of what each person liked / disliked, per encoder version.
         faiss_dir = index_directory(data_dir.faiss, embedder.version)
-        self.liked_index = LikedIndex(faiss_dir, embedder.dim, kind="liked")
-        self.disliked_index = LikedIndex(faiss_dir, embedder.dim, kind="disliked")
+        self.liked_index = VoteIndex(faiss_dir, embedder.dim, kind="liked")
+        self.disliked_index = VoteIndex(faiss_dir, embedder.dim, kind="disliked")
         # One thread for CLIP: torch already uses every core inside one forward pass.
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="clip")
         # Images from different people that arrive together share one forward pass.
@@ -239,7 +239,7 @@ class TasteService:
             self.liked_index, self.disliked_index, self.embedder.version
         )
 
-    async def _sync_indexes(self, liked: LikedIndex, disliked: LikedIndex, encoder: str) -> int:
+    async def _sync_indexes(self, liked: VoteIndex, disliked: VoteIndex, encoder: str) -> int:
         rebuilt = 0
         for user_id in await self.store.users_with_votes():
             for index, is_liked in ((liked, True), (disliked, False)):
@@ -253,8 +253,8 @@ class TasteService:
         """Serve with another encoder (a promoted fine-tune): its FAISS indexes and heads.
         Its embeddings must already be stored."""
         faiss_dir = index_directory(self.data_dir.faiss, embedder.version)
-        liked = LikedIndex(faiss_dir, embedder.dim, kind="liked")
-        disliked = LikedIndex(faiss_dir, embedder.dim, kind="disliked")
+        liked = VoteIndex(faiss_dir, embedder.dim, kind="liked")
+        disliked = VoteIndex(faiss_dir, embedder.dim, kind="disliked")
         await self._sync_indexes(liked, disliked, embedder.version)
         old_batcher = self._batcher
         self.embedder, self.liked_index, self.disliked_index = embedder, liked, disliked

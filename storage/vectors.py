@@ -107,7 +107,7 @@ class _PersonIndex:
             self.dirty = True
 
 
-class LikedIndex:
+class VoteIndex:
     def __init__(
         self, directory: Path, dim: int, kind: str = "liked", *, flat_limit: int = FLAT_LIMIT
     ) -> None:

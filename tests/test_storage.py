@@ -10,7 +10,7 @@ import pytest
 from storage.db import Database
 from storage.migrations import MIGRATIONS
 from storage.store import Store
-from storage.vectors import LikedIndex
+from storage.vectors import VoteIndex
 
 
 async def test_fresh_database_is_migrated_with_pragmas(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def _vectors(n: int, dim: int = 8, seed: int = 0) -> dict[int, bytes]:
 
 def test_liked_index_search_and_exclude(tmp_path: Path) -> None:
     liked = _vectors(20)
-    index = LikedIndex(tmp_path, dim=8)
+    index = VoteIndex(tmp_path, dim=8)
     assert index.sync(1, liked) is True
     query = np.frombuffer(liked[105], np.float32)
     found = index.search(1, query, k=3)
@@ -117,19 +117,19 @@ def test_liked_index_search_and_exclude(tmp_path: Path) -> None:
 
 def test_liked_index_is_rebuilt_only_when_stale(tmp_path: Path) -> None:
     liked = _vectors(10)
-    index = LikedIndex(tmp_path, dim=8)
+    index = VoteIndex(tmp_path, dim=8)
     index.sync(1, liked)
     assert index.flush() == 1
     assert not list(tmp_path.glob("*.tmp"))  # written atomically, no leftovers
 
-    fresh = LikedIndex(tmp_path, dim=8)
+    fresh = VoteIndex(tmp_path, dim=8)
     assert fresh.sync(1, liked) is False  # file matches SQLite: loaded, not rebuilt
     assert fresh.count(1) == 10
 
     stale = dict(liked)
     stale.pop(100)
     stale[999] = _vectors(1, seed=9)[100]  # one unliked, one newly liked
-    again = LikedIndex(tmp_path, dim=8)
+    again = VoteIndex(tmp_path, dim=8)
     assert again.sync(1, stale) is True
     assert again.count(1) == 10
     assert {
@@ -137,12 +137,12 @@ def test_liked_index_is_rebuilt_only_when_stale(tmp_path: Path) -> None:
     } == set(stale)
 
     (tmp_path / "liked-1.faiss").write_bytes(b"garbage")
-    assert LikedIndex(tmp_path, dim=8).sync(1, liked) is True  # unreadable file: rebuilt
+    assert VoteIndex(tmp_path, dim=8).sync(1, liked) is True  # unreadable file: rebuilt
 
 
 def test_liked_index_add_remove_no_duplicates(tmp_path: Path) -> None:
     liked = _vectors(3)
-    index = LikedIndex(tmp_path, dim=8)
+    index = VoteIndex(tmp_path, dim=8)
     vector = np.frombuffer(liked[100], np.float32)
     index.add(1, 100, vector)
     index.add(1, 100, vector)  # FAISS itself would keep both

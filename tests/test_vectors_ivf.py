@@ -1,4 +1,4 @@
-"""LikedIndex above its flat limit: an IVF index, same answers, same persistence."""
+"""VoteIndex above its flat limit: an IVF index, same answers, same persistence."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from storage.vectors import LikedIndex
+from storage.vectors import VoteIndex
 
 DIM = 16
 
@@ -29,7 +29,7 @@ def exact_top(vectors: np.ndarray, query: np.ndarray, k: int, first_id: int = 1)
 
 def test_a_large_index_is_rebuilt_as_ivf_and_reloads(tmp_path: Path) -> None:
     vectors = clustered(600)
-    index = LikedIndex(tmp_path, DIM, flat_limit=200)
+    index = VoteIndex(tmp_path, DIM, flat_limit=200)
     assert index.sync(7, as_bytes(vectors)) is True
     assert isinstance(index._people[7].index, faiss.IndexIVFFlat)
     assert index.count(7) == 600
@@ -43,7 +43,7 @@ def test_a_large_index_is_rebuilt_as_ivf_and_reloads(tmp_path: Path) -> None:
     assert found[0].image_id not in [n.image_id for n in index.search(7, query, 5)]
     index.flush()
 
-    again = LikedIndex(tmp_path, DIM, flat_limit=200)
+    again = VoteIndex(tmp_path, DIM, flat_limit=200)
     wanted = set(as_bytes(vectors)) - {found[0].image_id}
     assert again.sync(7, {i: vectors[i - 1].tobytes() for i in wanted}) is False  # file is current
     assert isinstance(again._people[7].index, faiss.IndexIVFFlat)
@@ -54,7 +54,7 @@ def test_a_large_index_is_rebuilt_as_ivf_and_reloads(tmp_path: Path) -> None:
 
 def test_crossing_the_limit_by_adding_switches_in_the_background(tmp_path: Path) -> None:
     vectors = clustered(400, seed=1)
-    index = LikedIndex(tmp_path, DIM, flat_limit=300)
+    index = VoteIndex(tmp_path, DIM, flat_limit=300)
     for i, vector in enumerate(vectors[:350], start=1):
         index.add(3, i, vector)
     # Searches keep working whichever index is in place; votes keep landing meanwhile.
