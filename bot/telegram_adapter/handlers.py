@@ -14,7 +14,15 @@ from telegram.ext import Application, CallbackContext, ExtBot
 
 from bot import render
 from bot.charts import learning_curve_png
-from bot.core import AlreadyAnswered, IncomingImage, Person, Refused, Scored, TasteService
+from bot.core import (
+    AlreadyAnswered,
+    IncomingImage,
+    Person,
+    Refused,
+    Scored,
+    ScoreOutcome,
+    TasteService,
+)
 from bot.settings import Settings
 from bot.telegram_adapter.callback_data import FORGET_YES, decode_submission_action, decode_vote
 from bot.telegram_adapter.keyboards import (
@@ -110,7 +118,7 @@ def _incoming(message: Message, person: Person) -> tuple[IncomingImage, PhotoSiz
     return incoming, media
 
 
-async def _score(message: Message, person: Person, context: TasteContext) -> object:
+async def _score(message: Message, person: Person, context: TasteContext) -> ScoreOutcome:
     incoming, media = _incoming(message, person)
 
     async def download() -> bytes:
@@ -133,7 +141,6 @@ async def on_image(update: Update, context: TasteContext) -> None:
     if isinstance(outcome, Refused):
         await message.reply_text(outcome.message, do_quote=True)
         return
-    assert isinstance(outcome, Scored)
     group = _in_group(update)
     # Quoted: with several images in flight, each score sits under its own image.
     reply = await message.reply_text(
