@@ -6,16 +6,22 @@ sent without voting) only:
 
     lin(x) = x . w + b        class-balanced ridge classifier, penalty chosen by exact
                               leave-one-out on the person's votes
+    cen(x) = x . (c_L - c_D)  liked minus disliked centroid direction
     lp(x)  = votes propagated over a k-NN graph of the person's images (label
              propagation, Zhou et al. 2004), read off x's nearest images
-    raw(x) = lin(x) + mix * lp(x)
+    nn(x)  = +-1 votes of x's nearest voted images (k-NN)
+    raw(x) = lin(x) + m_cen * cen(x) + m_lp * lp(x) + m_nn * nn(x)
     p(x)   = eps + (1 - 2 eps) * sigmoid(a * raw(x) + c)
 
 Tastes follow clusters of images (the linear part alone misses tastes spread over
-several clusters); the graph part spreads a few votes over each cluster. Both parts
-are scored on votes they did not see (leave-one-out and 5-fold), and (a, c, eps) are
-fitted on those held-out scores, so the score shown to the person is calibrated;
-eps > 0 says the person is sometimes inconsistent, so no score is ever 0 or 1.
+several clusters); the graph part spreads a few votes over each cluster. The centroid
+and nearest-vote parts are the low-variance learners that lead with few votes (a
+taste one direction separates; a taste that is "more like these"). Every part is
+scored on votes it did not see (leave-one-out, or 5-fold for the graph); the weights
+m are fixed multiples of the ratio of held-out spreads (each part counts in units of
+the linear part's spread), and (a, c, eps) are fitted on the held-out mixed scores,
+so the score shown to the person is calibrated; eps > 0 says the person is sometimes
+inconsistent, so no score is ever 0 or 1.
 
 With fewer than two votes on either side there is no boundary to learn; the head
 falls back to the cold-start prior (see ``cold_start_scores``).
@@ -36,7 +42,7 @@ import numpy as np
 
 DISLIKE, LIKE, SUPER_LIKE = 0, 1, 2
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the nearest-vote part; version 1 files load without it
 SUPER_LIKE_WEIGHT = 2.0  # a super like is stronger evidence than a like
 PRIOR_STRENGTH = 10.0  # logit per unit of (cos to liked centroid - cos to disliked centroid)
 RIDGE_LAMBDAS = tuple(float(v) for v in np.logspace(-3, 2, 11))  # LOO picks one per person
@@ -54,6 +60,10 @@ QUERY_TEMPERATURE = 0.05  # softmax temperature over their cosines
 N_FOLDS = 5  # cross-validation folds for the graph evidence
 VOTE_NOISE_CHOICES = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2)  # people are inconsistent
 GRAPH_MIX = 2.0  # weight of the graph part, in units of each part's held-out spread
+CENTROID_MIX = 1.0  # weight of the centroid direction, same units
+NEAREST_MIX = 1.0  # weight of the nearest-vote part, same units
+NEAREST_K = 7  # votes read by the nearest-vote part
+NEAREST_TEMPERATURE = 0.1  # softmax temperature over their cosines
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -110,10 +120,12 @@ def _prior_linear(
 class TasteHead:
     """A trained per-person model; immutable after training.
 
-    raw(x) = x . weights + bias + mix * lp(x),
+    raw(x) = x . weights + bias + mix * lp(x) + nearest_mix * nn(x),
     p(x) = vote_noise + (1 - 2 vote_noise) * sigmoid(platt_a * raw(x) + platt_c),
     where lp(x) is the softmax-weighted (temperature ``QUERY_TEMPERATURE``) mean of the
-    propagated scores of x's ``QUERY_K`` most similar anchors.
+    propagated scores of x's ``QUERY_K`` most similar anchors and nn(x) the same
+    (``NEAREST_K``, ``NEAREST_TEMPERATURE``) over ``vote_values``, the +-1 votes on the
+    first ``len(vote_values)`` anchors. The centroid part is folded into ``weights``.
     """
 
     weights: np.ndarray  # (d,) float64, linear part
@@ -125,6 +137,8 @@ class TasteHead:
     platt_c: float
     vote_noise: float  # the score never goes below this or above 1 minus it
     meta: dict[str, float | int | str] = field(default_factory=dict)
+    vote_values: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (n_voted,) +-1
+    nearest_mix: float = 0.0  # weight of the nearest-vote part in raw(x)
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, d) L2-normalised embeddings -> (n,) calibrated P(person likes it)."""
@@ -132,8 +146,14 @@ class TasteHead:
         if x.ndim == 1:
             x = x[None, :]
         raw = x.astype(np.float64) @ self.weights + self.bias
-        if self.mix != 0.0 and len(self.anchors):
-            raw += self.mix * _query(x @ self.anchors.T, self.anchor_scores)
+        if len(self.anchors) and (self.mix != 0.0 or self.nearest_mix != 0.0):
+            sims = x @ self.anchors.T
+            raw += self.mix * _query(sims, self.anchor_scores)
+            if self.nearest_mix != 0.0:
+                nv = len(self.vote_values)
+                raw += self.nearest_mix * _query(
+                    sims[:, :nv], self.vote_values, NEAREST_K, NEAREST_TEMPERATURE
+                )
         q = _sigmoid(self.platt_a * raw + self.platt_c)
         return self.vote_noise + (1.0 - 2.0 * self.vote_noise) * q
 
@@ -152,6 +172,7 @@ class TasteHead:
             "platt_a": self.platt_a,
             "platt_c": self.platt_c,
             "vote_noise": self.vote_noise,
+            "nearest_mix": self.nearest_mix,
             "info": self.meta,
         }
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -162,6 +183,7 @@ class TasteHead:
                     weights=self.weights,
                     anchors=self.anchors,
                     anchor_scores=self.anchor_scores,
+                    vote_values=self.vote_values,
                     meta=np.array(json.dumps(meta)),
                 )
             os.replace(tmp, path)
@@ -173,7 +195,7 @@ class TasteHead:
     def load(cls, path: Path) -> TasteHead:
         with np.load(Path(path), allow_pickle=False) as z:
             meta: dict[str, Any] = json.loads(str(z["meta"]))
-            if meta.get("format_version") != FORMAT_VERSION:
+            if meta.get("format_version") not in (1, FORMAT_VERSION):
                 raise ValueError(f"unsupported head format {meta.get('format_version')!r}")
             return cls(
                 weights=np.array(z["weights"], dtype=np.float64),
@@ -185,15 +207,21 @@ class TasteHead:
                 platt_c=float(meta["platt_c"]),
                 vote_noise=float(meta["vote_noise"]),
                 meta=dict(meta["info"]),
+                vote_values=np.array(z["vote_values"]) if "vote_values" in z else np.zeros(0),
+                nearest_mix=float(meta.get("nearest_mix", 0.0)),
             )
 
 
-def _query(sims: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Softmax-weighted mean of ``scores`` over each row's QUERY_K most similar anchors."""
-    k = min(QUERY_K, sims.shape[1])
+def _query(
+    sims: np.ndarray, scores: np.ndarray, k: int = QUERY_K, temperature: float = QUERY_TEMPERATURE
+) -> np.ndarray:
+    """Softmax-weighted mean of ``scores`` over each row's k most similar anchors.
+
+    -inf similarities (an anchor excluded from its own query) never count."""
+    k = min(k, sims.shape[1])
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else None
     s = sims if top is None else np.take_along_axis(sims, top, axis=1)
-    w = np.exp((s - s.max(axis=1, keepdims=True)) / QUERY_TEMPERATURE)
+    w = np.exp((s - s.max(axis=1, keepdims=True)) / temperature)
     f = scores[None, :] if top is None else scores[top]
     out: np.ndarray = (w * f).sum(axis=1) / w.sum(axis=1)
     return out
@@ -276,6 +304,17 @@ def _ridge_loo(
     lam, _, loo = best
     beta = v @ (zv_t / (s2 + lam))
     return lam, beta[:d], float(beta[d]), loo
+
+
+def _centroid_loo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(c_L - c_D, leave-one-out cen(x_i): each vote left out of its own centroid)."""
+    sums = [x[y == 0].sum(axis=0), x[y == 1].sum(axis=0)]
+    unit = [s / np.linalg.norm(s) for s in sums]
+    own = np.where(y[:, None] == 1, sums[1], sums[0]) - x  # own side's sum without x_i
+    own_cos = np.einsum("ij,ij->i", x, own) / np.maximum(np.linalg.norm(own, axis=1), 1e-12)
+    other_cos = np.where(y == 1, x @ unit[0], x @ unit[1])
+    loo = np.where(y == 1, own_cos - other_cos, other_cos - own_cos)
+    return unit[1] - unit[0], loo
 
 
 def _fit_platt(
@@ -392,19 +431,35 @@ def train_head(
         fold_seeds = np.zeros(len(anchors))
         fold_seeds[: len(lab)] = _balanced_seeds(y[lab] * keep, sw[lab] * keep) * keep
         oof_graph[rows] = graph.query_without_self(graph.propagate(fold_seeds), rows)
+    # Centroid direction and nearest votes, each vote left out of its own score.
+    direction, loo_cen = _centroid_loo(x.astype(np.float64), y)
+    vote_values = np.where(y[lab] == 1, 1.0, -1.0)
+    vote_sims = anchors[: len(lab)] @ anchors[: len(lab)].T
+    np.fill_diagonal(vote_sims, -np.inf)
+    oof_near = _query(vote_sims, vote_values, NEAREST_K, NEAREST_TEMPERATURE)
+
     oof_lin = loo_lin[lab]
-    mix = GRAPH_MIX * float(np.std(oof_lin)) / max(float(np.std(oof_graph)), 1e-12)
-    oof = oof_lin + mix * oof_graph
+    spread = float(np.std(oof_lin))
+
+    def weight(m: float, part: np.ndarray) -> float:
+        return m * spread / max(float(np.std(part)), 1e-12)
+
+    mix, cen_mix = weight(GRAPH_MIX, oof_graph), weight(CENTROID_MIX, loo_cen[lab])
+    near_mix = weight(NEAREST_MIX, oof_near)
+    oof = oof_lin + mix * oof_graph + cen_mix * loo_cen[lab] + near_mix * oof_near
+    w = w + cen_mix * direction
     a, c, eps = _calibrate(oof, y[lab].astype(np.float64))
     info: dict[str, float | int | str] = {
-        "kind": "ridge+graph",
+        "kind": "ridge+centroid+graph+nearest",
         "n_train": n,
         "n_liked": n_pos,
         "n_anchors": len(anchors),
         "lambda": lam,
         "mix": mix,
+        "centroid_mix": cen_mix,
+        "nearest_mix": near_mix,
         "platt_a": a,
         "platt_c": c,
         "vote_noise": eps,
     }
-    return TasteHead(w, b, anchors, scores, mix, a, c, eps, info)
+    return TasteHead(w, b, anchors, scores, mix, a, c, eps, info, vote_values, near_mix)
