@@ -136,3 +136,36 @@ def test_cold_start_prefers_what_resembles_likes() -> None:
         p = cold_start_scores(x[:2], lk, dk)
         assert np.all((p >= 0) & (p <= 1))
         assert p[0] > p[1]
+
+
+def test_head_mixes_centroid_and_nearest_vote_parts() -> None:
+    x, votes = _toy(200)
+    head = train_head(x[:120], votes[:120], unlabeled=x[120:160])
+    info = head.info
+    assert info["centroid_mix"] > 0 and info["nearest_mix"] > 0 and info["mix"] > 0
+    assert head.vote_values.shape == (120,) and set(np.unique(head.vote_values)) == {-1.0, 1.0}
+    # Without the nearest-vote part the scores change: it is really used.
+    import dataclasses
+
+    plain = dataclasses.replace(head, nearest_mix=0.0)
+    assert not np.allclose(plain.predict(x[160:]), head.predict(x[160:]))
+
+
+def test_version_1_head_file_still_loads(tmp_path: Path) -> None:
+    import json
+
+    x, votes = _toy(120)
+    head = train_head(x[:80], votes[:80], unlabeled=x[80:100])
+    path = tmp_path / "head.npz"
+    head.save(path)
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        arrays = {k: z[k] for k in ("weights", "anchors", "anchor_scores")}
+    meta["format_version"] = 1
+    del meta["nearest_mix"]
+    old = tmp_path / "old.npz"
+    np.savez(old, meta=np.array(json.dumps(meta)), **arrays)
+    loaded = TasteHead.load(old)
+    assert loaded.nearest_mix == 0.0 and len(loaded.vote_values) == 0
+    p = loaded.predict(x[100:])
+    assert p.shape == (20,) and np.all((p >= 0) & (p <= 1))

@@ -75,7 +75,7 @@ class Harness:
             ]
             return done[-1] if done else None
 
-        return await self.api.wait_for(final, timeout=30)
+        return await self.api.wait_for(final, timeout=120)  # a fine-tune on loaded cores
 
     async def tap(self, user_id: int, message: dict, callback_data: str) -> dict:
         """Press a button and return how the bot answered the callback query."""
