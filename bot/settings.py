@@ -77,10 +77,11 @@ class Settings(BaseSettings):
     # CLIP's precision: auto = bf16 on CUDA and on CPUs with native bf16, else fp32 (fp16 on
     # CUDA without bf16). Embeddings are float32 and within cosine 0.999 of fp32 either way.
     clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # Micro-batching: images arriving together share one forward pass; a batch waits at most
-    # EMBED_BATCH_WAIT_MS after its first image, and holds at most EMBED_BATCH_MAX images.
+    # Micro-batching: images that arrive while a forward pass runs share the next one (at
+    # most EMBED_BATCH_MAX). A pass may also wait EMBED_BATCH_WAIT_MS after its first image
+    # for others; 0 (measured best: bench/speed.py) starts a lone image at once.
     embed_batch_max: int = Field(32, ge=1)
-    embed_batch_wait_ms: float = Field(5.0, ge=0)
+    embed_batch_wait_ms: float = Field(0.0, ge=0)
     log_level: str = "INFO"
 
     @field_validator(
