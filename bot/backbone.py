@@ -194,7 +194,7 @@ class BackboneTuner:
             # Per-person head versions are taken now: no head retrain may interleave.
             await self.service.training_lock.acquire()
             locked = True
-            comparisons = await self._compare(old_version, new_version, version, revision)
+            comparisons = await self._compare(old_version, new_version, revision)
             old_auc, new_auc, holdout = _weighted(comparisons)
             promote = new_auc is not None and old_auc is not None and new_auc > old_auc
             if new_auc is None or old_auc is None:
@@ -288,7 +288,7 @@ class BackboneTuner:
             await progress(f"Re-embedding images: {start + len(batch)}/{len(images)}")
 
     async def _compare(
-        self, old_version: str, new_version: str, backbone_version: int, revision: int
+        self, old_version: str, new_version: str, revision: int
     ) -> list[_PersonComparison]:
         """Per person: a head on the old and one on the new embeddings, same votes, same holdout."""
         store, data_dir = self.service.store, self.service.data_dir

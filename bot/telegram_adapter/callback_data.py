@@ -13,7 +13,6 @@ from storage.records import Vote
 _CODES = {Vote.DISLIKE: "d", Vote.LIKE: "l", Vote.SUPER_LIKE: "s"}
 _VOTES = {code: vote for vote, code in _CODES.items()}
 
-VOTE_PATTERN = r"^v:"
 SIMILAR_PATTERN = r"^s:"
 MY_SCORE_PATTERN = r"^m:"
 FORGET_PATTERN = r"^f:"
