@@ -1131,7 +1131,7 @@ def _image_dimensions(data: bytes) -> tuple[int, int]:
 
         with Image.open(io.BytesIO(data)) as image:
             return image.size
-    except Exception:  # noqa: BLE001 - not an image / Pillow missing
+    except Exception:
         return 1280, 960
 
 

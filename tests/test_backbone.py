@@ -49,7 +49,9 @@ async def vote_on_pictures(service: TasteService, n: int = 20) -> None:
             )
             assert isinstance(out, Scored)
             likes = (seed % 2 == 0) == (i == 0)
-            await service.record_vote(person, out.submission_id, Vote.LIKE if likes else Vote.DISLIKE)
+            await service.record_vote(
+                person, out.submission_id, Vote.LIKE if likes else Vote.DISLIKE
+            )
 
 
 @pytest.fixture
@@ -173,9 +175,7 @@ async def test_a_better_encoder_replaces_the_old_one_everywhere(
     async def download() -> bytes:
         return coloured(99, red=True)
 
-    scored = await trained.score_image(
-        IncomingImage(PEOPLE[0], "1", "new", None, None), download
-    )
+    scored = await trained.score_image(IncomingImage(PEOPLE[0], "1", "new", None, None), download)
     assert isinstance(scored, Scored) and scored.model_version == 2
 
 

@@ -143,7 +143,9 @@ async def test_drain_stops_a_retrain_round_between_two_people(service: TasteServ
         for seed in range(1, 13):
             out = await service.score_image(incoming(seed, person), fetch(image_bytes(seed)))
             assert isinstance(out, Scored)
-            await service.record_vote(person, out.submission_id, Vote.LIKE if seed % 2 else Vote.DISLIKE)
+            await service.record_vote(
+                person, out.submission_id, Vote.LIKE if seed % 2 else Vote.DISLIKE
+            )
     platform_closed = asyncio.Event()
     told: list[str] = []
 

@@ -21,13 +21,12 @@ import pytest
 from aiohttp import web
 from discord.webhook.async_ import AsyncWebhookAdapter
 
-from bot.discord_adapter.app import DiscordPlatform
-from bot.runner import SharedService, serve
-from bot.telegram_adapter.app import TelegramPlatform
 from bot.core import TasteService
-from bot.discord_adapter.app import TasteClient, build_client
+from bot.discord_adapter.app import DiscordPlatform, TasteClient, build_client
 from bot.discord_adapter.views import encode_vote
+from bot.runner import SharedService, serve
 from bot.settings import Settings
+from bot.telegram_adapter.app import TelegramPlatform
 from learner.encoder import ClipImageEncoder
 from storage.records import Vote
 from tests.conftest import image_bytes

@@ -172,9 +172,9 @@ async def test_edit_errors_and_bot_methods_like_telegram() -> None:
             await bot.edit_message_text("pick", USER, msg.message_id, reply_markup=KEYBOARD)
         edited = await bot.edit_message_text("picked", USER, msg.message_id)
         assert edited.text == "picked" and edited.reply_markup is None  # keyboard dropped
-        with pytest.raises(BadRequest, match="[Cc]hat not found"):
+        with pytest.raises(BadRequest, match=r"[Cc]hat not found"):
             await bot.send_message(999, "nobody here")
-        with pytest.raises(BadRequest, match="[Qq]uery is too old"):
+        with pytest.raises(BadRequest, match=r"[Qq]uery is too old"):
             await bot.answer_callback_query("nonexistent")
         assert await bot.set_my_commands([("start", "Start")])
         assert api.commands == [{"command": "start", "description": "Start"}]
@@ -186,11 +186,11 @@ async def test_edit_errors_and_bot_methods_like_telegram() -> None:
         assert len(api.sent_messages(USER, include_deleted=True)) == 2
 
         big = api.add_file(b"tiny", file_size=25 * 1024 * 1024)
-        with pytest.raises(BadRequest, match="[Ff]ile is too big"):
+        with pytest.raises(BadRequest, match=r"[Ff]ile is too big"):
             await bot.get_file(big)
 
         api.inject_error("sendMessage", "Bad Request: injected")
-        with pytest.raises(BadRequest, match="[Ii]njected"):
+        with pytest.raises(BadRequest, match=r"[Ii]njected"):
             await bot.send_message(USER, "x")
         assert (await bot.send_message(USER, "y")).text == "y"
 

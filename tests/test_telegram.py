@@ -11,12 +11,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
-from pydantic import SecretStr
 from PIL import Image
+from pydantic import SecretStr
 
 from bot.core import TasteService
-from bot.settings import Settings
 from bot.runner import SharedService, serve
+from bot.settings import Settings
 from bot.telegram_adapter.app import TelegramPlatform
 from bot.telegram_adapter.callback_data import decode_vote, encode_vote
 from learner.encoder import ClipImageEncoder
@@ -70,8 +70,15 @@ class Harness:
             done = [
                 m["text"]
                 for m in new
-                if not m["text"].startswith(("Retraining", "Starting a fine-tune", "Fine-tuning",
-                                             "Re-embedding", "Comparing"))
+                if not m["text"].startswith(
+                    (
+                        "Retraining",
+                        "Starting a fine-tune",
+                        "Fine-tuning",
+                        "Re-embedding",
+                        "Comparing",
+                    )
+                )
             ]
             return done[-1] if done else None
 
@@ -82,7 +89,7 @@ class Harness:
         before = len(self.api.answered_callbacks())
         self.api.press_button(user_id, message, callback_data)
         answers = await self.api.wait_for(
-            lambda: (a if len(a := self.api.answered_callbacks()) > before else None)
+            lambda: a if len(a := self.api.answered_callbacks()) > before else None
         )
         return answers[-1]
 
@@ -281,7 +288,9 @@ async def test_slow_image_does_not_hold_up_button_taps(bot: Harness) -> None:
     bot.service.embedder.embed = original  # type: ignore[method-assign]
 
 
-async def test_scheduled_retrain_tells_the_person(settings: Settings, encoder: ClipImageEncoder) -> None:
+async def test_scheduled_retrain_tells_the_person(
+    settings: Settings, encoder: ClipImageEncoder
+) -> None:
     fast = settings.model_copy(update={"retrain_check_minutes": 0.01, "retrain_min_new_votes": 5})
     async with running_bot(fast, encoder) as bot:
         for seed in range(1, 13):
@@ -289,14 +298,13 @@ async def test_scheduled_retrain_tells_the_person(settings: Settings, encoder: C
             await bot.vote(ALICE, reply, Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE)
         ready = await bot.api.wait_for(
             lambda: [
-                m for m in bot.api.sent_messages(chat_id=ALICE)
+                m
+                for m in bot.api.sent_messages(chat_id=ALICE)
                 if m.get("text", "").startswith("Your model v1 is ready")
             ],
             timeout=30,
         )
         assert len(ready) == 1
-        runs = await bot.service.store.db.fetch_all(
-            "SELECT trigger, outcome FROM training_runs"
-        )
+        runs = await bot.service.store.db.fetch_all("SELECT trigger, outcome FROM training_runs")
         assert tuple(runs[0]) == ("schedule", "promoted")  # more votes may have trained v2 after
         assert {r[0] for r in runs} == {"schedule"}

@@ -23,7 +23,9 @@ BOB = 2
 GROUP = -100
 
 
-async def _vote_many(bot: Harness, user: int, seeds: range, chat_id: int | None = None) -> list[dict]:
+async def _vote_many(
+    bot: Harness, user: int, seeds: range, chat_id: int | None = None
+) -> list[dict]:
     replies = []
     for seed in seeds:
         reply = await bot.send_photo(user, image_bytes(seed), chat_id=chat_id)
@@ -40,7 +42,9 @@ async def test_albums_interleaved_get_one_ranked_reply_each(bot: Harness) -> Non
     for user, album in ((ALICE, alice_album), (BOB, bob_album)):
         reply = await bot.reply_to(album[0]["message"])
         assert reply["text"].startswith("Your album, best first (3 images):")
-        scores = [int(line.split(": ")[1].split("%")[0]) for line in reply["text"].splitlines()[1:4]]
+        scores = [
+            int(line.split(": ")[1].split("%")[0]) for line in reply["text"].splitlines()[1:4]
+        ]
         assert scores == sorted(scores, reverse=True)
         rows = reply["reply_markup"]["inline_keyboard"]
         assert [b["text"] for b in rows[0]] == ["1. 👎", "1. 👍", "1. ⭐"] and len(rows) == 3
@@ -81,7 +85,9 @@ async def test_show_similar_sends_only_the_tappers_own_likes(bot: Harness) -> No
     assert bot.api.calls_to("sendPhoto") == []  # nothing of Alice's reaches Bob
 
     alice_reply = await bot.send_photo(ALICE, image_bytes(40))
-    bot.api.press_button(ALICE, alice_reply, encode_submission_action("s", _submission_id(alice_reply)))
+    bot.api.press_button(
+        ALICE, alice_reply, encode_submission_action("s", _submission_id(alice_reply))
+    )
     photos = await bot.api.wait_for_call("sendPhoto", count=3)
     liked = {image_bytes(s) for s in (2, 4, 6)}
     assert all(c.params["chat_id"] == ALICE for c in photos)
@@ -132,8 +138,12 @@ async def test_forget_deletes_everything_of_that_person_only(bot: Harness) -> No
     assert text.startswith("Deleted: 12 images you sent, 12 votes, 1 models")
 
     db = bot.service.store.db
-    for table, column in (("submissions", "user_id"), ("feedback", "user_id"),
-                          ("model_versions", "owner_user_id"), ("training_runs", "user_id")):
+    for table, column in (
+        ("submissions", "user_id"),
+        ("feedback", "user_id"),
+        ("model_versions", "owner_user_id"),
+        ("training_runs", "user_id"),
+    ):
         rows = await db.fetch_all(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (alice.id,))
         assert rows[0][0] == 0, table
     assert await bot.service.store.find_user("telegram", str(ALICE)) is None
@@ -179,8 +189,15 @@ async def test_export_is_the_persons_own_data(bot: Harness) -> None:
     assert {r["sha256"] for r in rows} == {
         __import__("hashlib").sha256(image_bytes(s)).hexdigest() for s in (1, 2, 3, 9)
     }
-    assert set(rows[0]) == {"sha256", "caption", "vote", "score", "model_version",
-                            "submitted_at", "voted_at"}
+    assert set(rows[0]) == {
+        "sha256",
+        "caption",
+        "vote",
+        "score",
+        "model_version",
+        "submitted_at",
+        "voted_at",
+    }
 
 
 async def test_stats_chart_is_a_png_with_numbers_in_caption(bot: Harness) -> None:
@@ -218,20 +235,27 @@ async def test_group_chat_keeps_each_members_data_private(bot: Harness) -> None:
     await bot.retrain()
     reply = await bot.send_photo(BOB, image_bytes(30), chat_id=GROUP)
     assert "%" not in reply["text"]  # Bob's score is not posted to the group
-    answer = await bot.tap(ALICE, reply, reply["reply_markup"]["inline_keyboard"][0][1]["callback_data"])
+    answer = await bot.tap(
+        ALICE, reply, reply["reply_markup"]["inline_keyboard"][0][1]["callback_data"]
+    )
     assert answer["text"] == "Saved: 👍 Like (only you see this)"
     edits = bot.api.calls_to("editMessageReplyMarkup")
     assert [c for c in edits if c.params["chat_id"] == GROUP] == []  # no tick the group sees
     alert = await bot.tap(ALICE, reply, encode_submission_action("m", _submission_id(reply)))
-    assert alert.get("show_alert") and "· model v1" in alert["text"]  # Alice's own model scored it, only for her
+    assert (
+        alert.get("show_alert") and "· model v1" in alert["text"]
+    )  # Alice's own model scored it, only for her
     alice = await bot.service.store.find_user("telegram", str(ALICE))
     bob = await bot.service.store.find_user("telegram", str(BOB))
     assert alice is not None and bob is not None
     assert (await bot.service.store.user_counts(alice.id)).likes == 7  # her vote, her model
     assert (await bot.service.store.user_counts(bob.id)).votes == 0
     bot.api.send_text(BOB, "/stats", chat_id=GROUP)
-    notice = await bot.api.wait_for(lambda: [m for m in bot.api.sent_messages(chat_id=GROUP)
-                                             if "private chat" in m.get("text", "")])
+    notice = await bot.api.wait_for(
+        lambda: [
+            m for m in bot.api.sent_messages(chat_id=GROUP) if "private chat" in m.get("text", "")
+        ]
+    )
     assert notice
 
 
@@ -270,7 +294,9 @@ async def test_retrain_full_fine_tunes_with_progress_in_chat(
         }
     )
     async with running_bot(quick, encoder) as bot:
-        assert await bot.command(ALICE, "/retrain full") == "Only the bot's admins can use /retrain."
+        assert (
+            await bot.command(ALICE, "/retrain full") == "Only the bot's admins can use /retrain."
+        )
         for seed in range(16):
             reply = await bot.send_photo(ALICE, coloured(seed, red=seed % 2 == 0))
             await bot.vote(ALICE, reply, Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE)

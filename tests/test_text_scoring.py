@@ -22,7 +22,7 @@ from tests.conftest import image_bytes
 ALICE = Person("telegram", "1", "Alice")
 
 
-async def send(service: TasteService, seed: int, caption: str | None, data: bytes | None = None):  # noqa: ANN201
+async def send(service: TasteService, seed: int, caption: str | None, data: bytes | None = None):
     async def download() -> bytes:
         return data if data is not None else image_bytes(seed)
 
@@ -60,7 +60,9 @@ async def test_captions_are_embedded_and_mixed_into_training_and_scoring(
     for seed in range(1, 13):
         caption = "a cat" if seed % 2 == 0 else ("" if seed % 3 else "a dog")
         out = await send(texty, seed, caption or None)
-        await texty.record_vote(ALICE, out.submission_id, Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE)
+        await texty.record_vote(
+            ALICE, out.submission_id, Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
+        )
     rows = await texty.store.db.fetch_all(
         "SELECT s.message_id, t.text FROM submission_texts t JOIN submissions s ON s.id = t.submission_id"
     )
@@ -103,8 +105,9 @@ async def test_text_in_the_image_is_read_after_the_reply(
     )
     try:
         picture = Image.new("RGB", (1280, 720), "white")
-        ImageDraw.Draw(picture).text((80, 280), "SUNSET BEACH", fill="black",
-                                     font=ImageFont.load_default(size=120))
+        ImageDraw.Draw(picture).text(
+            (80, 280), "SUNSET BEACH", fill="black", font=ImageFont.load_default(size=120)
+        )
         out = io.BytesIO()
         picture.save(out, "PNG")
         scored = await send(service, 1, "holiday", data=out.getvalue())

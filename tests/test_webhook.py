@@ -59,9 +59,12 @@ async def test_webhook_checks_the_secret_on_every_request(
             await asyncio.sleep(0.3)
             assert api.calls_to("sendMessage") == []  # nothing got through
             ok = await client.post(
-                url, content=body,
-                headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret-token",
-                         "Content-Type": "application/json"},
+                url,
+                content=body,
+                headers={
+                    "X-Telegram-Bot-Api-Secret-Token": "s3cret-token",
+                    "Content-Type": "application/json",
+                },
             )
             assert ok.status_code == 200
         [reply] = await api.wait_for_call("sendMessage")
