@@ -226,12 +226,15 @@ class TasteService:
         for task in list(self._background):
             task.cancel()  # an unfinished OCR: the caption alone stays
         await asyncio.gather(*self._background, return_exceptions=True)
-        self.liked_index.flush()
-        self.disliked_index.flush()
+        self._flush_indexes()
         await self._batcher.close()
         self._encode_pool.shutdown(wait=True, cancel_futures=True)
         self._train_pool.shutdown(wait=True, cancel_futures=True)
         await self.store.db.close()
+
+    def _flush_indexes(self) -> None:
+        self.liked_index.flush()
+        self.disliked_index.flush()
 
     async def sync_vote_indexes(self) -> int:
         """Rebuild every person's FAISS index that is missing or stale; returns how many."""
@@ -673,7 +676,7 @@ class TasteService:
                     await self._notify(outcome.user, _promotion_message(outcome))
                 if on_progress is not None:
                     await on_progress(done, len(due))
-            self.liked_index.flush()
+            self._flush_indexes()
             return outcomes
         finally:
             self._rounds.discard(task)

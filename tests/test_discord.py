@@ -31,6 +31,7 @@ from learner.encoder import ClipImageEncoder
 from storage.records import Vote
 from tests.conftest import image_bytes
 from tests.fake_bot_api import FakeBotAPI
+from tests.test_telegram import BAD_INPUT_IDS, BAD_INPUTS
 
 T = TypeVar("T")
 
@@ -524,22 +525,8 @@ async def test_several_images_in_one_message_each_get_a_reply(discord_bot: Disco
     assert len({submission_id(r) for r in replies}) == 2
 
 
-def png_header(width: int, height: int) -> bytes:
-    from tests.test_telegram import png_header as header
-
-    return header(width, height)
-
-
 @pytest.mark.parametrize(
-    ("data", "content_type", "name", "claimed", "expected"),
-    [
-        (b"%PDF-1.4\n%%EOF", "application/pdf", "doc.pdf", None, "not an image"),
-        (image_bytes(2)[:400], "image/jpeg", "cut.jpg", None, "damaged"),
-        (b"\x00" * 64, "image/png", "zeros.png", None, "image"),
-        (png_header(60000, 60000), "image/png", "bomb.png", None, "pixels"),
-        (image_bytes(3), "image/jpeg", "huge.jpg", 25 * 1024 * 1024, "over 20 MB"),
-    ],
-    ids=["pdf", "truncated", "garbage", "decompression-bomb", "over-20MB"],
+    ("data", "content_type", "name", "claimed", "expected"), BAD_INPUTS, ids=BAD_INPUT_IDS
 )
 async def test_bad_input_gets_one_sentence_and_stores_nothing(
     discord_bot: DiscordHarness,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import struct
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from learner.encoder import ClipImageEncoder
 from storage.records import Vote
 from tests.conftest import image_bytes
 from tests.fake_bot_api import FakeBotAPI
+from tests.test_images import png_header_only
 
 ADMIN = 1000
 ALICE = 1
@@ -185,15 +184,6 @@ async def _send_document(bot: Harness, data: bytes, mime: str, name: str, **kw: 
     return await bot.reply_to(update["message"])
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG signature and IHDR claiming a huge image, with no pixel data behind it."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return (
-        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    )
-
-
 def animated_gif() -> bytes:
     frames = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue", "green")]
     out = io.BytesIO()
@@ -201,16 +191,19 @@ def animated_gif() -> bytes:
     return out.getvalue()
 
 
+# One table for every platform's adapter: (data, MIME type, file name, claimed size, expected words).
+BAD_INPUTS = [
+    (b"%PDF-1.4\n%%EOF", "application/pdf", "doc.pdf", None, "not an image"),
+    (image_bytes(2)[:400], "image/jpeg", "cut.jpg", None, "damaged"),
+    (b"\x00" * 64, "image/png", "zeros.png", None, "image"),
+    (png_header_only(60000, 60000), "image/png", "bomb.png", None, "pixels"),
+    (image_bytes(3), "image/jpeg", "huge.jpg", 25 * 1024 * 1024, "over 20 MB"),
+]
+BAD_INPUT_IDS = ["pdf", "truncated", "garbage", "decompression-bomb", "over-20MB"]
+
+
 @pytest.mark.parametrize(
-    ("data", "mime", "name", "claimed", "expected"),
-    [
-        (b"%PDF-1.4\n%%EOF", "application/pdf", "doc.pdf", None, "not an image"),
-        (image_bytes(2)[:400], "image/jpeg", "cut.jpg", None, "damaged"),
-        (b"\x00" * 64, "image/png", "zeros.png", None, "image"),
-        (png_header(60000, 60000), "image/png", "bomb.png", None, "pixels"),
-        (image_bytes(3), "image/jpeg", "huge.jpg", 25 * 1024 * 1024, "over 20 MB"),
-    ],
-    ids=["pdf", "truncated", "garbage", "decompression-bomb", "over-20MB"],
+    ("data", "mime", "name", "claimed", "expected"), BAD_INPUTS, ids=BAD_INPUT_IDS
 )
 async def test_bad_input_gets_one_sentence_and_stores_nothing(
     bot: Harness, data: bytes, mime: str, name: str, claimed: int | None, expected: str
