@@ -70,6 +70,7 @@ def main() -> None:
             device=device,
             torch_threads=settings.torch_threads,  # 0 = every usable core but one
             precision=settings.clip_precision,
+            text_tower=settings.text_weight > 0,  # off: its memory is freed
         )
         text_encoder = None
         if settings.text_weight > 0:

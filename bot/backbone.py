@@ -187,6 +187,7 @@ class BackboneTuner:
                 device=None if self.settings.device == "auto" else self.settings.device,
                 torch_threads=self.settings.torch_threads,
                 precision=self.settings.clip_precision,
+                text_tower=False,  # captions keep the text tower that is already loaded
             )
             new_version = encoder.version
             await self._reembed(encoder, progress)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,7 +60,10 @@ class ImageEmbedder(Protocol):
     version: str
     dim: int
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+    def prepare(self, image: Image.Image) -> Any:
+        """Preprocess one image for embed() (any thread); embed() takes either."""
+
+    def embed(self, images: Sequence[Any]) -> np.ndarray: ...
 
 
 class TextEmbedder(Protocol):
@@ -320,33 +324,38 @@ class TasteService:
             known = await self.store.find_embedding(sha256, self.embedder.version)
         try:
             # Not on the CLIP thread: the next images decode while a forward pass runs.
-            with timing.stage("decode"):
-                decoded = None if known else await loop.run_in_executor(None, self._decode, data)
+            prepared = None if known else await self._decode_and_prepare(data)
         except ImageRejected as rejected:
             log.info("refused image from user %d: %s (%s)", user.id, rejected.reason, rejected)
             return Refused(rejected.reason, str(rejected))
 
-        if known is not None:
-            vector = np.frombuffer(known[1], np.float32)
-        else:
-            assert decoded is not None
-            vector = await self._batcher.embed(decoded.image)
-        text_vector = None
-        if self.text_encoder is not None and incoming.caption:
-            text_vector = await self._embed_text(incoming.caption)
-        with timing.stage("score"):
-            score, active = await self._score(user, vector, text_vector)
-
-        file_path = None
+        # While CLIP runs: keep the file, and look up what will score the vector.
+        decoded = None if prepared is None else prepared[0]
+        saving: asyncio.Future[str] | None = None
         created_file = False
         if decoded is not None and self.settings.retain_images:
             rel = self.data_dir.image_relpath(sha256, decoded.format)
             created_file = not self.data_dir.path(rel).exists()
-            with timing.stage("save_file"):
-                file_path = await loop.run_in_executor(
-                    None, self.data_dir.save_image, sha256, decoded.format, data
-                )
+            saving = loop.run_in_executor(
+                None, self.data_dir.save_image, sha256, decoded.format, data
+            )
+        scorer = asyncio.ensure_future(self._scorer(user))
+        file_path = None
         try:
+            if known is not None:
+                vector = np.frombuffer(known[1], np.float32)
+            else:
+                assert prepared is not None
+                vector = await self._batcher.embed(prepared[1])
+            text_vector = None
+            if self.text_encoder is not None and incoming.caption:
+                text_vector = await self._embed_text(incoming.caption)
+            with timing.stage("score"):
+                score_with, active = await scorer
+                score = score_with(vector, text_vector)
+            if saving is not None:
+                with timing.stage("save_file"):
+                    file_path = await saving
             with timing.stage("sqlite_write"):
                 submission = await self.store.record_submission(
                     user_id=user.id,
@@ -366,8 +375,13 @@ class TasteService:
                     model_version_id=None if active is None else active.id,
                 )
         except BaseException:
-            if created_file and file_path is not None:
-                self.data_dir.path(file_path).unlink(missing_ok=True)
+            scorer.cancel()
+            await asyncio.gather(scorer, return_exceptions=True)  # its error is not news
+            if saving is not None:
+                # Nothing half-written stays behind: a file this request created goes.
+                saved = (await asyncio.gather(saving, return_exceptions=True))[0]
+                if created_file and isinstance(saved, str):
+                    self.data_dir.path(saved).unlink(missing_ok=True)
             raise
 
         if self.text_encoder is not None:
@@ -443,25 +457,58 @@ class TasteService:
             data, max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes
         )
 
+    async def _decode_and_prepare(self, data: bytes) -> tuple[DecodedImage, Any]:
+        """Decode and preprocess on a worker thread, so the CLIP thread only runs forwards."""
+
+        def work() -> tuple[DecodedImage, Any, float, float]:
+            started = time.perf_counter()
+            decoded = self._decode(data)
+            decoded_at = time.perf_counter()
+            prepared = self.embedder.prepare(decoded.image)
+            return decoded, prepared, decoded_at - started, time.perf_counter() - decoded_at
+
+        decoded, prepared, decode_s, prepare_s = await asyncio.get_running_loop().run_in_executor(
+            None, work
+        )
+        timing.add("decode", decode_s)
+        timing.add("preprocess", prepare_s)
+        return decoded, prepared
+
     async def _score(
         self, user: User, vector: np.ndarray, text_vector: np.ndarray | None = None
     ) -> tuple[float, ModelVersion | None]:
+        score_with, active = await self._scorer(user)
+        return score_with(vector, text_vector), active
+
+    async def _scorer(
+        self, user: User
+    ) -> tuple[Callable[[np.ndarray, np.ndarray | None], float], ModelVersion | None]:
+        """What scores a vector for ``user`` (their active head, else the cold-start prior)."""
         active = await self.store.active_model(user.id)
         if active is not None and active.encoder_version == self.embedder.version:
             head = await self._load_head(active)
-            seen = combine(vector, text_vector, self.settings.text_weight)
-            return float(head.predict(seen.reshape(1, -1))[0]), active
+            weight = self.settings.text_weight
+
+            def with_head(vector: np.ndarray, text_vector: np.ndarray | None) -> float:
+                seen = combine(vector, text_vector, weight)
+                return float(head.predict(seen.reshape(1, -1))[0])
+
+            return with_head, active
         # Cold start: no head for this encoder yet; the prior uses the votes so far.
         votes = await self.store.labelled_embeddings(user.id, self.embedder.version)
         liked = [np.frombuffer(v.vector, np.float32) for v in votes if v.vote.is_liked]
         disliked = [np.frombuffer(v.vector, np.float32) for v in votes if not v.vote.is_liked]
-        dim = vector.shape[0]
-        prior = cold_start_scores(
-            vector.reshape(1, -1),
-            np.stack(liked) if liked else np.zeros((0, dim), np.float32),
-            np.stack(disliked) if disliked else np.zeros((0, dim), np.float32),
-        )
-        return float(prior[0]), None
+        dim = self.embedder.dim
+
+        def with_prior(vector: np.ndarray, text_vector: np.ndarray | None) -> float:
+            prior = cold_start_scores(
+                vector.reshape(1, -1),
+                np.stack(liked) if liked else np.zeros((0, dim), np.float32),
+                np.stack(disliked) if disliked else np.zeros((0, dim), np.float32),
+            )
+            return float(prior[0])
+
+        return with_prior, None
 
     # -- text (captions, OCR) --------------------------------------------------
 

@@ -10,20 +10,31 @@ check it against.
 Precision: the vision tower can run in bfloat16 (CPUs with AVX-512 BF16 or AMX, and CUDA) or
 float16 (CUDA). The weights are cast once at load time (``torch.autocast`` would re-cast every
 weight on every forward: on ViT-B/32 that costs most of what bf16 saves for one image).
+On a CPU in bf16 the vision tower's linear layers also keep their weights pre-packed in
+oneDNN's blocked layout (:class:`PackedLinear`): a plain bf16 linear re-lays out its weight on
+every call, which for one image (50 tokens) costs about as much as the product itself.
 Embeddings are always float32 and L2-normalised, and ``version`` is hashed from the float32
 weights, so vectors from either precision are stored and compared as one encoder's
 (bf16 embeddings are within cosine 0.999 of fp32; the tests check it).
+
+Preprocessing can run apart from the forward pass: :meth:`ClipImageEncoder.prepare` turns one
+image into the network's input on any thread (the bot calls it right after decoding, off the
+CLIP thread), and :meth:`ClipImageEncoder.embed` takes images or prepared inputs.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -61,6 +72,48 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image resized, cropped and normalised for one encoder: (3, H, W) float32 pixels."""
+
+    pixels: npt.NDArray[np.float32]
+
+
+class PackedLinear(torch.nn.Module):
+    """An inference-only ``nn.Linear`` whose weight is pre-packed for oneDNN (CPU, bf16).
+
+    ``torch.nn.functional.linear`` in bf16 reorders the weight into oneDNN's blocked layout on
+    every call; packing once at load time makes a ViT-B/32 forward ~1.3x faster for one image
+    and no slower in batches (bench/speed.py). The packed weight replaces the plain one, so
+    this costs no memory.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, rows_hint: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach()
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+            x, self.packed_weight, self.bias, "none", [], ""
+        )
+        return out
+
+
+def pack_linear_layers(module: torch.nn.Module, rows_hint: int) -> int:
+    """Replace every bf16 ``nn.Linear`` under ``module`` by a :class:`PackedLinear`; returns how
+    many. ``rows_hint``: the rows (tokens) a typical call multiplies, oneDNN's blocking hint."""
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear) and child.weight.dtype == torch.bfloat16:
+                setattr(parent, name, PackedLinear(child, rows_hint))
+                replaced += 1
+    return replaced
+
+
 def cpu_has_native_bf16() -> bool:
     cpu = torch.cpu
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -95,11 +148,14 @@ class ClipImageEncoder:
         device: str | None = None,
         torch_threads: int | None = None,
         precision: Precision = "fp32",
+        text_tower: bool = True,
     ) -> None:
         """``torch_threads``: None leaves torch's setting alone, 0 = :func:`default_torch_threads`.
 
         ``precision`` defaults to fp32 (training code loads the encoder too); the bot passes
-        its ``CLIP_PRECISION`` setting, "auto" by default.
+        its ``CLIP_PRECISION`` setting, "auto" by default. ``text_tower=False`` frees CLIP's
+        text tower once the weights are hashed (a ViT-B/32's is 63M parameters) for a caller
+        that never embeds text; ``self.model`` then has no ``text_model``.
         """
         if torch_threads is not None:
             # process-wide: torch has one intra-op pool
@@ -116,12 +172,18 @@ class ClipImageEncoder:
         model.requires_grad_(False)
         self._preprocessing = _PreprocessSettings.from_processor(self.processor)
         # Hash on the CPU, before moving: same weights + same preprocessing = same version.
-        digest = _weights_digest(model, extra=self._preprocessing.describe())
+        digest = _hash_and_cast(model, self.dtype, extra=self._preprocessing.describe())
         self.version: str = f"{_short_name(model_name_or_path)}@{digest[:12]}"
+        if not text_tower:
+            del model.text_model, model.text_projection
         # In place, through nn.Module: transformers' own typing of .to/.eval trips mypy.
         torch.nn.Module.to(model, self.device, self.dtype)
         torch.nn.Module.eval(model)
         self.model: CLIPModel = model
+        self.packed_layers = 0  # linear layers of the vision tower packed for oneDNN
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            self.packed_layers = _pack_vision_tower(model, self._preprocessing.crop_height)
+        _trim_heap()  # the float32 and unpacked copies are gone: give their memory back
         projection_dim = model.config.projection_dim
         if projection_dim is None:
             raise ValueError(f"{model_name_or_path}: CLIP config has no projection_dim")
@@ -131,23 +193,40 @@ class ClipImageEncoder:
         # Seconds the last embed() spent in each stage, for the bot's per-stage timings.
         self.last_stage_seconds: dict[str, float] = {}
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def prepare(self, image: Image.Image) -> PreparedImage:
+        """One image preprocessed for :meth:`embed`; thread-safe, so it can run while another
+        thread runs a forward pass."""
+        return PreparedImage(self.preprocess([image]).numpy()[0])
+
+    def preprocess(self, images: Sequence[Image.Image | PreparedImage]) -> torch.Tensor:
         """CLIP's preprocessing as a (n, 3, H, W) float32 batch on the CPU.
 
         Resize the shorter side to the crop size (bicubic), center crop, rescale to [0, 1],
-        normalise with the processor's mean and std.
+        normalise with the processor's mean and std. Prepared images are used as they are.
         """
         settings = self._preprocessing
+        shape = (3, settings.crop_height, settings.crop_width)
         if not images:
-            return torch.empty((0, 3, settings.crop_height, settings.crop_width))
-        arrays = [settings.resize_and_crop(im) for im in images]
-        # numpy, not torch: on a busy 2-core CPU torch's small elementwise ops cost ~20x more.
-        batch = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32, order="C")
-        batch *= settings.scale
-        batch -= settings.shift
+            return torch.empty((0, *shape))
+        batch = np.empty((len(images), *shape), dtype=np.float32)
+        raw = [i for i, im in enumerate(images) if not isinstance(im, PreparedImage)]
+        if raw:
+            arrays = [settings.resize_and_crop(images[i]) for i in raw]  # type: ignore[arg-type]
+            # numpy, not torch: on a busy 2-core CPU torch's small elementwise ops cost ~20x more.
+            pixels = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32, order="C")
+            pixels *= settings.scale
+            pixels -= settings.shift
+            batch[raw] = pixels
+        for i, im in enumerate(images):
+            if isinstance(im, PreparedImage):
+                if im.pixels.shape != shape:
+                    raise ValueError(f"prepared image is {im.pixels.shape}, expected {shape}")
+                batch[i] = im.pixels
         return torch.from_numpy(batch)
 
-    def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> npt.NDArray[np.float32]:
+    def embed(
+        self, images: Sequence[Image.Image | PreparedImage], batch_size: int = 32
+    ) -> npt.NDArray[np.float32]:
         """Embed ``images`` as an (n, dim) float32 array of unit-length rows."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -262,15 +341,97 @@ class _PreprocessSettings:
         return np.asarray(im, dtype=np.uint8)
 
 
-def _weights_digest(model: torch.nn.Module, *, extra: str) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, plus ``extra``."""
+def _pack_vision_tower(model: CLIPModel, image_size: int) -> int:
+    """Pack the vision tower's linear layers (see :class:`PackedLinear`); 0 where this torch
+    cannot, or where packed and plain layers disagree (then nothing is changed)."""
+    vision = model.vision_model
+    tokens = int(vision.embeddings.num_positions)  # patches + class token: rows per image
+    probe = torch.randn(
+        (1, 3, image_size, image_size), generator=torch.Generator().manual_seed(0)
+    ).to(torch.bfloat16)
+    layers = [m for m in vision.modules() if isinstance(m, torch.nn.Linear)]
+    parents = [(p, n, c) for p in vision.modules() for n, c in p.named_children() if c in layers]
+    with torch.inference_mode():
+        expected = vision(pixel_values=probe).pooler_output.float()
+        try:
+            packed = pack_linear_layers(vision, tokens)
+            got = vision(pixel_values=probe).pooler_output.float()
+            agree = float(torch.nn.functional.cosine_similarity(expected, got).min()) > 0.9999
+        except (RuntimeError, AttributeError, NotImplementedError):  # no oneDNN in this build
+            packed, agree = 0, False
+    if not agree:
+        for parent, name, child in parents:
+            setattr(parent, name, child)
+        return 0
+    return packed
+
+
+def _hash_and_cast(model: torch.nn.Module, dtype: torch.dtype, *, extra: str) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (as loaded, float32), plus
+    ``extra``; each floating-point tensor is cast to ``dtype`` as soon as it is hashed, and the
+    pages its float32 original was read from are released.
+
+    ``from_pretrained`` maps the checkpoint file and reads it lazily. Hashing the whole model
+    first and casting it after would keep every page of the float32 file resident beside the
+    reduced copy: ~600 MB more at the peak for ViT-B/32 (bench/speed.py reports peak RSS).
+    """
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
+    state = model.state_dict()  # float32 views: tied names hash the original weights too
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        if not t.is_floating_point() or t.dtype == dtype:
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if attr in owner._parameters:
+            param = owner._parameters[attr]
+            assert param is not None
+            param.data = param.data.to(dtype)
+        elif owner._buffers.get(attr) is not None:
+            owner._buffers[attr] = t.to(dtype)
+        _release_pages(t)
     digest.update(extra.encode())
     return digest.hexdigest()
+
+
+_MADV_PAGEOUT = 21  # Linux >= 5.4
+
+
+def _release_pages(tensor: torch.Tensor) -> None:
+    """Hint Linux to drop ``tensor``'s memory from the resident set (``MADV_PAGEOUT``).
+
+    A hint that never loses data: clean pages of a mapped file are read again and anonymous
+    ones swapped if ever touched again, so neighbours sharing a page are safe. A no-op off
+    Linux or on older kernels.
+    """
+    libc = _libc()
+    if libc is None or tensor.device.type != "cpu" or tensor.numel() == 0:
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = tensor.data_ptr() // page * page
+    end = -(-(tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page) * page
+    libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT)
+
+
+def _trim_heap() -> None:
+    """glibc keeps freed memory in its heap; ``malloc_trim`` returns it to the system."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):
+        return None
 
 
 def _short_name(model_name_or_path: str) -> str:

@@ -195,6 +195,82 @@ def test_bf16_embeddings_stay_close_to_fp32(encoder: ClipImageEncoder, clip_dir:
     )
 
 
+def _native_bf16() -> bool:
+    from learner.encoder import cpu_has_native_bf16
+
+    return torch.backends.mkldnn.is_available() and cpu_has_native_bf16()
+
+
+# Packing needs oneDNN's bf16 kernels; elsewhere the encoder keeps plain layers (tested below).
+needs_bf16 = pytest.mark.skipif(not _native_bf16(), reason="no oneDNN bf16 on this CPU")
+
+
+@needs_bf16
+def test_packed_linear_computes_the_plain_linear() -> None:
+    from learner.encoder import PackedLinear
+
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(64, 96).to(torch.bfloat16)
+    packed = PackedLinear(plain, rows_hint=50)
+    for shape in ((50, 64), (3, 50, 64), (1, 1, 64)):
+        x = torch.randn(shape).to(torch.bfloat16)
+        with torch.inference_mode():
+            want, got = plain(x).float(), packed(x).float()
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0.02, atol=0.02)
+    # The plain weight is not kept beside the packed one.
+    assert not list(packed.parameters())
+
+
+@needs_bf16
+def test_bf16_on_cpu_packs_the_vision_tower(encoder: ClipImageEncoder, clip_dir: Path) -> None:
+    from learner.encoder import PackedLinear
+
+    bf16 = ClipImageEncoder(str(clip_dir), device="cpu", precision="bf16")
+    packed = [m for m in bf16.model.vision_model.modules() if isinstance(m, PackedLinear)]
+    plain = [m for m in bf16.model.vision_model.modules() if isinstance(m, torch.nn.Linear)]
+    # 2 layers x (q, k, v, out, fc1, fc2) in the tiny CLIP; the fp32 encoder packs nothing.
+    assert bf16.packed_layers == len(packed) == 12 and not plain
+    assert encoder.packed_layers == 0
+    images = some_images()
+    assert (bf16.embed(images) * encoder.embed(images)).sum(axis=1).min() > 0.999
+
+
+def test_packing_that_disagrees_is_undone(clip_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from learner import encoder as encoder_module
+
+    monkeypatch.setattr(
+        encoder_module.PackedLinear, "forward", lambda self, x: torch.zeros_like(x[..., :1])
+    )
+    bf16 = ClipImageEncoder(str(clip_dir), device="cpu", precision="bf16")
+    assert bf16.packed_layers == 0
+    vision = bf16.model.vision_model
+    assert not any(isinstance(m, encoder_module.PackedLinear) for m in vision.modules())
+    assert sum(isinstance(m, torch.nn.Linear) for m in vision.modules()) == 12
+
+
+def test_without_the_text_tower_the_version_and_vectors_are_the_same(
+    encoder: ClipImageEncoder, clip_dir: Path
+) -> None:
+    vision_only = ClipImageEncoder(str(clip_dir), device="cpu", text_tower=False)
+    assert vision_only.version == encoder.version
+    assert not hasattr(vision_only.model, "text_model")
+    params = sum(p.numel() for p in vision_only.model.parameters())
+    assert params < sum(p.numel() for p in encoder.model.parameters())
+    images = some_images()[:3]
+    np.testing.assert_array_equal(vision_only.embed(images), encoder.embed(images))
+
+
+def test_prepared_images_embed_exactly_as_the_images(encoder: ClipImageEncoder) -> None:
+    images = some_images()
+    prepared = [encoder.prepare(im) for im in images]
+    np.testing.assert_array_equal(encoder.preprocess(prepared), encoder.preprocess(images))
+    mixed = [prepared[0], images[1], prepared[2]]
+    np.testing.assert_array_equal(encoder.embed(mixed), encoder.embed(images[:3]))
+    with pytest.raises(ValueError, match="prepared image"):
+        encoder.embed([type(prepared[0])(np.zeros((3, 8, 8), np.float32))])
+
+
 def test_stage_seconds_are_reported(encoder: ClipImageEncoder) -> None:
     encoder.embed(some_images()[:2])
     assert set(encoder.last_stage_seconds) == {"preprocess", "forward"}
