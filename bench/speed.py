@@ -149,6 +149,11 @@ class BotRun:
             return []
         return [json.loads(line) for line in self.timings.read_text().splitlines() if line]
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the bot process has used so far, all threads."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss(self) -> tuple[int, int]:
         """(current, peak) resident set in MiB."""
         fields = {}
@@ -222,9 +227,12 @@ def bench_bot(
             skip = len(bot.stages())
 
             singles = []
+            cpu_before = bot.cpu_seconds()
             for i in range(args.photos):
                 [(queued, replied)] = bot.send_at_once([screenshot(i)], [regulars[i % 4]])
                 singles.append(replied - queued)
+            # CPU work per photo: every thread of the bot, idle polling included (~nothing).
+            result["single_cpu"] = (bot.cpu_seconds() - cpu_before) / args.photos
             records = bot.stages()[skip:]
             result["single"] = singles
             result["single_stages"] = summarise_stages(records)
@@ -441,6 +449,7 @@ def report(
             print(f"| bare forward {p}, batch of {args.batch} | {ms(bare[p]['batched'])} |")
     print(f"| bot single photo → reply, median | {ms(single)} |")
     print(f"| bot single photo → reply, p95 | {ms(percentile(bot['single'], 0.95))} |")
+    print(f"| bot single photo, CPU time of the bot process | {ms(bot['single_cpu'])} |")
     print(f"| bot {args.people} people at once, wall time / photo | {ms(burst)} |")
     print(
         f"| bot {args.people} at once, each person's wait: median | "

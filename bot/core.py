@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -181,6 +182,9 @@ class TasteService:
         self.disliked_index = VoteIndex(faiss_dir, embedder.dim, kind="disliked")
         # One thread for CLIP: torch already uses every core inside one forward pass.
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="clip")
+        # Decoding and preprocessing: more threads than spare cores would only take CPU from
+        # the forward pass and the event loop during a burst (asyncio's default pool has 6).
+        self._decode_pool = ThreadPoolExecutor(_decode_threads(), thread_name_prefix="decode")
         # Images from different people that arrive together share one forward pass.
         self._batcher = EmbeddingBatcher(
             embedder,
@@ -233,6 +237,7 @@ class TasteService:
         self._flush_indexes()
         await self._batcher.close()
         self._encode_pool.shutdown(wait=True, cancel_futures=True)
+        self._decode_pool.shutdown(wait=True, cancel_futures=True)
         self._train_pool.shutdown(wait=True, cancel_futures=True)
         await self.store.db.close()
 
@@ -468,7 +473,7 @@ class TasteService:
             return decoded, prepared, decoded_at - started, time.perf_counter() - decoded_at
 
         decoded, prepared, decode_s, prepare_s = await asyncio.get_running_loop().run_in_executor(
-            None, work
+            self._decode_pool, work
         )
         timing.add("decode", decode_s)
         timing.add("preprocess", prepare_s)
@@ -858,6 +863,15 @@ class TasteService:
             active=await self.store.active_model(user.id),
             totals=await self.store.totals() if include_totals else None,
         )
+
+
+def _decode_threads() -> int:
+    """Half the usable cores, at least one: the other half runs CLIP and the event loop."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
 
 
 def _promotion_message(outcome: RetrainOutcome) -> str:
