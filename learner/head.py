@@ -4,24 +4,32 @@ A head turns an L2-normalised embedding into a calibrated probability that one
 person likes the image. It is trained on that person's votes (and the images they
 sent without voting) only:
 
-    lin(x) = x . w + b        class-balanced ridge classifier, penalty chosen by exact
-                              leave-one-out on the person's votes
-    cen(x) = x . (c_L - c_D)  liked minus disliked centroid direction
+    s(x)   = unit(0.3 x + mean of x's 10 most similar images of the person's), once the
+             person has >= 500 images (votes + unvoted); s(x) = x before that
+    lin(x) = s(x) . w + b        class-balanced ridge classifier, penalty chosen by exact
+                                 leave-one-out on the person's votes
+    cen(x) = s(x) . (c_L - c_D)  liked minus disliked centroid direction (of the s(x_i))
     lp(x)  = votes propagated over a k-NN graph of the person's images (label
              propagation, Zhou et al. 2004), read off x's nearest images
-    nn(x)  = +-1 votes of x's nearest voted images (k-NN)
+    nn(x)  = +-1 votes of the voted images nearest x (k-NN, by cos(s(x), s(x_i)))
     raw(x) = lin(x) + m_cen * cen(x) + m_lp * lp(x) + m_nn * nn(x)
     p(x)   = eps + (1 - 2 eps) * sigmoid(a * raw(x) + c)
 
 Tastes follow clusters of images (the linear part alone misses tastes spread over
-several clusters); the graph part spreads a few votes over each cluster. The centroid
-and nearest-vote parts are the low-variance learners that lead with few votes (a
-taste one direction separates; a taste that is "more like these"). Every part is
-scored on votes it did not see (leave-one-out, or 5-fold for the graph); the weights
-m are fixed multiples of the ratio of held-out spreads (each part counts in units of
-the linear part's spread), and (a, c, eps) are fitted on the held-out mixed scores,
-so the score shown to the person is calibrated; eps > 0 says the person is sometimes
-inconsistent, so no score is ever 0 or 1.
+several clusters); the graph part spreads a few votes over each cluster, and the
+linear parts read s(x), x pulled towards its cluster's mean (what the photo shows
+rather than the particular shot). The centroid and nearest-vote parts are the
+low-variance learners that lead with few votes (a taste one direction separates; a
+taste that is "more like these"). Every part is scored on votes it did not see
+(leave-one-out, or 5-fold for the graph); the weights m are fixed multiples of the
+ratio of held-out spreads (each part counts in units of the linear part's spread),
+and (a, c, eps) are fitted on the held-out mixed scores, so the score shown to the
+person is calibrated; eps > 0 says the person is sometimes inconsistent, so no score
+is ever 0 or 1.
+
+People are inconsistent, so training runs twice: the second pass down-weights (in the
+ridge and the graph) each vote by the posterior probability that it is consistent,
+given the first pass's held-out score for it and a 10% prior rate of flipped votes.
 
 With fewer than two votes on either side there is no boundary to learn; the head
 falls back to the cold-start prior (see ``cold_start_scores``).
@@ -42,7 +50,7 @@ import numpy as np
 
 DISLIKE, LIKE, SUPER_LIKE = 0, 1, 2
 
-FORMAT_VERSION = 2  # 2 added the nearest-vote part; version 1 files load without it
+FORMAT_VERSION = 3  # 2 added the nearest-vote part, 3 feature smoothing; older files still load
 SUPER_LIKE_WEIGHT = 2.0  # a super like is stronger evidence than a like
 PRIOR_STRENGTH = 10.0  # logit per unit of (cos to liked centroid - cos to disliked centroid)
 RIDGE_LAMBDAS = tuple(float(v) for v in np.logspace(-3, 2, 11))  # LOO picks one per person
@@ -64,6 +72,10 @@ CENTROID_MIX = 1.0  # weight of the centroid direction, same units
 NEAREST_MIX = 1.0  # weight of the nearest-vote part, same units
 NEAREST_K = 7  # votes read by the nearest-vote part
 NEAREST_TEMPERATURE = 0.1  # softmax temperature over their cosines
+SMOOTH_K = GRAPH_K  # the linear parts read x's mean with its SMOOTH_K most similar anchors
+SMOOTH_MIN_ANCHORS = 500  # fewer images (votes + unvoted): no smoothing (it lost AUC there)
+SMOOTH_SELF = 0.3  # weight of x itself in that mean (its neighbours' mean weighs 1)
+VOTE_NOISE_PRIOR = 0.1  # prior rate of inconsistent votes, for down-weighting suspect votes
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -120,12 +132,14 @@ def _prior_linear(
 class TasteHead:
     """A trained per-person model; immutable after training.
 
-    raw(x) = x . weights + bias + mix * lp(x) + nearest_mix * nn(x),
+    raw(x) = s(x) . weights + bias + mix * lp(x) + nearest_mix * nn(x),
     p(x) = vote_noise + (1 - 2 vote_noise) * sigmoid(platt_a * raw(x) + platt_c),
-    where lp(x) is the softmax-weighted (temperature ``QUERY_TEMPERATURE``) mean of the
-    propagated scores of x's ``QUERY_K`` most similar anchors and nn(x) the same
-    (``NEAREST_K``, ``NEAREST_TEMPERATURE``) over ``vote_values``, the +-1 votes on the
-    first ``len(vote_values)`` anchors. The centroid part is folded into ``weights``.
+    where s(x) is x smoothed over its ``smooth_k`` most similar anchors (``_smoothed``;
+    s(x) = x when ``smooth_k`` is 0, as in format 1-2 files), lp(x) is the
+    softmax-weighted (temperature ``QUERY_TEMPERATURE``) mean of the propagated scores
+    of x's ``QUERY_K`` most similar anchors and nn(x) the same (``NEAREST_K``,
+    ``NEAREST_TEMPERATURE``) over ``vote_values``, the +-1 votes on the first
+    ``len(vote_values)`` anchors, by cos(s(x), ``vote_feats``) when smoothed. The centroid part is folded into ``weights``.
     """
 
     weights: np.ndarray  # (d,) float64, linear part
@@ -139,20 +153,39 @@ class TasteHead:
     meta: dict[str, float | int | str] = field(default_factory=dict)
     vote_values: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (n_voted,) +-1
     nearest_mix: float = 0.0  # weight of the nearest-vote part in raw(x)
+    smooth_k: int = 0  # anchors averaged into the features of the linear parts (0: none)
+    smooth_self: float = 1.0  # weight of the image itself in that average
+    vote_feats: np.ndarray = field(  # (n_voted, d) float32 s(x) of the voted anchors, or empty
+        default_factory=lambda: np.zeros((0, 0), dtype=np.float32)
+    )
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, d) L2-normalised embeddings -> (n,) calibrated P(person likes it)."""
         x = np.asarray(embeddings, dtype=np.float32)
         if x.ndim == 1:
             x = x[None, :]
-        raw = x.astype(np.float64) @ self.weights + self.bias
-        if len(self.anchors) and (self.mix != 0.0 or self.nearest_mix != 0.0):
-            sims = x @ self.anchors.T
-            raw += self.mix * _query(sims, self.anchor_scores)
+        if not len(self.anchors):
+            out: np.ndarray = self.vote_noise + (1.0 - 2.0 * self.vote_noise) * _sigmoid(
+                self.platt_a * (x.astype(np.float64) @ self.weights + self.bias) + self.platt_c
+            )
+            return out
+        sims = x @ self.anchors.T
+        top = _top(sims, QUERY_K)
+        feats = x.astype(np.float64)
+        if self.smooth_k:
+            near = top if self.smooth_k == QUERY_K else _top(sims, self.smooth_k)
+            feats = _smoothed(feats, _neighbour_mean(self.anchors, near), self.smooth_self)
+        raw = feats @ self.weights + self.bias
+        if self.mix != 0.0 or self.nearest_mix != 0.0:
+            raw += self.mix * _query(sims, self.anchor_scores, top=top)
             if self.nearest_mix != 0.0:
                 nv = len(self.vote_values)
+                if self.smooth_k and len(self.vote_feats):  # nearest votes by s(x)
+                    vote_sims = feats.astype(np.float32) @ self.vote_feats.T
+                else:
+                    vote_sims = sims[:, :nv]
                 raw += self.nearest_mix * _query(
-                    sims[:, :nv], self.vote_values, NEAREST_K, NEAREST_TEMPERATURE
+                    vote_sims, self.vote_values, NEAREST_K, NEAREST_TEMPERATURE
                 )
         q = _sigmoid(self.platt_a * raw + self.platt_c)
         return self.vote_noise + (1.0 - 2.0 * self.vote_noise) * q
@@ -173,6 +206,8 @@ class TasteHead:
             "platt_c": self.platt_c,
             "vote_noise": self.vote_noise,
             "nearest_mix": self.nearest_mix,
+            "smooth_k": self.smooth_k,
+            "smooth_self": self.smooth_self,
             "info": self.meta,
         }
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -184,6 +219,7 @@ class TasteHead:
                     anchors=self.anchors,
                     anchor_scores=self.anchor_scores,
                     vote_values=self.vote_values,
+                    vote_feats=self.vote_feats,
                     meta=np.array(json.dumps(meta)),
                 )
             os.replace(tmp, path)
@@ -195,7 +231,7 @@ class TasteHead:
     def load(cls, path: Path) -> TasteHead:
         with np.load(Path(path), allow_pickle=False) as z:
             meta: dict[str, Any] = json.loads(str(z["meta"]))
-            if meta.get("format_version") not in (1, FORMAT_VERSION):
+            if meta.get("format_version") not in (1, 2, FORMAT_VERSION):
                 raise ValueError(f"unsupported head format {meta.get('format_version')!r}")
             return cls(
                 weights=np.array(z["weights"], dtype=np.float64),
@@ -209,17 +245,51 @@ class TasteHead:
                 meta=dict(meta["info"]),
                 vote_values=np.array(z["vote_values"]) if "vote_values" in z else np.zeros(0),
                 nearest_mix=float(meta.get("nearest_mix", 0.0)),
+                smooth_k=int(meta.get("smooth_k", 0)),
+                smooth_self=float(meta.get("smooth_self", 1.0)),
+                vote_feats=(
+                    np.array(z["vote_feats"], dtype=np.float32)
+                    if "vote_feats" in z
+                    else np.zeros((0, 0), dtype=np.float32)
+                ),
             )
 
 
+def _smoothed(x: np.ndarray, neighbour_mean: np.ndarray, self_weight: float) -> np.ndarray:
+    """Unit rows of self_weight * x + neighbour_mean: x pulled towards its image cluster.
+
+    A photo's CLIP embedding mixes what it shows (the cluster: breed, object, flower kind)
+    with the particular shot; tastes follow the clusters, so the linear parts read the
+    cluster's mean direction, estimated from the person's own images (no labels used)."""
+    out = self_weight * x + neighbour_mean
+    norm = np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    smoothed: np.ndarray = out / norm
+    return smoothed
+
+
+def _top(sims: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's min(k, columns) largest similarities, in no order."""
+    k = min(k, sims.shape[1])
+    if k < sims.shape[1]:
+        top: np.ndarray = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        return top
+    return np.broadcast_to(np.arange(k), sims.shape)
+
+
 def _query(
-    sims: np.ndarray, scores: np.ndarray, k: int = QUERY_K, temperature: float = QUERY_TEMPERATURE
+    sims: np.ndarray,
+    scores: np.ndarray,
+    k: int = QUERY_K,
+    temperature: float = QUERY_TEMPERATURE,
+    top: np.ndarray | None = None,
 ) -> np.ndarray:
     """Softmax-weighted mean of ``scores`` over each row's k most similar anchors.
 
-    -inf similarities (an anchor excluded from its own query) never count."""
+    -inf similarities (an anchor excluded from its own query) never count. ``top``:
+    those anchors' indices if already known (``_top(sims, k)``)."""
     k = min(k, sims.shape[1])
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else None
+    if top is None:
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else None
     s = sims if top is None else np.take_along_axis(sims, top, axis=1)
     w = np.exp((s - s.max(axis=1, keepdims=True)) / temperature)
     f = scores[None, :] if top is None else scores[top]
@@ -377,6 +447,110 @@ def _prior_head(x: np.ndarray, y: np.ndarray) -> TasteHead:
     return TasteHead(w, b, empty, np.zeros(0), 0.0, a, 0.0, 0.0, info)
 
 
+def _neighbour_mean(anchors: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(n, d) mean of the anchors ``idx`` (n, k), one neighbour column at a time."""
+    acc = np.zeros((len(idx), anchors.shape[1]))
+    for col in idx.T:
+        acc += anchors[col]
+    out: np.ndarray = acc / max(idx.shape[1], 1)
+    return out
+
+
+def _smoothed_votes(
+    x: np.ndarray, lab: np.ndarray, anchors: np.ndarray, graph: _Graph
+) -> tuple[np.ndarray, np.ndarray]:
+    """(smoothed features of every vote, of every anchor), each x with its SMOOTH_K nearest
+    anchors; an anchor's own row is not its own neighbour, as for a new image."""
+    k = min(SMOOTH_K, graph.idx.shape[1])
+    order = np.argsort(-graph.sims, axis=1, kind="stable")[:, :k]
+    near = np.take_along_axis(graph.idx, order, axis=1)
+    anchor_feats = _smoothed(
+        anchors.astype(np.float64), _neighbour_mean(anchors, near), SMOOTH_SELF
+    )
+    feats = np.empty((len(x), x.shape[1]))
+    feats[lab] = anchor_feats[: len(lab)]
+    rest = np.setdiff1d(np.arange(len(x)), lab)
+    kq = min(SMOOTH_K, len(anchors))
+    for start in range(0, len(rest), 2048):  # votes beyond the anchor cap, in chunks
+        rows = rest[start : start + 2048]
+        sims = x[rows] @ anchors.T
+        top = np.argpartition(-sims, kq - 1, axis=1)[:, :kq]
+        feats[rows] = _smoothed(
+            x[rows].astype(np.float64), _neighbour_mean(anchors, top), SMOOTH_SELF
+        )
+    return feats, anchor_feats
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """One fit of the four parts on (weighted) votes, with their held-out evidence."""
+
+    lam: float
+    w: np.ndarray  # linear weights, centroid direction folded in
+    b: float
+    scores: np.ndarray  # propagated votes on the anchors
+    mix: float
+    cen_mix: float
+    near_mix: float
+    oof: np.ndarray  # held-out mixed score of each anchored vote
+    oof_linear: np.ndarray  # held-out ridge + centroid score of every vote
+
+
+def _fit_parts(
+    feats: np.ndarray,
+    mu: np.ndarray,
+    y: np.ndarray,
+    sw: np.ndarray,
+    graph: _Graph,
+    lab: np.ndarray,
+    folds: list[np.ndarray],
+    vote_sims: np.ndarray,
+    centroid: tuple[np.ndarray, np.ndarray],
+) -> _Parts:
+    """Ridge and centroid on the smoothed features, graph and nearest votes on the anchors.
+
+    ``sw`` weighs the votes in the ridge and the graph seeds; every part is scored on
+    votes it did not see, and mixed in units of the ridge's held-out spread."""
+    lam, w, b, loo_lin = _ridge_loo(feats - mu, 2.0 * y - 1.0, sw)
+    b -= float(mu @ w)
+    n_anchors = graph.n
+    seeds = np.zeros(n_anchors)
+    seeds[: len(lab)] = _balanced_seeds(y[lab], sw[lab])
+    scores = graph.propagate(seeds)
+    oof_graph = np.zeros(len(lab))
+    for rows in folds:
+        keep = np.ones(len(lab), dtype=bool)
+        keep[rows] = False
+        fold_seeds = np.zeros(n_anchors)
+        fold_seeds[: len(lab)] = _balanced_seeds(y[lab] * keep, sw[lab] * keep) * keep
+        oof_graph[rows] = graph.query_without_self(graph.propagate(fold_seeds), rows)
+    direction, loo_cen = centroid
+    oof_near = _query(vote_sims, np.where(y[lab] == 1, 1.0, -1.0), NEAREST_K, NEAREST_TEMPERATURE)
+    spread = float(np.std(loo_lin[lab]))
+
+    def weight(m: float, part: np.ndarray) -> float:
+        return m * spread / max(float(np.std(part)), 1e-12)
+
+    mix, cen_mix = weight(GRAPH_MIX, oof_graph), weight(CENTROID_MIX, loo_cen[lab])
+    near_mix = weight(NEAREST_MIX, oof_near)
+    oof_linear = loo_lin + cen_mix * loo_cen
+    oof = oof_linear[lab] + mix * oof_graph + near_mix * oof_near
+    return _Parts(lam, w + cen_mix * direction, b, scores, mix, cen_mix, near_mix, oof, oof_linear)
+
+
+def _vote_consistency(z: np.ndarray, y: np.ndarray, noise: float) -> np.ndarray:
+    """P(vote i says what the person really thinks), from held-out P(likes x_i) = sigmoid(z).
+
+    Bayes with a prior ``noise`` rate of inconsistent votes: a like on an image the other
+    votes call disliked is probably one of the flipped votes."""
+    s = _sigmoid(z)
+    agree = np.where(y == 1, s, 1.0 - s)
+    out: np.ndarray = (
+        (1 - noise) * agree / np.maximum((1 - noise) * agree + noise * (1 - agree), 1e-12)
+    )
+    return out
+
+
 def train_head(
     embeddings: np.ndarray,
     votes: np.ndarray,
@@ -404,62 +578,72 @@ def train_head(
         return _prior_head(x, y)
     rng = np.random.default_rng(seed)
 
-    # Linear part: class-balanced ridge on +-1 targets, features centred on all the
-    # person's images (labelled or not).
+    # Vote weights: super likes count double, then the two sides are balanced.
     sw = np.where(v == SUPER_LIKE, SUPER_LIKE_WEIGHT, 1.0)
     sw = sw * np.where(y == 1, n / (2 * sw[y == 1].sum()), n / (2 * sw[y == 0].sum()))
-    mu = np.vstack([x, u]).astype(np.float64).mean(axis=0)
-    lam, w, b, loo_lin = _ridge_loo(x.astype(np.float64) - mu, 2.0 * y - 1.0, sw)
-    b -= float(mu @ w)
 
-    # Graph part: votes propagated over the person's images (votes first, capped).
+    # The graph over the person's images (votes first, capped), and every vote's smoothed
+    # features for the linear parts, centred on all the anchors.
     lab = rng.permutation(n)[:MAX_ANCHORS] if n > MAX_ANCHORS else np.arange(n)
     room = MAX_ANCHORS - len(lab)
     unl = u[rng.permutation(len(u))[:room]] if len(u) > room else u
     anchors = np.vstack([x[lab], unl])
     graph = _Graph(anchors)
-    seeds = np.zeros(len(anchors))
-    seeds[: len(lab)] = _balanced_seeds(y[lab], sw[lab])
-    scores = graph.propagate(seeds)
-
-    # Out-of-fold graph evidence for the anchored votes, to set the mix and calibrate.
+    # Smoothing needs the clusters to be seen: among a few hundred images a vote's nearest
+    # images are often of other clusters, and smoothing only blurs.
+    smooth_k = SMOOTH_K if len(anchors) >= SMOOTH_MIN_ANCHORS else 0
+    if smooth_k:
+        feats, anchor_feats = _smoothed_votes(x, lab, anchors, graph)
+    else:
+        feats, anchor_feats = x.astype(np.float64), anchors.astype(np.float64)
+    mu = anchor_feats.mean(axis=0)
     folds = np.array_split(rng.permutation(len(lab)), min(N_FOLDS, len(lab)))
-    oof_graph = np.zeros(len(lab))
-    for rows in folds:
-        keep = np.ones(len(lab), dtype=bool)
-        keep[rows] = False
-        fold_seeds = np.zeros(len(anchors))
-        fold_seeds[: len(lab)] = _balanced_seeds(y[lab] * keep, sw[lab] * keep) * keep
-        oof_graph[rows] = graph.query_without_self(graph.propagate(fold_seeds), rows)
-    # Centroid direction and nearest votes, each vote left out of its own score.
-    direction, loo_cen = _centroid_loo(x.astype(np.float64), y)
-    vote_values = np.where(y[lab] == 1, 1.0, -1.0)
-    vote_sims = anchors[: len(lab)] @ anchors[: len(lab)].T
+    # The nearest-vote part compares smoothed features too (when there are any).
+    vote_feats = anchor_feats[: len(lab)].astype(np.float32)
+    vote_sims = vote_feats @ vote_feats.T
     np.fill_diagonal(vote_sims, -np.inf)
-    oof_near = _query(vote_sims, vote_values, NEAREST_K, NEAREST_TEMPERATURE)
+    y_lab = y[lab].astype(np.float64)
 
-    oof_lin = loo_lin[lab]
-    spread = float(np.std(oof_lin))
-
-    def weight(m: float, part: np.ndarray) -> float:
-        return m * spread / max(float(np.std(part)), 1e-12)
-
-    mix, cen_mix = weight(GRAPH_MIX, oof_graph), weight(CENTROID_MIX, loo_cen[lab])
-    near_mix = weight(NEAREST_MIX, oof_near)
-    oof = oof_lin + mix * oof_graph + cen_mix * loo_cen[lab] + near_mix * oof_near
-    w = w + cen_mix * direction
-    a, c, eps = _calibrate(oof, y[lab].astype(np.float64))
+    # Two passes: the second down-weights the votes that the first pass's held-out scores
+    # say are probably inconsistent (some votes are flipped), in the ridge and the graph.
+    centroid = _centroid_loo(feats, y)  # unweighted: the same in both passes
+    parts = _fit_parts(feats, mu, y, sw, graph, lab, folds, vote_sims, centroid)
+    a, c, _ = _calibrate(parts.oof, y_lab)
+    consistent = np.empty(n)
+    if len(lab) < n:  # votes beyond the anchor cap: their ridge + centroid evidence only
+        a_lin, c_lin, _ = _calibrate(parts.oof_linear, y.astype(np.float64))
+        consistent[:] = _vote_consistency(a_lin * parts.oof_linear + c_lin, y, VOTE_NOISE_PRIOR)
+    consistent[lab] = _vote_consistency(a * parts.oof + c, y[lab], VOTE_NOISE_PRIOR)
+    parts = _fit_parts(feats, mu, y, sw * consistent, graph, lab, folds, vote_sims, centroid)
+    a, c, eps = _calibrate(parts.oof, y_lab)
     info: dict[str, float | int | str] = {
         "kind": "ridge+centroid+graph+nearest",
         "n_train": n,
         "n_liked": n_pos,
         "n_anchors": len(anchors),
-        "lambda": lam,
-        "mix": mix,
-        "centroid_mix": cen_mix,
-        "nearest_mix": near_mix,
+        "lambda": parts.lam,
+        "mix": parts.mix,
+        "centroid_mix": parts.cen_mix,
+        "nearest_mix": parts.near_mix,
         "platt_a": a,
         "platt_c": c,
         "vote_noise": eps,
+        "suspect_votes": int(np.sum(consistent < 0.5)),
     }
-    return TasteHead(w, b, anchors, scores, mix, a, c, eps, info, vote_values, near_mix)
+    vote_values = np.where(y[lab] == 1, 1.0, -1.0)
+    return TasteHead(
+        parts.w,
+        parts.b,
+        anchors,
+        parts.scores,
+        parts.mix,
+        a,
+        c,
+        eps,
+        info,
+        vote_values,
+        parts.near_mix,
+        smooth_k,
+        SMOOTH_SELF if smooth_k else 1.0,
+        vote_feats if smooth_k else np.zeros((0, d), dtype=np.float32),
+    )

@@ -169,3 +169,85 @@ def test_version_1_head_file_still_loads(tmp_path: Path) -> None:
     assert loaded.nearest_mix == 0.0 and len(loaded.vote_values) == 0
     p = loaded.predict(x[100:])
     assert p.shape == (20,) and np.all((p >= 0) & (p <= 1))
+
+
+def test_version_2_head_file_loads_without_smoothing(tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    x, votes = _toy(700)
+    head = train_head(x[:300], votes[:300], unlabeled=x[300:600])  # 600 images: smoothed
+    assert head.smooth_k > 0 and head.vote_feats.shape == (300, 16)
+    # A person with only a few hundred images gets no smoothing (it only blurs there).
+    assert train_head(x[:300], votes[:300], unlabeled=x[300:350]).smooth_k == 0
+    path = tmp_path / "head.npz"
+    head.save(path)
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+    meta["format_version"] = 2
+    del meta["smooth_k"], meta["smooth_self"]
+    old = tmp_path / "old.npz"
+    np.savez(old, meta=np.array(json.dumps(meta)), **arrays)
+    loaded = TasteHead.load(old)
+    assert loaded.smooth_k == 0
+    unsmoothed = dataclasses.replace(head, smooth_k=0, smooth_self=1.0)
+    np.testing.assert_array_equal(loaded.predict(x[600:]), unsmoothed.predict(x[600:]))
+    # And the smoothing is really used by a current head.
+    assert not np.allclose(unsmoothed.predict(x[600:]), head.predict(x[600:]))
+
+
+def test_smoothing_is_the_same_for_votes_and_new_images() -> None:
+    from learner import head as h
+
+    x, _ = _toy(300)
+    lab = np.arange(100)
+    anchors = np.vstack([x[:100], x[200:]])  # votes 100..199 are not anchors
+    graph = h._Graph(anchors)
+    feats, anchor_feats = h._smoothed_votes(x[:200], lab, anchors, graph)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0)
+    # A vote beyond the anchors is smoothed exactly as a new image is at predict time.
+    sims = x[100:200] @ anchors.T
+    top = h._top(sims, h.SMOOTH_K)
+    new = h._smoothed(x[100:200].astype(np.float64), h._neighbour_mean(anchors, top), h.SMOOTH_SELF)
+    np.testing.assert_allclose(feats[100:], new, atol=1e-6)
+    # An anchored vote averages its nearest *other* anchors, never itself.
+    sims_a = anchors[:1] @ anchors.T
+    sims_a[0, 0] = -np.inf
+    own = h._smoothed(
+        anchors[:1].astype(np.float64),
+        h._neighbour_mean(anchors, h._top(sims_a, h.SMOOTH_K)),
+        h.SMOOTH_SELF,
+    )
+    np.testing.assert_allclose(feats[0], own[0], atol=1e-6)
+    np.testing.assert_allclose(anchor_feats[:100], feats[:100])
+
+
+def test_vote_consistency_bayes() -> None:
+    from learner.head import _vote_consistency
+
+    z = np.array([0.0, 0.0, 5.0, 5.0, -5.0])
+    y = np.array([1, 0, 1, 0, 0])
+    q = _vote_consistency(z, y, 0.1)
+    np.testing.assert_allclose(q[:2], 0.9)  # no evidence: the prior
+    assert q[2] > 0.99 and q[4] > 0.99  # votes that agree with the held-out score
+    assert q[3] < 0.1  # a dislike on what the other votes call liked: probably flipped
+
+
+@pytest.mark.parametrize("max_anchors", [2000, 150])
+def test_suspect_votes_are_about_as_many_as_flipped_ones(
+    monkeypatch: pytest.MonkeyPatch, max_anchors: int
+) -> None:
+    from learner import head as h
+
+    monkeypatch.setattr(h, "MAX_ANCHORS", max_anchors)  # 150: votes beyond the anchor cap
+    x, votes = _toy(700)
+    rng = np.random.default_rng(5)
+    flipped = rng.random(400) < 0.1
+    noisy = votes[:400].copy()
+    noisy[flipped] = np.where(noisy[flipped] >= LIKE, DISLIKE, LIKE)
+    head = train_head(x[:400], noisy, unlabeled=x[400:600])
+    n_flipped = int(flipped.sum())
+    assert 0.5 * n_flipped <= int(head.info["suspect_votes"]) <= 1.5 * n_flipped
+    auc = roc_auc(votes[600:] >= LIKE, head.predict(x[600:]))
+    assert auc is not None and auc > 0.85
