@@ -4,11 +4,13 @@ Runs the simulated-user protocol of ``../shared/data/README.md`` on any npz with
 ``embeddings`` (N, d) and ``labels`` (N,):
 
     python -m bench.learning --data ../shared/data/clip-vit-b32/pets.npz [--users 20]
-        [--json] [--plot out.png] [--classes 0.5 --class-seed 1]
+        [--json] [--plot out.png] [--classes 0.5 --class-seed 1] [--cost]
 
 The project learner is ``learner.head.train_head`` itself (the code the bot runs).
 ``--classes F`` keeps a random fraction F of the classes: a held-out world to check
-that the design is not tuned to the three files.
+that the design is not tuned to the three files. ``--cost`` only times the head: training
+one person with 10,000 votes and 2,000 unvoted images (the file's images resampled with a
+little jitter), and scoring one image.
 """
 
 from __future__ import annotations
@@ -303,6 +305,38 @@ def plot(s: dict[str, dict[str, float]], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def cost(x: np.ndarray, labels: np.ndarray, reps: int = 4) -> dict[str, float]:
+    """Seconds to train one person with 10,000 votes + 2,000 unvoted images, and to score."""
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(x), 12_000)
+    # Jitter: resampled copies of one photo would be exact duplicates in the graph.
+    pool = x[idx] + 0.02 * rng.standard_normal((len(idx), x.shape[1])).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    liked = np.isin(labels[idx], rng.choice(int(labels.max()) + 1, 10, replace=False))
+    votes = np.where(liked ^ (rng.random(len(idx)) < FLIP_PROBABILITY), LIKE, DISLIKE)
+    train = []
+    for r in range(reps):
+        started = time.perf_counter()
+        head = train_head(pool[:10_000], votes[:10_000], unlabeled=pool[10_000:], seed=r)
+        train.append(time.perf_counter() - started)
+    queries = pool[10_000:]
+    single = []
+    for q in queries[:500]:
+        started = time.perf_counter()
+        head.predict(q[None, :])
+        single.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    head.predict(queries)
+    batched = (time.perf_counter() - started) / len(queries)
+    return {
+        "train_s_median": float(np.median(train)),
+        "train_s_max": float(np.max(train)),
+        "predict_ms_median": 1000 * float(np.median(single)),
+        "predict_ms_p99": 1000 * float(np.percentile(single, 99)),
+        "predict_ms_batched": 1000 * batched,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True)
@@ -312,9 +346,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--classes", type=float, default=1.0, help="keep this fraction of the classes")
     ap.add_argument("--class-seed", type=int, default=0)
     ap.add_argument("--no-references", action="store_true", help="project learner only (faster)")
+    ap.add_argument(
+        "--cost", action="store_true", help="only time training (10,000 votes) and scoring"
+    )
     args = ap.parse_args(argv)
 
     x, labels = load(args.data, args.classes, args.class_seed)
+    if args.cost:
+        c = cost(x, labels)
+        if args.json:
+            json.dump(c, sys.stdout, indent=1)
+            print()
+            return
+        print(
+            f"train, 10,000 votes + 2,000 unvoted: median {c['train_s_median']:.2f} s, "
+            f"max {c['train_s_max']:.2f} s; score one image: median "
+            f"{c['predict_ms_median']:.3f} ms, p99 {c['predict_ms_p99']:.3f} ms; "
+            f"in a batch {c['predict_ms_batched']:.4f} ms/image"
+        )
+        return
     res = run(x, labels, args.users, references=not args.no_references)
     s = summary(res)
     title = args.data.stem + (

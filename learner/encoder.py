@@ -83,9 +83,9 @@ class PackedLinear(torch.nn.Module):
     """An inference-only ``nn.Linear`` whose weight is pre-packed for oneDNN (CPU, bf16).
 
     ``torch.nn.functional.linear`` in bf16 reorders the weight into oneDNN's blocked layout on
-    every call; packing once at load time makes a ViT-B/32 forward ~1.3x faster for one image
-    and no slower in batches (bench/speed.py). The packed weight replaces the plain one, so
-    this costs no memory.
+    every call; packing once at load time made a ViT-B/32 forward ~1.3x faster for one image
+    and no slower in batches (an A/B of both in one process, README "Benchmarks"). The packed
+    weight replaces the plain one, so this costs no memory.
     """
 
     def __init__(self, linear: torch.nn.Linear, rows_hint: int) -> None:
