@@ -118,6 +118,7 @@ class FinetuneJob:
         self._subscribers: list[asyncio.Queue[FinetuneProgress | None]] = []
         self._cancelled = False
         self._kill_timer: threading.Timer | None = None
+        self._reaped = threading.Event()  # set by the reader thread once the child is joined
 
     @property
     def pid(self) -> int | None:
@@ -197,11 +198,12 @@ class FinetuneJob:
 
     def _terminate(self) -> None:
         process = self._process
-        if process is None or not process.is_alive():
+        if process is None or self._reaped.is_set():
             return
         process.terminate()
-        process.join(5.0)
-        if process.is_alive():
+        # Only the reader thread waits for the child: two threads in waitpid() race for its
+        # exit status, and the loser sees exitcode None.
+        if not self._reaped.wait(5.0):
             process.kill()
 
     # -- the reader thread ---------------------------------------------------------------------
@@ -228,6 +230,7 @@ class FinetuneJob:
         finally:
             receiver.close()
             process.join()
+            self._reaped.set()
             if self._kill_timer is not None:
                 self._kill_timer.cancel()
         outcome = self._outcome(result, error, process.exitcode)
