@@ -349,8 +349,12 @@ def _pack_vision_tower(model: CLIPModel, image_size: int) -> int:
     probe = torch.randn(
         (1, 3, image_size, image_size), generator=torch.Generator().manual_seed(0)
     ).to(torch.bfloat16)
-    layers = [m for m in vision.modules() if isinstance(m, torch.nn.Linear)]
-    parents = [(p, n, c) for p in vision.modules() for n, c in p.named_children() if c in layers]
+    plain = [
+        (parent, name, child)
+        for parent in vision.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, torch.nn.Linear)
+    ]
     with torch.inference_mode():
         expected = vision(pixel_values=probe).pooler_output.float()
         try:
@@ -360,7 +364,7 @@ def _pack_vision_tower(model: CLIPModel, image_size: int) -> int:
         except (RuntimeError, AttributeError, NotImplementedError):  # no oneDNN in this build
             packed, agree = 0, False
     if not agree:
-        for parent, name, child in parents:
+        for parent, name, child in plain:
             setattr(parent, name, child)
         return 0
     return packed

@@ -287,9 +287,8 @@ def _query(
 
     -inf similarities (an anchor excluded from its own query) never count. ``top``:
     those anchors' indices if already known (``_top(sims, k)``)."""
-    k = min(k, sims.shape[1])
-    if top is None:
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else None
+    if top is None and k < sims.shape[1]:
+        top = _top(sims, k)  # else every anchor counts, read without a gather
     s = sims if top is None else np.take_along_axis(sims, top, axis=1)
     w = np.exp((s - s.max(axis=1, keepdims=True)) / temperature)
     f = scores[None, :] if top is None else scores[top]
@@ -470,11 +469,9 @@ def _smoothed_votes(
     feats = np.empty((len(x), x.shape[1]))
     feats[lab] = anchor_feats[: len(lab)]
     rest = np.setdiff1d(np.arange(len(x)), lab)
-    kq = min(SMOOTH_K, len(anchors))
     for start in range(0, len(rest), 2048):  # votes beyond the anchor cap, in chunks
         rows = rest[start : start + 2048]
-        sims = x[rows] @ anchors.T
-        top = np.argpartition(-sims, kq - 1, axis=1)[:, :kq]
+        top = _top(x[rows] @ anchors.T, SMOOTH_K)
         feats[rows] = _smoothed(
             x[rows].astype(np.float64), _neighbour_mean(anchors, top), SMOOTH_SELF
         )
