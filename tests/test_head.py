@@ -251,3 +251,26 @@ def test_suspect_votes_are_about_as_many_as_flipped_ones(
     assert 0.5 * n_flipped <= int(head.info["suspect_votes"]) <= 1.5 * n_flipped
     auc = roc_auc(votes[600:] >= LIKE, head.predict(x[600:]))
     assert auc is not None and auc > 0.85
+
+
+def test_vote_noise_follows_how_inconsistent_the_person_is() -> None:
+    # The floor and ceiling of the score (eps) is the expected share of flipped votes: on
+    # clusters, where a flipped vote stands out among its neighbours, a consistent person
+    # gets sharper scores than one who flips a quarter of their votes.
+    rng = np.random.default_rng(1)
+    centres = _unit(rng.normal(size=(6, 16)))
+    cls = rng.integers(0, 6, 900)
+    x = _unit(centres[cls] + 0.15 * rng.normal(size=(900, 16)))
+    votes = np.where(np.isin(cls, [0, 3]), LIKE, DISLIKE).astype(np.int8)
+    noise = {}
+    for rate in (0.02, 0.25):
+        flipped = rng.random(400) < rate
+        noisy = votes[:400].copy()
+        noisy[flipped] = np.where(noisy[flipped] >= LIKE, DISLIKE, LIKE)
+        head = train_head(x[:400], noisy, unlabeled=x[400:700])
+        noise[rate] = head.vote_noise
+        assert head.vote_noise == head.info["vote_noise"]
+        p = head.predict(x[700:])
+        assert p.min() >= head.vote_noise - 1e-12 and p.max() <= 1 - head.vote_noise + 1e-12
+    # Both sides of the 10% prior; the posterior mean shrinks a high rate towards it.
+    assert noise[0.02] < 0.05 and 0.12 < noise[0.25] < 0.3
