@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from bot import timing
 from bot.embedding_batcher import EmbeddingBatcher
 from bot.ratelimit import SlidingWindowLimit
 from bot.settings import Settings
+from learner.encoder import usable_cores
 from learner.head import DISLIKE, LIKE, SUPER_LIKE, TasteHead, cold_start_scores
 from learner.images import DecodedImage, ImageRejected, decode_image
 from learner.ocr import extract_text, ocr_available
@@ -867,11 +867,7 @@ class TasteService:
 
 def _decode_threads() -> int:
     """Half the usable cores, at least one: the other half runs CLIP and the event loop."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // 2)
+    return max(1, usable_cores() // 2)
 
 
 def _promotion_message(outcome: RetrainOutcome) -> str:

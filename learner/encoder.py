@@ -120,6 +120,14 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity on Linux), at least one."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_torch_threads() -> int:
     """CPU threads for the forward pass when not set: every usable core but one, at least one.
 
@@ -127,11 +135,7 @@ def default_torch_threads() -> int:
     while a forward pass runs; on a busy 2-core machine one torch thread is also the faster
     one (OpenMP threads that wait for each other lose more than the second core gives).
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, usable_cores() - 1)
 
 
 class ClipImageEncoder:
