@@ -142,7 +142,8 @@ class TasteHead:
     softmax-weighted (temperature ``QUERY_TEMPERATURE``) mean of the propagated scores
     of x's ``QUERY_K`` most similar anchors and nn(x) the same (``NEAREST_K``,
     ``NEAREST_TEMPERATURE``) over ``vote_values``, the +-1 votes on the first
-    ``len(vote_values)`` anchors, by cos(s(x), ``vote_feats``) when smoothed. The centroid part is folded into ``weights``.
+    ``len(vote_values)`` anchors, by cos(s(x), ``vote_feats``) when smoothed. The centroid
+    part is folded into ``weights``.
     """
 
     weights: np.ndarray  # (d,) float64, linear part

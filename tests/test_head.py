@@ -22,6 +22,21 @@ def _toy(n: int, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, votes
 
 
+def _clusters(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Six clusters; liked: two of them. No single direction separates them from the rest."""
+    centres = _unit(rng.normal(size=(6, 16)))
+    cls = rng.integers(0, 6, n)
+    x = _unit(centres[cls] + 0.15 * rng.normal(size=(n, 16)))
+    return x, np.where(np.isin(cls, [0, 3]), LIKE, DISLIKE).astype(np.int8)
+
+
+def _flip(votes: np.ndarray, flipped: np.ndarray) -> np.ndarray:
+    """``votes`` with likes and dislikes swapped where ``flipped`` (an inconsistent person)."""
+    out = votes.copy()
+    out[flipped] = np.where(out[flipped] >= LIKE, DISLIKE, LIKE)
+    return out
+
+
 def test_learns_separable_toy_problem() -> None:
     x, votes = _toy(300)
     head = train_head(x[:100], votes[:100], unlabeled=x[100:200])
@@ -30,12 +45,7 @@ def test_learns_separable_toy_problem() -> None:
 
 
 def test_learns_multi_cluster_taste() -> None:
-    # Liked: two of six clusters. No single direction separates them from the rest.
-    rng = np.random.default_rng(1)
-    centres = _unit(rng.normal(size=(6, 16)))
-    cls = rng.integers(0, 6, 600)
-    x = _unit(centres[cls] + 0.15 * rng.normal(size=(600, 16)))
-    votes = np.where(np.isin(cls, [0, 3]), LIKE, DISLIKE).astype(np.int8)
+    x, votes = _clusters(600, np.random.default_rng(1))
     head = train_head(x[:200], votes[:200], unlabeled=x[200:400])
     auc = roc_auc(votes[400:] >= LIKE, head.predict(x[400:]))
     assert auc is not None and auc > 0.9
@@ -244,9 +254,7 @@ def test_suspect_votes_are_about_as_many_as_flipped_ones(
     x, votes = _toy(700)
     rng = np.random.default_rng(5)
     flipped = rng.random(400) < 0.1
-    noisy = votes[:400].copy()
-    noisy[flipped] = np.where(noisy[flipped] >= LIKE, DISLIKE, LIKE)
-    head = train_head(x[:400], noisy, unlabeled=x[400:600])
+    head = train_head(x[:400], _flip(votes[:400], flipped), unlabeled=x[400:600])
     n_flipped = int(flipped.sum())
     assert 0.5 * n_flipped <= int(head.info["suspect_votes"]) <= 1.5 * n_flipped
     auc = roc_auc(votes[600:] >= LIKE, head.predict(x[600:]))
@@ -258,16 +266,11 @@ def test_vote_noise_follows_how_inconsistent_the_person_is() -> None:
     # clusters, where a flipped vote stands out among its neighbours, a consistent person
     # gets sharper scores than one who flips a quarter of their votes.
     rng = np.random.default_rng(1)
-    centres = _unit(rng.normal(size=(6, 16)))
-    cls = rng.integers(0, 6, 900)
-    x = _unit(centres[cls] + 0.15 * rng.normal(size=(900, 16)))
-    votes = np.where(np.isin(cls, [0, 3]), LIKE, DISLIKE).astype(np.int8)
+    x, votes = _clusters(900, rng)
     noise = {}
     for rate in (0.02, 0.25):
         flipped = rng.random(400) < rate
-        noisy = votes[:400].copy()
-        noisy[flipped] = np.where(noisy[flipped] >= LIKE, DISLIKE, LIKE)
-        head = train_head(x[:400], noisy, unlabeled=x[400:700])
+        head = train_head(x[:400], _flip(votes[:400], flipped), unlabeled=x[400:700])
         noise[rate] = head.vote_noise
         assert head.vote_noise == head.info["vote_noise"]
         p = head.predict(x[700:])
