@@ -22,6 +22,7 @@ from PIL import Image
 
 from bot import timing
 from bot.embedding_batcher import EmbeddingBatcher
+from bot.head_cache import HeadCache
 from bot.ratelimit import SlidingWindowLimit
 from bot.settings import Settings
 from learner.encoder import usable_cores
@@ -194,7 +195,7 @@ class TasteService:
         )
         self._train_pool = ThreadPoolExecutor(1, thread_name_prefix="train")
         self.training_lock = asyncio.Lock()  # one head training (or model switch) at a time
-        self._heads: dict[int, TasteHead] = {}  # model_versions.id → loaded head
+        self.heads = HeadCache(settings.head_cache_people)  # each person's active head
         self._rate_limit = SlidingWindowLimit(settings.images_per_minute, window_seconds=60)
         self.notifiers: dict[str, Notifier] = {}  # platform → how to message a person there
         self.backbone: BackboneTuner | None = None  # CLIP fine-tuning, set by open()
@@ -276,7 +277,7 @@ class TasteService:
             max_batch=self.settings.embed_batch_max,
             max_wait_ms=self.settings.embed_batch_wait_ms,
         )
-        self._heads.clear()
+        self.heads.clear()
         await old_batcher.close()  # finishes what it had queued
 
     # -- scoring -------------------------------------------------------------
@@ -585,11 +586,12 @@ class TasteService:
         return combine(images, text, self.settings.text_weight)
 
     async def _load_head(self, model: ModelVersion) -> TasteHead:
-        head = self._heads.get(model.id)
+        assert model.owner_user_id is not None, "heads belong to a person"
+        head = self.heads.get(model.owner_user_id, model.id)
         if head is None:
             path = self.data_dir.path(model.file_path)
             head = await asyncio.get_running_loop().run_in_executor(None, TasteHead.load, path)
-            self._heads[model.id] = head
+            self.heads.put(model.owner_user_id, model.id, head)
         return head
 
     async def reply_sent(self, submission_id: int, reply_message_id: str) -> None:
@@ -650,7 +652,7 @@ class TasteService:
             self.disliked_index.forget(user.id)
             for relpath in report.files:
                 self.data_dir.path(relpath).unlink(missing_ok=True)
-        self._heads.clear()  # loaded again on demand; theirs are gone
+        self.heads.forget(user.id)
         return report
 
     async def export(self, person: Person) -> list[dict[str, object]]:
@@ -815,7 +817,8 @@ class TasteService:
                 run_id, outcome="failed", n_labels=len(votes), detail=repr(error)
             )
             raise
-        self._heads[model.id] = result.head
+        if result.promote:  # a rejected candidate scores nothing: keep the active one
+            self.heads.put(user_id, model.id, result.head)
         await self.store.finish_training_run(
             run_id,
             outcome="promoted" if result.promote else "rejected",

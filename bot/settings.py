@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     # for others; 0 (measured best: bench/speed.py) starts a lone image at once.
     embed_batch_max: int = Field(32, ge=1)
     embed_batch_wait_ms: float = Field(0.0, ge=0)
+    # Trained heads kept in memory, one per person (up to ~8 MB each at 2,000 images).
+    head_cache_people: int = Field(256, ge=1)
     log_level: str = "INFO"
 
     @field_validator(
