@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # bot.backbone imports torch; texts should not
 VOTE_LABELS = {Vote.DISLIKE: "👎 Dislike", Vote.LIKE: "👍 Like", Vote.SUPER_LIKE: "⭐ Super like"}
 VOTE_EMOJI = {Vote.DISLIKE: "👎", Vote.LIKE: "👍", Vote.SUPER_LIKE: "⭐"}
 VOTE_ORDER = (Vote.DISLIKE, Vote.LIKE, Vote.SUPER_LIKE)
+TEXT_LIMIT = 4096  # Telegram's limit on a message (Discord's, 2000, is passed in)
+CAPTION_LIMIT = 1024  # Telegram's limit on a photo caption
 
 HELP = (
     "Send me an image — a photo, a screenshot, a meme — and I'll guess how much *you* "
@@ -64,32 +66,79 @@ def undo_text(vote: Vote | None) -> str:
     return f"Removed your last vote ({VOTE_LABELS[vote]}). That image is unrated again."
 
 
-def models_text(platform_user_id: str, versions: Sequence[ModelVersion] | None) -> str:
+def models_text(
+    platform_user_id: str, versions: Sequence[ModelVersion] | None, limit: int = TEXT_LIMIT
+) -> str:
+    """Every version, oldest first, as far as ``limit`` allows: a person retrained every few
+    votes has hundreds, so the oldest are left out (the active one never is)."""
     if versions is None:
         return f"I don't know user {platform_user_id}."
     if not versions:
         return f"User {platform_user_id} has no models yet."
-    lines = [f"Models of user {platform_user_id}:"]
-    for m in versions:
-        auc, ece = m.metrics.get("auc"), m.metrics.get("ece")
-        lines.append(
-            f"v{m.version} {m.status}: AUC {'n/a' if auc is None else f'{auc:.3f}'}, "
-            f"ECE {'n/a' if ece is None else f'{ece:.3f}'}, trained on {m.train_size}, "
-            f"held out {m.holdout_size} · {m.created_at[:16].replace('T', ' ')}"
-        )
-    return "\n".join(lines)
+    header = f"Models of user {platform_user_id}:"
+    rows = [_model_line(m) for m in versions]
+    active = [row for m, row in zip(versions, rows, strict=True) if m.status == "active"]
+    budget = limit - _units(header) - _units(_older(len(rows))) - 1
+    budget -= sum(_units(row) + 1 for row in active)
+    shown: list[str] = []
+    for m, row in zip(reversed(versions), reversed(rows), strict=True):
+        if m.status == "active":
+            shown.append(row)
+        elif _units(row) + 1 <= budget:
+            shown.append(row)
+            budget -= _units(row) + 1
+        else:
+            break
+    shown.reverse()
+    if active and active[0] not in shown:  # rolled back to a version older than those shown
+        shown.insert(0, active[0])
+    left_out = len(rows) - len(shown)
+    return "\n".join([header] + ([_older(left_out)] if left_out else []) + shown)
 
 
-def curve_caption(stats: Stats, curve: LearningCurve, min_votes: int) -> str:
-    lines = [stats_text(stats, min_votes)]
+def _model_line(m: ModelVersion) -> str:
+    auc, ece = m.metrics.get("auc"), m.metrics.get("ece")
+    return (
+        f"v{m.version} {m.status}: AUC {'n/a' if auc is None else f'{auc:.3f}'}, "
+        f"ECE {'n/a' if ece is None else f'{ece:.3f}'}, trained on {m.train_size}, "
+        f"held out {m.holdout_size} · {m.created_at[:16].replace('T', ' ')}"
+    )
+
+
+def _units(text: str) -> int:
+    """Length as Telegram counts it (UTF-16 code units: an emoji is two)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _older(count: int) -> str:
+    return f"… {count} older versions not shown"
+
+
+def curve_caption(
+    stats: Stats, curve: LearningCurve, min_votes: int, limit: int = CAPTION_LIMIT
+) -> str:
+    """The /stats text and the holdout AUC of each version, the newest that fit in ``limit``."""
+    text = stats_text(stats, min_votes)
     points = [
         f"v{m.version} {m.metrics['auc']:.2f}"
         for m in curve.versions
         if m.metrics.get("auc") is not None
     ]
-    if points:
-        lines.append("Holdout AUC by version: " + " → ".join(points))
-    return "\n".join(lines)
+    if not points:
+        return text[:limit]
+    prefix, arrow = "\nHoldout AUC by version: ", " → "
+    budget = limit - _units(text) - _units(prefix) - _units("… → ")
+    shown: list[str] = []
+    for point in reversed(points):
+        if _units(point) + _units(arrow) > budget:
+            break
+        shown.append(point)
+        budget -= _units(point) + _units(arrow)
+    if not shown:
+        return text[:limit]
+    shown.reverse()
+    older = "… → " if len(shown) < len(points) else ""
+    return text + prefix + older + arrow.join(shown)
 
 
 def score_text(scored: Scored) -> str:
@@ -161,7 +210,8 @@ def stats_text(stats: Stats, min_votes: int) -> str:
     return "\n".join(lines)
 
 
-def retrain_text(outcomes: Sequence[RetrainOutcome]) -> str:
+def retrain_text(outcomes: Sequence[RetrainOutcome], limit: int = TEXT_LIMIT) -> str:
+    """One line per person, as many as ``limit`` allows, after a count when there are several."""
     if not outcomes:
         return "Nobody has new votes since their last model; nothing to retrain."
     lines = []
@@ -173,7 +223,28 @@ def retrain_text(outcomes: Sequence[RetrainOutcome]) -> str:
         auc = "n/a" if o.auc is None else f"{o.auc:.3f}"
         verdict = "promoted" if o.promoted else "not promoted"
         lines.append(f"{who}: v{o.version} {verdict}, AUC {auc} on held-out votes — {o.reason}")
-    return "\n".join(lines)
+    if len(lines) == 1:
+        return lines[0][:limit]
+    promoted = sum(o.promoted for o in outcomes)
+    untrained = sum(o.version is None for o in outcomes)
+    header = (
+        f"Retrained {len(outcomes) - untrained} of {len(outcomes)} people: "
+        f"{promoted} promoted, {len(outcomes) - untrained - promoted} not promoted, "
+        f"{untrained} not trained."
+    )
+    budget = limit - _units(header) - _units(_more(len(lines)))
+    shown = []
+    for line in lines:
+        if _units(line) + 1 > budget:
+            break
+        shown.append(line)
+        budget -= _units(line) + 1
+    more = [_more(len(lines) - len(shown))] if len(shown) < len(lines) else []
+    return "\n".join([header, *shown, *more])
+
+
+def _more(count: int) -> str:
+    return f"… and {count} more"
 
 
 def summaries_text(summaries: tuple[Totals, Sequence[UserSummary]]) -> str:

@@ -66,6 +66,8 @@ Sync variants for a subprocess bot: :meth:`FakeBotAPI.wait_for_sync`,
 
 Realism notes: ``getFile`` on a file over 20 MB answers ``Bad Request: file is too big``;
 editing a message to identical content answers ``Bad Request: message is not modified``;
+a text over 4096 characters (UTF-16 code units, as Telegram counts) answers ``Bad Request:
+message is too long``, a caption over 1024 ``Bad Request: message caption is too long``;
 answering a callback query twice (or an unknown one) answers ``Bad Request: query is too old
 ...``; sending to a chat no user ever wrote from answers ``Bad Request: chat not found``.
 Unknown methods are recorded, logged and answered ``{"ok": true, "result": true}``.
@@ -96,6 +98,14 @@ T = TypeVar("T")
 DEFAULT_TOKEN = "123456789:TEST-fake-bot-api-token"
 #: Telegram refuses getFile for files above this size (bots may only download up to 20 MB).
 MAX_DOWNLOAD_SIZE = 20 * 1024 * 1024
+MAX_TEXT = 4096  # Telegram's limits, in UTF-16 code units
+MAX_CAPTION = 1024
+
+
+def _check_length(text: str, limit: int, error: str) -> None:
+    if len(text.encode("utf-16-le")) // 2 > limit:
+        raise ApiError(f"Bad Request: {error}")
+
 
 #: Parameters that are plain strings even when they look like JSON (``text="123"``).
 _STRING_PARAMS = frozenset(
@@ -922,6 +932,7 @@ class FakeBotAPI:
         text = params.get("text")
         if not text:
             raise ApiError("Bad Request: message text is empty")
+        _check_length(str(text), MAX_TEXT, "message is too long")
         return self._bot_message(params, text=str(text), entities=params.get("entities"))
 
     def _upload(
@@ -946,6 +957,7 @@ class FakeBotAPI:
         self._chat(params)
         stored, _ = self._upload(params, files, "photo", "photos")
         width, height = _image_dimensions(stored.data)
+        _check_length(str(params.get("caption") or ""), MAX_CAPTION, "message caption is too long")
         photo = [
             {
                 "file_id": stored.file_id,
@@ -996,6 +1008,7 @@ class FakeBotAPI:
             raise ApiError("Bad Request: message text is empty")
         if "text" not in message:
             raise ApiError("Bad Request: there is no text in the message to edit")
+        _check_length(str(text), MAX_TEXT, "message is too long")
         markup = _normalize_markup(params.get("reply_markup"))
         if text == message["text"] and markup == message.get("reply_markup"):
             raise ApiError(_NOT_MODIFIED)

@@ -13,7 +13,7 @@ from PIL import Image
 from bot.settings import Settings
 from bot.telegram_adapter.callback_data import encode_submission_action
 from learner.encoder import ClipImageEncoder
-from storage.records import Vote
+from storage.records import NewModel, Vote
 from tests.conftest import image_bytes
 from tests.test_telegram import ADMIN, ALICE, Harness, _submission_id, bot, running_bot
 
@@ -277,6 +277,42 @@ async def test_admin_models_and_rollback(bot: Harness) -> None:
     everyone = await bot.command(ADMIN, "/stats all")
     assert everyone.startswith("All users: ") and f"telegram {ALICE}: 12 votes · v1" in everyone
     assert np.isfinite(active.metrics.get("train_seconds") or 0.0)
+
+
+async def test_hundreds_of_versions_fit_in_models_and_stats_messages(bot: Harness) -> None:
+    # A person retrained every few votes has hundreds of versions; Telegram refuses a text
+    # over 4096 characters and a caption over 1024 (the fake does too).
+    await _vote_many(bot, ALICE, range(1, 9))
+    user = await bot.service.store.get_or_create_user("telegram", str(ALICE), "Alice")
+    for version in range(1, 301):
+        await bot.service.store.add_model_version(
+            NewModel(
+                user.id,
+                "head",
+                version,
+                f"models/heads/{user.id}/v{version}.npz",
+                bot.service.embedder.version,
+                8,
+                2,
+                {"auc": 0.5 + version / 1000, "ece": 0.05},
+                trained_through=0,
+            ),
+            promote=True,
+        )
+    assert await bot.service.store.activate_model_version(user.id, 2)  # rolled far back
+
+    models = await bot.command(ADMIN, f"/models {ALICE}")
+    lines = models.split("\n")
+    assert lines[0] == f"Models of user {ALICE}:" and len(models) <= 4096
+    older = int(lines[1].split()[1])
+    assert lines[1] == f"… {older} older versions not shown" and 200 < older < 300
+    assert lines[2].startswith("v2 active:")  # the active one is always listed
+    assert lines[-1].startswith("v300 retired:")
+    assert len(lines) - 3 == 300 - older - 1  # the newest that fit, none twice
+
+    caption = await bot.command(ALICE, "/stats")
+    assert len(caption) <= 1024
+    assert caption.endswith("v299 0.80 → v300 0.80") and "Holdout AUC by version: … → " in caption
 
 
 async def test_retrain_full_fine_tunes_with_progress_in_chat(

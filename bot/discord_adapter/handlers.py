@@ -182,7 +182,7 @@ async def cmd_stats(interaction: discord.Interaction[TasteClient]) -> None:
     who = person(interaction.user)
     stats = await client.service.stats(who, include_totals=is_admin(interaction))
     curve = await client.service.learning_curve(who)
-    caption = render.curve_caption(stats, curve, client.settings.head_min_votes)[:MAX_MESSAGE]
+    caption = render.curve_caption(stats, curve, client.settings.head_min_votes, limit=MAX_MESSAGE)
     if not curve.versions and not curve.votes:
         await interaction.response.send_message(caption, ephemeral=True)
         return
@@ -234,4 +234,6 @@ async def cmd_retrain(interaction: discord.Interaction[TasteClient]) -> None:
     # Training takes longer than Discord's 3 s: acknowledge first ("thinking…"), answer after.
     await interaction.response.defer(ephemeral=True, thinking=True)
     outcomes = await interaction.client.service.retrain_due_heads(min_new_votes=1, trigger="admin")
-    await interaction.followup.send(render.retrain_text(outcomes)[:MAX_MESSAGE], ephemeral=True)
+    await interaction.followup.send(
+        render.retrain_text(outcomes, limit=MAX_MESSAGE), ephemeral=True
+    )

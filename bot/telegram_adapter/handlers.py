@@ -323,7 +323,7 @@ async def cmd_stats(update: Update, context: TasteContext) -> None:
         await message.reply_text(caption)
         return
     png = await asyncio.to_thread(learning_curve_png, curve)
-    await message.reply_photo(png, caption=caption[:1024])
+    await message.reply_photo(png, caption=caption)
 
 
 async def cmd_undo(update: Update, context: TasteContext) -> None:
