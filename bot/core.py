@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -142,6 +143,19 @@ class RetrainOutcome:
     previous_auc: float | None
     train_size: int
     reason: str
+
+
+@dataclass(frozen=True)
+class ModelList:
+    versions: list[ModelVersion]  # oldest first
+    removed: frozenset[int]  # versions whose file is gone (HEAD_FILES_KEPT): no rollback
+
+
+class Rollback(Enum):
+    DONE = "done"
+    UNKNOWN_USER = "unknown user"
+    NO_SUCH_VERSION = "no such version"
+    FILE_REMOVED = "file removed"  # older than the HEAD_FILES_KEPT newest versions
 
 
 @dataclass(frozen=True)
@@ -688,16 +702,41 @@ class TasteService:
     async def summaries(self) -> tuple[Totals, list[UserSummary]]:
         return await self.store.totals(), await self.store.user_summaries()
 
-    async def models_of(self, platform: str, platform_user_id: str) -> list[ModelVersion] | None:
-        user = await self.store.find_user(platform, platform_user_id)
-        return None if user is None else await self.store.model_versions(user.id)
-
-    async def rollback(self, platform: str, platform_user_id: str, version: int) -> bool:
+    async def models_of(self, platform: str, platform_user_id: str) -> ModelList | None:
         user = await self.store.find_user(platform, platform_user_id)
         if user is None:
-            return False
+            return None
+        versions = await self.store.model_versions(user.id)
+        removed = frozenset(
+            m.version for m in versions if not self.data_dir.path(m.file_path).exists()
+        )
+        return ModelList(versions, removed)
+
+    async def rollback(self, platform: str, platform_user_id: str, version: int) -> Rollback:
+        user = await self.store.find_user(platform, platform_user_id)
+        if user is None:
+            return Rollback.UNKNOWN_USER
         async with self.training_lock:
-            return await self.store.activate_model_version(user.id, version)
+            versions = await self.store.model_versions(user.id)
+            model = next((m for m in versions if m.version == version), None)
+            if model is None:
+                return Rollback.NO_SUCH_VERSION
+            if not self.data_dir.path(model.file_path).exists():
+                return Rollback.FILE_REMOVED
+            await self.store.activate_model_version(user.id, version)
+            return Rollback.DONE
+
+    async def _remove_old_head_files(self, user_id: int) -> None:
+        """Keep the active head's file and the HEAD_FILES_KEPT newest others (for rollback).
+
+        A person is retrained every few votes: without this, one with 1,000 votes would
+        leave ~200 files of up to ~8 MB."""
+        keep = self.settings.head_files_kept
+        if keep == 0:
+            return
+        old = await self.store.head_files_beyond(user_id, keep)
+        paths = [self.data_dir.path(rel) for rel in old]
+        await asyncio.get_running_loop().run_in_executor(None, _unlink_all, paths)
 
     async def retrain_person(
         self, platform: str, platform_user_id: str, trigger: str
@@ -819,6 +858,7 @@ class TasteService:
             raise
         if result.promote:  # a rejected candidate scores nothing: keep the active one
             self.heads.put(user_id, model.id, result.head)
+        await self._remove_old_head_files(user_id)
         await self.store.finish_training_run(
             run_id,
             outcome="promoted" if result.promote else "rejected",
@@ -871,6 +911,11 @@ class TasteService:
 def _decode_threads() -> int:
     """Half the usable cores, at least one: the other half runs CLIP and the event loop."""
     return max(1, usable_cores() // 2)
+
+
+def _unlink_all(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _promotion_message(outcome: RetrainOutcome) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from bot.core import LearningCurve, RetrainOutcome, Scored, Stats
+from bot.core import LearningCurve, ModelList, RetrainOutcome, Rollback, Scored, Stats
 from storage.records import ForgetReport, ModelVersion, Totals, UserSummary, Vote
 
 if TYPE_CHECKING:  # bot.backbone imports torch; texts should not
@@ -66,17 +66,16 @@ def undo_text(vote: Vote | None) -> str:
     return f"Removed your last vote ({VOTE_LABELS[vote]}). That image is unrated again."
 
 
-def models_text(
-    platform_user_id: str, versions: Sequence[ModelVersion] | None, limit: int = TEXT_LIMIT
-) -> str:
+def models_text(platform_user_id: str, listing: ModelList | None, limit: int = TEXT_LIMIT) -> str:
     """Every version, oldest first, as far as ``limit`` allows: a person retrained every few
     votes has hundreds, so the oldest are left out (the active one never is)."""
-    if versions is None:
+    if listing is None:
         return f"I don't know user {platform_user_id}."
+    versions = listing.versions
     if not versions:
         return f"User {platform_user_id} has no models yet."
     header = f"Models of user {platform_user_id}:"
-    rows = [_model_line(m) for m in versions]
+    rows = [_model_line(m, m.version in listing.removed) for m in versions]
     active = [row for m, row in zip(versions, rows, strict=True) if m.status == "active"]
     budget = limit - _units(header) - _units(_older(len(rows))) - 1
     budget -= sum(_units(row) + 1 for row in active)
@@ -96,10 +95,10 @@ def models_text(
     return "\n".join([header] + ([_older(left_out)] if left_out else []) + shown)
 
 
-def _model_line(m: ModelVersion) -> str:
+def _model_line(m: ModelVersion, removed: bool) -> str:
     auc, ece = m.metrics.get("auc"), m.metrics.get("ece")
     return (
-        f"v{m.version} {m.status}: AUC {'n/a' if auc is None else f'{auc:.3f}'}, "
+        f"v{m.version} {m.status}{' (file removed)' if removed else ''}: AUC {'n/a' if auc is None else f'{auc:.3f}'}, "
         f"ECE {'n/a' if ece is None else f'{ece:.3f}'}, trained on {m.train_size}, "
         f"held out {m.holdout_size} · {m.created_at[:16].replace('T', ' ')}"
     )
@@ -112,6 +111,19 @@ def _units(text: str) -> int:
 
 def _older(count: int) -> str:
     return f"… {count} older versions not shown"
+
+
+def rollback_text(platform_user_id: str, version: int, outcome: Rollback, kept: int) -> str:
+    if outcome is Rollback.DONE:
+        return f"User {platform_user_id} now uses model v{version}."
+    if outcome is Rollback.UNKNOWN_USER:
+        return f"I don't know user {platform_user_id}."
+    if outcome is Rollback.FILE_REMOVED:
+        return (
+            f"Model v{version} of user {platform_user_id} can't be restored: only the files of "
+            f"the active model and the {kept} newest others are kept (HEAD_FILES_KEPT)."
+        )
+    return f"User {platform_user_id} has no model v{version}."
 
 
 def curve_caption(

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # A person needs this many votes, with at least one like and one dislike,
     # before a head is trained; until then the score comes from the cold-start prior.
     head_min_votes: int = Field(6, ge=2)
+    # Head files kept for rollback besides the active one (0 = all); older rows stay listed.
+    head_files_kept: int = Field(20, ge=0)
 
     # Fine-tuning the CLIP backbone (scheduled by FINETUNE_CRON, or /retrain full).
     finetune_min_votes: int = Field(200, ge=1)  # votes with retained images

@@ -383,6 +383,17 @@ class Store:
         )
         return [ModelVersion.from_row(r) for r in rows]
 
+    async def head_files_beyond(self, user_id: int, keep: int) -> list[str]:
+        """File paths of the person's head versions other than the active one and the
+        ``keep`` newest others (whose files are kept for rollback)."""
+        rows = await self.db.fetch_all(
+            "SELECT file_path FROM model_versions"
+            " WHERE owner_user_id = ? AND kind = 'head' AND status != 'active'"
+            " ORDER BY version DESC LIMIT -1 OFFSET ?",
+            (user_id, keep),
+        )
+        return [str(r[0]) for r in rows]
+
     async def next_model_version(self, user_id: int | None, kind: str = "head") -> int:
         """1 + the newest version of this owner's models of `kind` (None = global models)."""
         row = await self.db.fetch_one(

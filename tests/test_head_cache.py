@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import bot.core
-from bot.core import TasteService
+from bot.core import Rollback, TasteService
 from bot.head_cache import HeadCache
 from learner.head import train_head
 from learner.training import HeadTrainingResult, train_and_compare
@@ -70,7 +70,7 @@ async def test_retrains_and_rollback_keep_only_the_active_head_in_memory(
         assert service.heads.model_ids() == {alice.id: active.id}
     assert active_ids[2] == active_ids[1]  # v3 was rejected: v2 still scores, from memory
 
-    assert await service.rollback("telegram", "1", 1)
+    assert await service.rollback("telegram", "1", 1) is Rollback.DONE
     after = await score(service, 500)
     assert after.model_version == 1
     [v1] = [m for m in await service.store.model_versions(alice.id) if m.version == 1]

@@ -285,6 +285,10 @@ async def test_hundreds_of_versions_fit_in_models_and_stats_messages(bot: Harnes
     await _vote_many(bot, ALICE, range(1, 9))
     user = await bot.service.store.get_or_create_user("telegram", str(ALICE), "Alice")
     for version in range(1, 301):
+        if version == 2 or version > 290:  # the others' files are gone (HEAD_FILES_KEPT)
+            path = bot.service.data_dir.path(f"models/heads/{user.id}/v{version}.npz")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
         await bot.service.store.add_model_version(
             NewModel(
                 user.id,
@@ -308,6 +312,7 @@ async def test_hundreds_of_versions_fit_in_models_and_stats_messages(bot: Harnes
     assert lines[1] == f"… {older} older versions not shown" and 200 < older < 300
     assert lines[2].startswith("v2 active:")  # the active one is always listed
     assert lines[-1].startswith("v300 retired:")
+    assert lines[-11].startswith("v290 retired (file removed):")
     assert len(lines) - 3 == 300 - older - 1  # the newest that fit, none twice
 
     caption = await bot.command(ALICE, "/stats")

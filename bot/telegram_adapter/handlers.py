@@ -459,11 +459,10 @@ async def cmd_rollback(update: Update, context: TasteContext) -> None:
     if len(args) != 2 or not args[1].isdigit():
         await message.reply_text("Usage: /rollback <telegram user id> <version>")
         return
-    done = await context.service.rollback(PLATFORM, args[0], int(args[1]))
+    version = int(args[1])
+    outcome = await context.service.rollback(PLATFORM, args[0], version)
     await message.reply_text(
-        f"User {args[0]} now uses model v{args[1]}."
-        if done
-        else f"User {args[0]} has no model v{args[1]}."
+        render.rollback_text(args[0], version, outcome, context.settings.head_files_kept)
     )
 
 

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from bot.core import Rollback, TasteService
+from bot.settings import Settings
+from learner.encoder import ClipImageEncoder
+from storage.records import Vote
+from tests.test_core import ALICE, score
+
+
+async def test_old_head_files_go_and_rollback_says_so(
+    settings: Settings, encoder: ClipImageEncoder
+) -> None:
+    service = await TasteService.open(settings.model_copy(update={"head_files_kept": 2}), encoder)
+    try:
+        alice = await service.store.get_or_create_user("telegram", "1", "Alice")
+        seeds = iter(range(1, 100))
+        for round_ in range(1, 7):
+            for _ in range(12 if round_ == 1 else 3):
+                seed = next(seeds)
+                scored = await score(service, seed)
+                vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
+                await service.record_vote(ALICE, scored.submission_id, vote)
+            [outcome] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+            assert outcome.version == round_
+
+        versions = await service.store.model_versions(alice.id)
+        [active] = [m for m in versions if m.status == "active"]
+        others = sorted((m.version for m in versions if m is not active), reverse=True)
+        kept = {active.version, *others[:2]}
+        on_disk = {m.version for m in versions if service.data_dir.path(m.file_path).exists()}
+        assert on_disk == kept and len(versions) == 6
+
+        listing = await service.models_of("telegram", "1")
+        assert listing is not None and listing.removed == frozenset(range(1, 7)) - kept
+        gone, still = min(listing.removed), min(kept - {active.version})
+        assert await service.rollback("telegram", "1", gone) is Rollback.FILE_REMOVED
+        assert (await service.store.active_model(alice.id)) == active  # nothing changed
+        assert await service.rollback("telegram", "1", still) is Rollback.DONE
+        assert (await score(service, 500)).model_version == still
+        assert await service.rollback("telegram", "1", 99) is Rollback.NO_SUCH_VERSION
+        assert await service.rollback("telegram", "404", 1) is Rollback.UNKNOWN_USER
+    finally:
+        await service.close()
