@@ -97,8 +97,9 @@ def models_text(platform_user_id: str, listing: ModelList | None, limit: int = T
 
 def _model_line(m: ModelVersion, removed: bool) -> str:
     auc, ece = m.metrics.get("auc"), m.metrics.get("ece")
+    status = f"{m.status} (file removed)" if removed else m.status
     return (
-        f"v{m.version} {m.status}{' (file removed)' if removed else ''}: AUC {'n/a' if auc is None else f'{auc:.3f}'}, "
+        f"v{m.version} {status}: AUC {'n/a' if auc is None else f'{auc:.3f}'}, "
         f"ECE {'n/a' if ece is None else f'{ece:.3f}'}, trained on {m.train_size}, "
         f"held out {m.holdout_size} · {m.created_at[:16].replace('T', ' ')}"
     )
