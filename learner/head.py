@@ -10,7 +10,8 @@ sent without voting) only:
                                  leave-one-out on the person's votes
     cen(x) = s(x) . (c_L - c_D)  liked minus disliked centroid direction (of the s(x_i))
     lp(x)  = votes propagated over a k-NN graph of the person's images (label
-             propagation, Zhou et al. 2004), read off x's nearest images
+             propagation, Zhou et al. 2004; alpha 0.97 up to 20 votes, 0.9 from 200),
+             read off x's nearest images
     nn(x)  = +-1 votes of the voted images nearest x (k-NN, by cos(s(x), s(x_i)))
     raw(x) = lin(x) + m_cen * cen(x) + m_lp * lp(x) + m_nn * nn(x)
     p(x)   = eps + (1 - 2 eps) * sigmoid(a * raw(x) + c)
@@ -63,8 +64,11 @@ MAX_PLATT_SLOPE = 4.0  # logit per held-out standard deviation: steeper saturate
 MAX_ANCHORS = 2000  # graph size cap: bounds training time and predict latency
 GRAPH_K = 10  # neighbours per image in the propagation graph
 GRAPH_TEMPERATURE = 0.05  # edge weight exp((cos - 1) / T)
-PROPAGATION_ALPHA = 0.9  # how far votes spread (Zhou et al. 2004)
-PROPAGATION_STEPS = 30  # 0.9^30 = 4%: converged enough
+PROPAGATION_ALPHA = 0.9  # how far votes spread (Zhou et al. 2004), from ALPHA_MANY_VOTES votes
+PROPAGATION_ALPHA_FEW = 0.97  # up to ALPHA_FEW_VOTES votes: few seeds must spread further
+ALPHA_FEW_VOTES = 20  # in between, alpha falls linearly in log(votes)
+ALPHA_MANY_VOTES = 200
+PROPAGATION_STEPS = 30  # 0.9^30 = 4%: converged; at 0.97 (40% left) a 30-hop truncation
 QUERY_K = 10  # a new image reads the scores of its QUERY_K most similar anchors
 QUERY_TEMPERATURE = 0.05  # softmax temperature over their cosines
 N_FOLDS = 5  # cross-validation folds for the graph evidence
@@ -303,7 +307,8 @@ def _query(
 class _Graph:
     """Symmetric k-nearest-neighbour graph over the anchors, for label propagation."""
 
-    def __init__(self, anchors: np.ndarray) -> None:
+    def __init__(self, anchors: np.ndarray, alpha: float = PROPAGATION_ALPHA) -> None:
+        self.alpha = alpha
         n = len(anchors)
         k = min(GRAPH_K, n - 1)
         sims = anchors @ anchors.T
@@ -337,7 +342,7 @@ class _Graph:
         for _ in range(PROPAGATION_STEPS):
             g = f * dinv
             sg = np.add.reduceat(edge_w * g[self.cols], self.starts, axis=0)
-            f = PROPAGATION_ALPHA * sg * dinv + (1 - PROPAGATION_ALPHA) * seeds
+            f = self.alpha * sg * dinv + (1 - self.alpha) * seeds
         out: np.ndarray = f * dinv
         return out
 
@@ -351,6 +356,16 @@ class _Graph:
         f = scores[np.take_along_axis(self.idx[rows], order, axis=1)]
         out: np.ndarray = (w * f).sum(axis=1) / w.sum(axis=1)
         return out
+
+
+def _propagation_alpha(n_votes: int) -> float:
+    """How far votes spread over the graph: further with few votes (a seed must reach its
+    cluster's images without help), more locally once there are many."""
+    t = (np.log(max(n_votes, 1)) - np.log(ALPHA_FEW_VOTES)) / (
+        np.log(ALPHA_MANY_VOTES) - np.log(ALPHA_FEW_VOTES)
+    )
+    t = float(np.clip(t, 0.0, 1.0))
+    return PROPAGATION_ALPHA_FEW + t * (PROPAGATION_ALPHA - PROPAGATION_ALPHA_FEW)
 
 
 def _ridge_loo(
@@ -617,7 +632,7 @@ def train_head(
     room = MAX_ANCHORS - len(lab)
     unl = u[rng.permutation(len(u))[:room]] if len(u) > room else u
     anchors = np.vstack([x[lab], unl])
-    graph = _Graph(anchors)
+    graph = _Graph(anchors, _propagation_alpha(n))
     # Smoothing needs the clusters to be seen: among a few hundred images a vote's nearest
     # images are often of other clusters, and smoothing only blurs.
     smooth_k = SMOOTH_K if len(anchors) >= SMOOTH_MIN_ANCHORS else 0
@@ -655,6 +670,7 @@ def train_head(
         "n_liked": n_pos,
         "n_anchors": len(anchors),
         "lambda": parts.lam,
+        "alpha": graph.alpha,
         "mix": parts.mix,
         "centroid_mix": parts.cen_mix,
         "nearest_mix": parts.near_mix,

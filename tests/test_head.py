@@ -277,3 +277,15 @@ def test_vote_noise_follows_how_inconsistent_the_person_is() -> None:
         assert p.min() >= head.vote_noise - 1e-12 and p.max() <= 1 - head.vote_noise + 1e-12
     # Both sides of the 10% prior; the posterior mean shrinks a high rate towards it.
     assert noise[0.02] < 0.05 and 0.12 < noise[0.25] < 0.3
+
+
+def test_votes_spread_further_over_the_graph_when_there_are_few() -> None:
+    rng = np.random.default_rng(3)
+    x, votes = _clusters(600, rng)
+    alphas = [
+        float(train_head(x[:n], votes[:n], unlabeled=x[n:]).info["alpha"])
+        for n in (10, 20, 60, 200, 400)
+    ]
+    assert alphas[0] == alphas[1] == pytest.approx(0.97)
+    assert alphas[1] > alphas[2] > alphas[3]
+    assert alphas[3] == alphas[4] == pytest.approx(0.9)
