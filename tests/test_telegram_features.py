@@ -314,6 +314,13 @@ async def test_hundreds_of_versions_fit_in_models_and_stats_messages(bot: Harnes
     assert lines[-1].startswith("v300 retired:")
     assert lines[-11].startswith("v290 retired (file removed):")
     assert len(lines) - 3 == 300 - older - 1  # the newest that fit, none twice
+    assert await bot.command(ADMIN, f"/rollback {ALICE} 5") == (
+        f"Model v5 of user {ALICE} can't be restored: only the files of the active model and "
+        "the 20 newest others are kept (HEAD_FILES_KEPT)."
+    )
+    assert (
+        await bot.command(ADMIN, f"/rollback {ALICE} 299") == f"User {ALICE} now uses model v299."
+    )
 
     caption = await bot.command(ALICE, "/stats")
     assert len(caption) <= 1024
