@@ -76,21 +76,12 @@ def models_text(platform_user_id: str, listing: ModelList | None, limit: int = T
         return f"User {platform_user_id} has no models yet."
     header = f"Models of user {platform_user_id}:"
     rows = [_model_line(m, m.version in listing.removed) for m in versions]
-    active = [row for m, row in zip(versions, rows, strict=True) if m.status == "active"]
+    active = {row for m, row in zip(versions, rows, strict=True) if m.status == "active"}
     budget = limit - _units(header) - _units(_older(len(rows))) - 1
     budget -= sum(_units(row) + 1 for row in active)
-    shown: list[str] = []
-    for m, row in zip(reversed(versions), reversed(rows), strict=True):
-        if m.status == "active":
-            shown.append(row)
-        elif _units(row) + 1 <= budget:
-            shown.append(row)
-            budget -= _units(row) + 1
-        else:
-            break
-    shown.reverse()
-    if active and active[0] not in shown:  # rolled back to a version older than those shown
-        shown.insert(0, active[0])
+    newest = set(_that_fit([row for row in reversed(rows) if row not in active], budget, "\n"))
+    # Oldest first; an active version older than those shown (a rollback) comes first.
+    shown = [row for row in rows if row in active or row in newest]
     left_out = len(rows) - len(shown)
     return "\n".join([header] + ([_older(left_out)] if left_out else []) + shown)
 
@@ -108,6 +99,17 @@ def _model_line(m: ModelVersion, removed: bool) -> str:
 def _units(text: str) -> int:
     """Length as Telegram counts it (UTF-16 code units: an emoji is two)."""
     return len(text.encode("utf-16-le")) // 2
+
+
+def _that_fit(texts: Sequence[str], budget: int, separator: str) -> list[str]:
+    """The longest prefix of ``texts`` that fits in ``budget`` units, each with a separator."""
+    out: list[str] = []
+    for text in texts:
+        budget -= _units(text) + _units(separator)
+        if budget < 0:
+            break
+        out.append(text)
+    return out
 
 
 def _older(count: int) -> str:
@@ -141,15 +143,9 @@ def curve_caption(
         return text[:limit]
     prefix, arrow = "\nHoldout AUC by version: ", " → "
     budget = limit - _units(text) - _units(prefix) - _units("… → ")
-    shown: list[str] = []
-    for point in reversed(points):
-        if _units(point) + _units(arrow) > budget:
-            break
-        shown.append(point)
-        budget -= _units(point) + _units(arrow)
+    shown = _that_fit(points[::-1], budget, arrow)[::-1]
     if not shown:
         return text[:limit]
-    shown.reverse()
     older = "… → " if len(shown) < len(points) else ""
     return text + prefix + older + arrow.join(shown)
 
@@ -245,13 +241,7 @@ def retrain_text(outcomes: Sequence[RetrainOutcome], limit: int = TEXT_LIMIT) ->
         f"{promoted} promoted, {len(outcomes) - untrained - promoted} not promoted, "
         f"{untrained} not trained."
     )
-    budget = limit - _units(header) - _units(_more(len(lines)))
-    shown = []
-    for line in lines:
-        if _units(line) + 1 > budget:
-            break
-        shown.append(line)
-        budget -= _units(line) + 1
+    shown = _that_fit(lines, limit - _units(header) - _units(_more(len(lines))), "\n")
     more = [_more(len(lines) - len(shown))] if len(shown) < len(lines) else []
     return "\n".join([header, *shown, *more])
 
