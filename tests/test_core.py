@@ -36,6 +36,14 @@ async def score(service: TasteService, seed: int, message_id: int | None = None)
     return outcome
 
 
+async def vote_even_liked(service: TasteService, seeds: range) -> None:
+    """Alice sends the pictures ``seeds`` and votes: even seeds liked, odd disliked."""
+    for seed in seeds:
+        scored = await score(service, seed)
+        vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
+        await service.record_vote(ALICE, scored.submission_id, vote)
+
+
 async def test_cold_start_then_first_model(service: TasteService) -> None:
     first = await score(service, 1)
     assert first.model_version is None and first.score == 0.5  # no votes: the prior says 50 %

@@ -11,8 +11,7 @@ from bot.core import Rollback, TasteService
 from bot.head_cache import HeadCache
 from learner.head import train_head
 from learner.training import HeadTrainingResult, train_and_compare
-from storage.records import Vote
-from tests.test_core import ALICE, score
+from tests.test_core import score, vote_even_liked
 
 
 def _head(seed: int):
@@ -41,13 +40,6 @@ def test_one_head_per_person_and_least_recently_used_go_first() -> None:
         HeadCache(max_people=0)
 
 
-async def _vote_on(service: TasteService, seeds: range) -> None:
-    for seed in seeds:
-        scored = await score(service, seed)
-        vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
-        await service.record_vote(ALICE, scored.submission_id, vote)
-
-
 async def test_retrains_and_rollback_keep_only_the_active_head_in_memory(
     service: TasteService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -61,7 +53,7 @@ async def test_retrains_and_rollback_keep_only_the_active_head_in_memory(
     active_ids = []
     for round_, seeds in enumerate((range(1, 13), range(13, 19), range(19, 25)), start=1):
         reject = round_ == 3
-        await _vote_on(service, seeds)
+        await vote_even_liked(service, seeds)
         [outcome] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
         assert outcome.version == round_ and outcome.promoted == (round_ < 3)
         active = await service.store.active_model(alice.id)

@@ -3,8 +3,7 @@ from __future__ import annotations
 from bot.core import Rollback, TasteService
 from bot.settings import Settings
 from learner.encoder import ClipImageEncoder
-from storage.records import Vote
-from tests.test_core import ALICE, score
+from tests.test_core import score, vote_even_liked
 
 
 async def test_old_head_files_go_and_rollback_says_so(
@@ -13,13 +12,9 @@ async def test_old_head_files_go_and_rollback_says_so(
     service = await TasteService.open(settings.model_copy(update={"head_files_kept": 2}), encoder)
     try:
         alice = await service.store.get_or_create_user("telegram", "1", "Alice")
-        seeds = iter(range(1, 100))
-        for round_ in range(1, 7):
-            for _ in range(12 if round_ == 1 else 3):
-                seed = next(seeds)
-                scored = await score(service, seed)
-                vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
-                await service.record_vote(ALICE, scored.submission_id, vote)
+        rounds = [range(1, 13)] + [range(first, first + 3) for first in range(13, 28, 3)]
+        for round_, seeds in enumerate(rounds, start=1):
+            await vote_even_liked(service, seeds)
             [outcome] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
             assert outcome.version == round_
 
