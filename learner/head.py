@@ -37,7 +37,10 @@ were flipped.
 With fewer than two votes on either side there is no boundary to learn; the head
 falls back to the cold-start prior (see ``cold_start_scores``).
 
-Pure numpy; a head file is an ``np.savez`` archive with JSON metadata (no pickle).
+Pure numpy; a head file is an ``np.savez`` archive with JSON metadata (no pickle). Its
+anchors are rounded to float16 before training, so the file stores them in half the space
+and a loaded head gives exactly the scores the trained one gave; the smoothed features
+of the voted anchors are stored as their neighbours' indices and rebuilt on load.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ import numpy as np
 
 DISLIKE, LIKE, SUPER_LIKE = 0, 1, 2
 
-FORMAT_VERSION = 3  # 2 added the nearest-vote part, 3 feature smoothing; older files still load
+FORMAT_VERSION = 4  # 2 nearest votes, 3 smoothing, 4 float16 anchors; older files still load
 SUPER_LIKE_WEIGHT = 2.0  # a super like is stronger evidence than a like
 PRIOR_STRENGTH = 10.0  # logit per unit of (cos to liked centroid - cos to disliked centroid)
 RIDGE_LAMBDAS = tuple(float(v) for v in np.logspace(-3, 2, 11))  # LOO picks one per person
@@ -166,6 +169,9 @@ class TasteHead:
     vote_feats: np.ndarray = field(  # (n_voted, d) float32 s(x) of the voted anchors, or empty
         default_factory=lambda: np.zeros((0, 0), dtype=np.float32)
     )
+    smooth_idx: np.ndarray = field(  # (n_voted, smooth_k) the anchors vote_feats averages
+        default_factory=lambda: np.zeros((0, 0), dtype=np.int32)
+    )
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, d) L2-normalised embeddings -> (n,) calibrated P(person likes it)."""
@@ -218,18 +224,25 @@ class TasteHead:
             "smooth_self": self.smooth_self,
             "info": self.meta,
         }
+        anchors = self.anchors.astype(np.float16)
+        if not np.array_equal(anchors, self.anchors):  # not trained here (an older file's)
+            anchors = self.anchors
+        arrays: dict[str, Any] = {  # Any: savez types its keywords as allow_pickle too
+            "weights": self.weights,
+            "anchors": anchors,
+            "anchor_scores": self.anchor_scores,
+            "vote_values": self.vote_values,
+            "meta": np.array(json.dumps(meta)),
+        }
+        # vote_feats are rebuilt from their neighbours' indices on load, when those are known
+        if self.smooth_idx.size:
+            arrays["smooth_idx"] = self.smooth_idx
+        else:
+            arrays["vote_feats"] = self.vote_feats
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    weights=self.weights,
-                    anchors=self.anchors,
-                    anchor_scores=self.anchor_scores,
-                    vote_values=self.vote_values,
-                    vote_feats=self.vote_feats,
-                    meta=np.array(json.dumps(meta)),
-                )
+                np.savez(f, **arrays)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -239,12 +252,25 @@ class TasteHead:
     def load(cls, path: Path) -> TasteHead:
         with np.load(Path(path), allow_pickle=False) as z:
             meta: dict[str, Any] = json.loads(str(z["meta"]))
-            if meta.get("format_version") not in (1, 2, FORMAT_VERSION):
+            if meta.get("format_version") not in (1, 2, 3, FORMAT_VERSION):
                 raise ValueError(f"unsupported head format {meta.get('format_version')!r}")
+            anchors = np.array(z["anchors"], dtype=np.float32)
+            smooth_self = float(meta.get("smooth_self", 1.0))
+            smooth_idx = (
+                np.array(z["smooth_idx"], dtype=np.int32)
+                if "smooth_idx" in z
+                else np.zeros((0, 0), dtype=np.int32)
+            )
+            if smooth_idx.size:
+                vote_feats = _vote_features(anchors, smooth_idx, smooth_self)
+            elif "vote_feats" in z:  # format 3 stored the features themselves
+                vote_feats = np.array(z["vote_feats"], dtype=np.float32)
+            else:
+                vote_feats = np.zeros((0, 0), dtype=np.float32)
             return cls(
                 weights=np.array(z["weights"], dtype=np.float64),
                 bias=float(meta["bias"]),
-                anchors=np.array(z["anchors"], dtype=np.float32),
+                anchors=anchors,
                 anchor_scores=np.array(z["anchor_scores"], dtype=np.float64),
                 mix=float(meta["mix"]),
                 platt_a=float(meta["platt_a"]),
@@ -254,12 +280,9 @@ class TasteHead:
                 vote_values=np.array(z["vote_values"]) if "vote_values" in z else np.zeros(0),
                 nearest_mix=float(meta.get("nearest_mix", 0.0)),
                 smooth_k=int(meta.get("smooth_k", 0)),
-                smooth_self=float(meta.get("smooth_self", 1.0)),
-                vote_feats=(
-                    np.array(z["vote_feats"], dtype=np.float32)
-                    if "vote_feats" in z
-                    else np.zeros((0, 0), dtype=np.float32)
-                ),
+                smooth_self=smooth_self,
+                vote_feats=vote_feats,
+                smooth_idx=smooth_idx,
             )
 
 
@@ -500,11 +523,23 @@ def _neighbour_mean(anchors: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
+def _vote_features(anchors: np.ndarray, near: np.ndarray, self_weight: float) -> np.ndarray:
+    """float32 s(x) of the first len(near) anchors, from their neighbours' indices ``near``.
+
+    The one computation of the nearest-vote part's features, at training and on load, so a
+    loaded head scores exactly as the trained one did."""
+    out: np.ndarray = _smoothed(
+        anchors[: len(near)].astype(np.float64), _neighbour_mean(anchors, near), self_weight
+    ).astype(np.float32)
+    return out
+
+
 def _smoothed_votes(
     x: np.ndarray, lab: np.ndarray, anchors: np.ndarray, graph: _Graph
-) -> tuple[np.ndarray, np.ndarray]:
-    """(smoothed features of every vote, of every anchor), each x with its SMOOTH_K nearest
-    anchors; an anchor's own row is not its own neighbour, as for a new image."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(smoothed features of every vote, of every anchor, each anchor's neighbour indices),
+    each x with its SMOOTH_K nearest anchors; an anchor's own row is not its own neighbour,
+    as for a new image."""
     k = min(SMOOTH_K, graph.idx.shape[1])
     order = np.argsort(-graph.sims, axis=1, kind="stable")[:, :k]
     near = np.take_along_axis(graph.idx, order, axis=1)
@@ -520,7 +555,7 @@ def _smoothed_votes(
         feats[rows] = _smoothed(
             x[rows].astype(np.float64), _neighbour_mean(anchors, top), SMOOTH_SELF
         )
-    return feats, anchor_feats
+    return feats, anchor_feats, near.astype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -631,19 +666,26 @@ def train_head(
     lab = rng.permutation(n)[:MAX_ANCHORS] if n > MAX_ANCHORS else np.arange(n)
     room = MAX_ANCHORS - len(lab)
     unl = u[rng.permutation(len(u))[:room]] if len(u) > room else u
-    anchors = np.vstack([x[lab], unl])
+    # float16-exact anchors: the head file stores them in half the space, losslessly
+    anchors = np.vstack([x[lab], unl]).astype(np.float16).astype(np.float32)
     graph = _Graph(anchors, _propagation_alpha(n))
     # Smoothing needs the clusters to be seen: among a few hundred images a vote's nearest
     # images are often of other clusters, and smoothing only blurs.
     smooth_k = SMOOTH_K if len(anchors) >= SMOOTH_MIN_ANCHORS else 0
     if smooth_k:
-        feats, anchor_feats = _smoothed_votes(x, lab, anchors, graph)
+        feats, anchor_feats, near = _smoothed_votes(x, lab, anchors, graph)
+        smooth_idx = near[: len(lab)]
     else:
         feats, anchor_feats = x.astype(np.float64), anchors.astype(np.float64)
+        smooth_idx = np.zeros((0, 0), dtype=np.int32)
     mu = anchor_feats.mean(axis=0)
     folds = np.array_split(rng.permutation(len(lab)), min(N_FOLDS, len(lab)))
     # The nearest-vote part compares smoothed features too (when there are any).
-    vote_feats = anchor_feats[: len(lab)].astype(np.float32)
+    vote_feats = (
+        _vote_features(anchors, smooth_idx, SMOOTH_SELF)
+        if smooth_k
+        else anchor_feats[: len(lab)].astype(np.float32)
+    )
     vote_sims = vote_feats @ vote_feats.T
     np.fill_diagonal(vote_sims, -np.inf)
     y_lab = y[lab].astype(np.float64)
@@ -695,4 +737,5 @@ def train_head(
         smooth_k,
         SMOOTH_SELF if smooth_k else 1.0,
         vote_feats if smooth_k else np.zeros((0, d), dtype=np.float32),
+        smooth_idx,
     )

@@ -94,6 +94,31 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
 
 
+def test_smoothed_head_file_is_float16_and_scores_exactly_as_trained(tmp_path: Path) -> None:
+    import json
+
+    x, votes = _toy(700)
+    head = train_head(x[:300], votes[:300], unlabeled=x[300:600])  # 600 images: smoothed
+    assert head.smooth_k > 0 and head.smooth_idx.shape == (300, head.smooth_k)
+    path = tmp_path / "head.npz"
+    head.save(path)
+    with np.load(path, allow_pickle=False) as z:
+        assert z["anchors"].dtype == np.float16  # half the space of float32 ...
+        assert "vote_feats" not in z.files  # ... and the smoothed features are rebuilt
+        stored = {k: z[k] for k in z.files}
+    loaded = TasteHead.load(path)
+    np.testing.assert_array_equal(loaded.vote_feats, head.vote_feats)
+    np.testing.assert_array_equal(loaded.predict(x[600:]), head.predict(x[600:]))
+    # A format-3 file (float32 anchors, the features themselves) still scores the same.
+    meta = json.loads(str(stored.pop("meta")))
+    meta["format_version"] = 3
+    del stored["smooth_idx"]
+    stored["anchors"] = stored["anchors"].astype(np.float32)
+    old = tmp_path / "old.npz"
+    np.savez(old, meta=np.array(json.dumps(meta)), vote_feats=head.vote_feats, **stored)
+    np.testing.assert_array_equal(TasteHead.load(old).predict(x[600:]), head.predict(x[600:]))
+
+
 def test_saved_file_loads_without_pickle(tmp_path: Path) -> None:
     x, votes = _toy(60)
     path = tmp_path / "head.npz"
@@ -214,7 +239,7 @@ def test_smoothing_is_the_same_for_votes_and_new_images() -> None:
     lab = np.arange(100)
     anchors = np.vstack([x[:100], x[200:]])  # votes 100..199 are not anchors
     graph = h._Graph(anchors)
-    feats, anchor_feats = h._smoothed_votes(x[:200], lab, anchors, graph)
+    feats, anchor_feats, near = h._smoothed_votes(x[:200], lab, anchors, graph)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0)
     # A vote beyond the anchors is smoothed exactly as a new image is at predict time.
     sims = x[100:200] @ anchors.T
@@ -231,6 +256,9 @@ def test_smoothing_is_the_same_for_votes_and_new_images() -> None:
     )
     np.testing.assert_allclose(feats[0], own[0], atol=1e-6)
     np.testing.assert_allclose(anchor_feats[:100], feats[:100])
+    # The nearest-vote features a head file rebuilds from the neighbours' indices are these.
+    rebuilt = h._vote_features(anchors, near[:100], h.SMOOTH_SELF)
+    np.testing.assert_allclose(rebuilt, feats[:100], atol=1e-6)
 
 
 def test_vote_consistency_bayes() -> None:
