@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import zipfile
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -505,8 +506,12 @@ class TasteService:
     ) -> tuple[Callable[[np.ndarray, np.ndarray | None], float], ModelVersion | None]:
         """What scores a vector for ``user`` (their active head, else the cold-start prior)."""
         active = await self.store.active_model(user.id)
-        if active is not None and active.encoder_version == self.embedder.version:
-            head = await self._load_head(active)
+        head = (
+            await self._load_head(active)
+            if active is not None and active.encoder_version == self.embedder.version
+            else None
+        )
+        if head is not None:
             weight = self.settings.text_weight
 
             def with_head(vector: np.ndarray, text_vector: np.ndarray | None) -> float:
@@ -514,7 +519,8 @@ class TasteService:
                 return float(head.predict(seen.reshape(1, -1))[0])
 
             return with_head, active
-        # Cold start: no head for this encoder yet; the prior uses the votes so far.
+        # Cold start (no head for this encoder yet, or its file is unreadable): the prior
+        # uses the votes so far.
         votes = await self.store.labelled_embeddings(user.id, self.embedder.version)
         liked = [np.frombuffer(v.vector, np.float32) for v in votes if v.vote.is_liked]
         disliked = [np.frombuffer(v.vector, np.float32) for v in votes if not v.vote.is_liked]
@@ -599,12 +605,18 @@ class TasteService:
                 text[row] = np.frombuffer(texts[v.submission_id], np.float32)
         return combine(images, text, self.settings.text_weight)
 
-    async def _load_head(self, model: ModelVersion) -> TasteHead:
+    async def _load_head(self, model: ModelVersion) -> TasteHead | None:
+        """The model's head, or None (logged) when its file is missing or unreadable: the
+        person is then scored by the cold-start prior and their next retrain replaces it."""
         assert model.owner_user_id is not None, "heads belong to a person"
         head = self.heads.get(model.owner_user_id, model.id)
         if head is None:
             path = self.data_dir.path(model.file_path)
-            head = await asyncio.get_running_loop().run_in_executor(None, TasteHead.load, path)
+            try:
+                head = await asyncio.get_running_loop().run_in_executor(None, TasteHead.load, path)
+            except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
+                log.exception("cannot read the head file of model %d (%s)", model.id, path)
+                return None
             self.heads.put(model.owner_user_id, model.id, head)
         return head
 
@@ -763,16 +775,28 @@ class TasteService:
             for done, (user_id, _) in enumerate(due, start=1):
                 if self._stopping:  # the rest are retrained after the restart
                     break
-                outcome = await self.retrain_user(user_id, trigger)
+                try:
+                    outcome = await self.retrain_user(user_id, trigger)
+                except Exception as error:  # one person's failure must not stop the round
+                    log.exception("retraining user %d failed; going on with the others", user_id)
+                    outcome = await self._failed_outcome(user_id, error)
                 outcomes.append(outcome)
                 if outcome.promoted:
                     await self._notify(outcome.user, _promotion_message(outcome))
                 if on_progress is not None:
                     await on_progress(done, len(due))
-            self._flush_indexes()
             return outcomes
         finally:
+            self._flush_indexes()
             self._rounds.discard(task)
+
+    async def _failed_outcome(self, user_id: int, error: Exception) -> RetrainOutcome:
+        user = await self.store.get_user(user_id)
+        assert user is not None, f"no user {user_id}"
+        active = await self.store.active_model(user_id)
+        previous_auc = None if active is None else active.metrics.get("auc")
+        reason = f"training failed ({type(error).__name__}; see the log)"
+        return RetrainOutcome(user, None, False, None, previous_auc, 0, reason)
 
     async def drain(self, timeout: float) -> None:
         """Before shutdown: start no more training, cancel a fine-tune, and give retrain

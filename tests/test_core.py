@@ -175,3 +175,54 @@ async def test_drain_stops_a_retrain_round_between_two_people(service: TasteServ
     bob_user = await service.store.find_user("telegram", "2")
     assert bob_user is not None and await service.store.active_model(bob_user.id) is None
     assert await service.store.active_model(1) is not None
+
+
+async def test_one_person_failing_to_train_does_not_stop_the_round(
+    service: TasteService, monkeypatch
+) -> None:
+    import bot.core
+
+    bob = Person("telegram", "2", "Bob")
+    for seed in range(1, 13):
+        for person in (ALICE, bob):
+            out = await service.score_image(incoming(seed, person), fetch(image_bytes(seed)))
+            assert isinstance(out, Scored)
+            vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
+            await service.record_vote(person, out.submission_id, vote)
+    real = bot.core.train_and_compare
+    calls: list[int] = []
+
+    def first_call_fails(*args):
+        calls.append(1)
+        if len(calls) == 1:  # Alice, the first in the round
+            raise np.linalg.LinAlgError("pretend her data breaks training")
+        return real(*args)
+
+    monkeypatch.setattr(bot.core, "train_and_compare", first_call_fails)
+    alice_out, bob_out = await service.retrain_due_heads(min_new_votes=1, trigger="test")
+    assert alice_out.user.platform_user_id == "1" and alice_out.version is None
+    assert "LinAlgError" in alice_out.reason
+    assert bob_out.user.platform_user_id == "2" and bob_out.promoted
+    # Alice is due again at the next round, and trains then.
+    monkeypatch.setattr(bot.core, "train_and_compare", real)
+    [again] = await service.retrain_due_heads(min_new_votes=1, trigger="test")
+    assert again.user.platform_user_id == "1" and again.promoted
+
+
+async def test_an_unreadable_head_file_falls_back_to_the_prior_until_the_next_retrain(
+    service: TasteService,
+) -> None:
+    await vote_even_liked(service, range(1, 13))
+    [first] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    assert first.promoted
+    user = await service.store.get_or_create_user("telegram", "1")
+    active = await service.store.active_model(user.id)
+    assert active is not None
+    service.data_dir.path(active.file_path).write_bytes(b"not a head file")
+    service.heads.clear()  # as after a restart: the head must be read from its file
+    scored = await score(service, 50)
+    assert scored.model_version is None  # the prior, not an error
+    await vote_even_liked(service, range(13, 16))
+    [second] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    assert second.promoted and second.version == first.version + 1
+    assert (await score(service, 51)).model_version == second.version
