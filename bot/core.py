@@ -136,6 +136,13 @@ class VoteOutcome:
 
 
 @dataclass(frozen=True)
+class Undone:
+    submission: Submission
+    vote: Vote  # the vote removed
+    own_buttons: bool  # the reply to that image holds only its buttons (not an album's rows)
+
+
+@dataclass(frozen=True)
 class RetrainOutcome:
     user: User
     version: int | None  # None when nothing was trained
@@ -655,7 +662,7 @@ class TasteService:
             else:
                 index.remove(user_id, image_id)
 
-    async def undo_last_vote(self, person: Person) -> tuple[Submission, Vote] | None:
+    async def undo_last_vote(self, person: Person) -> Undone | None:
         """Remove the person's most recent vote; the image goes back to unrated."""
         user = await self._user(person)
         last = await self.store.last_vote(user.id)
@@ -664,7 +671,11 @@ class TasteService:
         submission, vote = last
         await self.store.delete_vote(user.id, submission.id)
         await self._reindex_image(user.id, submission.image_id)
-        return submission, vote
+        reply = submission.reply_message_id
+        own = reply is not None and (
+            await self.store.count_answered_by(submission.user_id, submission.chat_id, reply) == 1
+        )
+        return Undone(submission, vote, own_buttons=own)
 
     async def forget(self, person: Person) -> ForgetReport | None:
         """Delete everything of this person: rows, vectors, model files, image files only

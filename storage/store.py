@@ -196,6 +196,16 @@ class Store:
             (reply_message_id, submission_id),
         )
 
+    async def count_answered_by(self, user_id: int, chat_id: str, reply_message_id: str) -> int:
+        """How many of the person's submissions one reply answers (an album's, several)."""
+        row = await self.db.fetch_one(
+            "SELECT COUNT(*) FROM submissions"
+            " WHERE user_id = ? AND chat_id = ? AND reply_message_id = ?",
+            (user_id, chat_id, reply_message_id),
+        )
+        assert row is not None
+        return int(row[0])
+
     # -- votes -------------------------------------------------------------
 
     async def upsert_vote(self, user_id: int, submission_id: int, vote: Vote) -> VoteChange | None:

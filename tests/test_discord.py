@@ -458,6 +458,21 @@ async def test_attachment_is_scored_with_buttons_and_votes_are_recorded(
     assert [tuple(r) for r in rows] == [("super_like", 2)]
 
 
+async def test_an_image_sent_again_shows_the_earlier_vote_and_changes_it(
+    discord_bot: DiscordHarness,
+) -> None:
+    bot = discord_bot
+    first = await bot.send_image(ALICE, image_bytes(7))
+    await bot.press(ALICE, first, Vote.SUPER_LIKE)
+    again = await bot.send_image(ALICE, image_bytes(7))
+    assert "You rated this before" in again["content"]
+    assert labels(again["components"]) == ["👎 Dislike", "👍 Like", "✓ ⭐ Super like"]
+    assert submission_id(again) == submission_id(first)  # the buttons act on that vote
+    await bot.press(ALICE, again, Vote.DISLIKE)
+    rows = await bot.service.store.db.fetch_all("SELECT submission_id, vote FROM feedback")
+    assert [tuple(r) for r in rows] == [(submission_id(first), "dislike")]  # one image, one vote
+
+
 async def test_server_channel_needs_a_mention_and_votes_are_per_presser(
     discord_bot: DiscordHarness,
 ) -> None:

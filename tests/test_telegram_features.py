@@ -108,6 +108,28 @@ async def test_undo_removes_the_last_vote(bot: Harness) -> None:
     assert await bot.command(ALICE, "/undo") == "You have no vote to undo."
 
 
+async def test_undo_leaves_album_rows_and_group_buttons_as_they_are(bot: Harness) -> None:
+    album = [bot.api.send_photo(ALICE, image_bytes(s), media_group_id="a1") for s in (1, 2, 3)]
+    reply = await bot.reply_to(album[0]["message"])
+    rows = reply["reply_markup"]["inline_keyboard"]
+    assert len(rows) == 3  # one row of vote buttons per image
+    await bot.tap(ALICE, reply, rows[1][1]["callback_data"])
+    group_reply = await bot.send_photo(BOB, image_bytes(30), chat_id=GROUP)
+    group_rows = group_reply["reply_markup"]["inline_keyboard"]
+    await bot.tap(ALICE, group_reply, group_rows[0][1]["callback_data"])
+    edits = len(bot.api.calls_to("editMessageReplyMarkup"))
+
+    assert (await bot.command(ALICE, "/undo")).startswith("Removed your last vote")  # group's
+    assert (await bot.command(ALICE, "/undo")).startswith("Removed your last vote")  # album's
+    assert await bot.command(ALICE, "/undo") == "You have no vote to undo."
+    # Neither the group's buttons (everyone's) nor the album's rows were rewritten.
+    assert len(bot.api.calls_to("editMessageReplyMarkup")) == edits
+    assert bot.api.message(GROUP, group_reply["message_id"])["reply_markup"]["inline_keyboard"] == (
+        group_rows
+    )
+    assert len(bot.api.message(ALICE, reply["message_id"])["reply_markup"]["inline_keyboard"]) == 3
+
+
 async def test_forget_deletes_everything_of_that_person_only(bot: Harness) -> None:
     await _vote_many(bot, ALICE, range(1, 13))
     await _vote_many(bot, BOB, range(11, 15))  # Bob also sent images 11 and 12

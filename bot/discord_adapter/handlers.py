@@ -111,9 +111,10 @@ async def score_and_reply(
     if isinstance(outcome, Refused):
         await message.reply(outcome.message, mention_author=False)
         return
-    reply = await message.reply(
-        render.score_text(outcome), view=vote_view(outcome.submission_id), mention_author=False
-    )
+    # The buttons act on the person's earlier vote on this image, if any, so that one image
+    # never gets two votes (as on Telegram).
+    view = vote_view(outcome.vote_target, chosen=outcome.rated_before)
+    reply = await message.reply(render.score_text(outcome), view=view, mention_author=False)
     await client.service.reply_sent(outcome.submission_id, str(reply.id))
 
 

@@ -333,11 +333,17 @@ async def cmd_undo(update: Update, context: TasteContext) -> None:
     if await _private_only(update, "/undo"):
         return
     undone = await context.service.undo_last_vote(_person(update))
-    await message.reply_text(render.undo_text(None if undone is None else undone[1]))
-    if undone is None or undone[0].reply_message_id is None:
+    await message.reply_text(render.undo_text(None if undone is None else undone.vote))
+    # Untick the buttons under that image. Not a group's (they are everyone's and never show
+    # a choice), nor an album's shared rows (the Bot API cannot read them back to untick one).
+    if (
+        undone is None
+        or not undone.own_buttons
+        or undone.submission.chat_id != str(message.chat_id)
+    ):
         return
-    submission, _ = undone
-    try:  # untick the buttons under that image; an album's shared keyboard is left as is
+    submission = undone.submission
+    try:
         await context.bot.edit_message_reply_markup(
             chat_id=int(submission.chat_id),
             message_id=int(submission.reply_message_id),  # type: ignore[arg-type]
