@@ -76,8 +76,11 @@ class Database:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
             try:
+                # Inside the try: a task cancelled while it awaits BEGIN still has the BEGIN
+                # run on aiosqlite's thread, and the rollback (queued after it) must end it,
+                # or the shared connection stays in a transaction and every later write fails.
+                await self._conn.execute("BEGIN IMMEDIATE")
                 yield self._conn
             except BaseException:
                 await self._conn.rollback()

@@ -113,4 +113,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (submission_id, encoder_version)
     );
     """,
+    # 3: the last feedback revision handed out. MAX(revision) + 1 gave a deleted newest vote's
+    # number (/undo, /forget) to the next vote, which a model trained through that number
+    # then never counted as new. Seeded past every number already used or trained through.
+    """
+    CREATE TABLE revision_counter (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+    );
+    INSERT INTO revision_counter (id, value) VALUES (1, MAX(
+        (SELECT IFNULL(MAX(revision), 0) FROM feedback),
+        (SELECT IFNULL(MAX(trained_through), 0) FROM model_versions)
+    ));
+    """,
 )

@@ -228,9 +228,10 @@ class Store:
                 old = await cur.fetchone()
             previous = None if old is None else Vote(old[0])
             if previous is not vote:
+                await conn.execute("UPDATE revision_counter SET value = value + 1")
                 await conn.execute(
                     "INSERT INTO feedback (user_id, submission_id, vote, revision)"
-                    " VALUES (?, ?, ?, (SELECT IFNULL(MAX(revision), 0) + 1 FROM feedback))"
+                    " VALUES (?, ?, ?, (SELECT value FROM revision_counter))"
                     " ON CONFLICT (user_id, submission_id) DO UPDATE SET"
                     "  vote = excluded.vote, revision = excluded.revision,"
                     "  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",

@@ -46,6 +46,23 @@ async def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     await store.db.close()
 
 
+async def test_a_write_cancelled_while_it_waits_to_begin_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    try:
+        task = asyncio.create_task(store.get_or_create_user("t", "cancelled"))
+        await asyncio.sleep(0)  # now awaiting BEGIN IMMEDIATE on aiosqlite's thread
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.get_or_create_user("t", "next")  # raised "transaction within a transaction"
+        assert (await store.totals()).users in (1, 2)
+    finally:
+        await store.db.close()
+
+
 async def _vote_fixture(store: Store) -> tuple[int, int]:
     user = await store.get_or_create_user("telegram", "1")
     vector = np.ones(4, np.float32) / 2
@@ -149,3 +166,57 @@ def test_liked_index_add_remove_no_duplicates(tmp_path: Path) -> None:
     assert index.count(1) == 1
     index.remove(1, 100)
     assert index.count(1) == 0 and index.search(1, vector, k=1) == []
+
+
+async def test_a_vote_after_the_newest_was_undone_counts_as_new(tmp_path: Path) -> None:
+    from storage.records import NewModel, Vote
+
+    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    try:
+        user_id, first = await _vote_fixture(store)
+        later = []
+        for n in (1, 2):
+            sub = await store.record_submission(
+                user_id=user_id, chat_id="1", message_id=f"1{n}", caption=None,
+                sha256=f"{n:02d}" * 32, byte_size=10, width=2, height=2, image_format="PNG",
+                file_path=None, encoder_version="enc", vector=np.ones(4, np.float32).tobytes(),
+                dim=4, score=0.5, model_version_id=None,
+            )  # fmt: skip
+            later.append(sub.id)
+        await store.upsert_vote(user_id, first, Vote.LIKE)
+        await store.upsert_vote(user_id, later[0], Vote.DISLIKE)
+        through = await store.latest_revision(user_id)
+        model = NewModel(user_id, "head", 1, "h.npz", "enc", 2, 0, {}, through)
+        await store.add_model_version(model, promote=True)
+        assert await store.users_with_new_votes(1) == []
+        await store.delete_vote(user_id, later[0])  # /undo of the newest vote
+        await store.upsert_vote(user_id, later[1], Vote.LIKE)  # a new vote, after training
+        assert await store.users_with_new_votes(1) == [(user_id, 1)]
+        assert await store.votes_after(through) == 1
+    finally:
+        await store.db.close()
+
+
+async def test_the_revision_counter_starts_past_every_revision_of_an_older_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import storage.db
+    from storage.records import Vote
+
+    monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS[:2])  # a database from before 3
+    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    try:
+        user_id, submission_id = await _vote_fixture(store)
+        await store.db.execute(  # numbered as the old code did, with revisions up to 41 used
+            "INSERT INTO feedback (user_id, submission_id, vote, revision) VALUES (?, ?, 'like', 41)",
+            (user_id, submission_id),
+        )
+    finally:
+        await store.db.close()
+    monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS)
+    store = Store(await Database.open(tmp_path / "t.sqlite3"))  # migration 3 runs here
+    try:
+        await store.upsert_vote(user_id, submission_id, Vote.DISLIKE)
+        assert await store.latest_revision(user_id) == 42
+    finally:
+        await store.db.close()
