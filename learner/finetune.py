@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from learner.durable import fsync_directory, fsync_tree
 from learner.head import DISLIKE, LIKE, SUPER_LIKE, SUPER_LIKE_WEIGHT
 from learner.images import ImageRejected, decode_image
 
@@ -565,7 +566,9 @@ def _save_atomically(encoder: ClipImageEncoder, out_dir: Path, metadata: dict[st
         model.save_pretrained(partial)
         encoder.processor.save_pretrained(partial)
         (partial / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+        fsync_tree(partial)
         os.replace(partial, out_dir)
+        fsync_directory(out_dir.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

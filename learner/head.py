@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from learner.durable import fsync_directory
+
 DISLIKE, LIKE, SUPER_LIKE = 0, 1, 2
 
 FORMAT_VERSION = 4  # 2 nearest votes, 3 smoothing, 4 float16 anchors; older files still load
@@ -243,7 +245,10 @@ class TasteHead:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
+            fsync_directory(path.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

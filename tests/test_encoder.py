@@ -82,6 +82,31 @@ def test_preprocess_matches_for_other_modes(encoder: ClipImageEncoder, clip_dir:
     assert (encoder.preprocess(images) - theirs).abs().max().item() < 0.02
 
 
+def test_a_thin_strip_is_preprocessed_without_resizing_all_of_it(
+    encoder: ClipImageEncoder, clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import learner.encoder
+
+    asked: list[tuple[int, int]] = []
+    resize = Image.Image.resize
+
+    def recorded(
+        self: Image.Image, size: tuple[int, int], *args: object, **kw: object
+    ) -> Image.Image:
+        asked.append(tuple(size))  # type: ignore[arg-type]
+        return resize(self, size, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "resize", recorded)
+    strip = Image.new("RGB", (1, 60_000), "white")  # 318 bytes as a PNG
+    pixels = encoder.preprocess([strip])
+    assert pixels.shape == (1, 3, 224, 224)
+    assert max(w * h for w, h in asked) <= 224 * 224  # not 224 x 13.4 million
+    # The crop-region path gives the pixels the full resize would: forced on a smaller strip.
+    monkeypatch.setattr(learner.encoder, "MAX_RESIZED_PIXELS", 0)
+    images = [noise(30, 700, 7), noise(900, 40, 8)]
+    assert (encoder.preprocess(images) - reference_pixels(clip_dir, images)).abs().max() < 0.02
+
+
 def test_preprocess_with_the_hub_config_format(tmp_path: Path) -> None:
     clip_dir = build_tiny_clip(tmp_path / "hub-style")
     (clip_dir / "preprocessor_config.json").write_text(json.dumps(HUB_PREPROCESSOR_CONFIG))

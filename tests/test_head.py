@@ -317,3 +317,27 @@ def test_votes_spread_further_over_the_graph_when_there_are_few() -> None:
     assert alphas[0] == alphas[1] == pytest.approx(0.97)
     assert alphas[1] > alphas[2] > alphas[3]
     assert alphas[3] == alphas[4] == pytest.approx(0.9)
+
+
+def test_a_head_file_is_on_disk_before_it_is_renamed_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    x, votes = _toy(60)
+    head = train_head(x, votes)
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: str, dst: Path) -> None:
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    head.save(tmp_path / "head.npz")
+    assert events == ["fsync file", "rename", "fsync dir"]
