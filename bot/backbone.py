@@ -231,15 +231,23 @@ class BackboneTuner:
                 backbone, promote=promote, heads=[c.head for c in comparisons] if promote else []
             )
             if promote:
-                await self.service.switch_encoder(encoder)
+
+                async def embed_the_latest() -> None:  # sent since the re-embedding began
+                    missing = await store.retained_images_missing(old_version, new_version)
+                    await self._reembed(encoder, progress, missing)
+
+                await self.service.switch_encoder(encoder, before_switch=embed_the_latest)
                 await store.drop_embeddings(old_version)
+            else:
+                # Before the lock goes: these versions were never recorded, so a retrain
+                # right after would write the same paths, and this would delete its file.
+                for c in comparisons:
+                    data_dir.path(c.head.file_path).unlink(missing_ok=True)
             self.service.training_lock.release()
             locked = False
             if not promote:
                 await store.drop_embeddings(new_version)
                 await asyncio.to_thread(shutil.rmtree, out_dir, True)
-                for c in comparisons:
-                    data_dir.path(c.head.file_path).unlink(missing_ok=True)
         except Exception as error:
             log.exception("fine-tuning v%d failed", version)
             if locked:
@@ -278,10 +286,17 @@ class BackboneTuner:
             time.perf_counter() - started,
         )
 
-    async def _reembed(self, encoder: ClipImageEncoder, progress: Progress) -> None:
-        """Embed every retained image with the new encoder, in batches, off the event loop."""
+    async def _reembed(
+        self,
+        encoder: ClipImageEncoder,
+        progress: Progress,
+        images: list[tuple[int, str]] | None = None,
+    ) -> None:
+        """Embed ``images`` (default: every retained image) with the new encoder, in batches,
+        off the event loop."""
         store, data_dir = self.service.store, self.service.data_dir
-        images = await store.retained_images()
+        if images is None:
+            images = await store.retained_images()
         for start in range(0, len(images), REEMBED_BATCH):
             batch = images[start : start + REEMBED_BATCH]
             vectors = await asyncio.to_thread(_embed_files, encoder, data_dir, batch)

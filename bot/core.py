@@ -219,6 +219,13 @@ class TasteService:
         self.training_lock = asyncio.Lock()  # one head training (or model switch) at a time
         self.heads = HeadCache(settings.head_cache_people)  # each person's active head
         self._rate_limit = SlidingWindowLimit(settings.images_per_minute, window_seconds=60)
+        # Switching encoders waits for the images being scored and holds new ones back, so
+        # that no image is stored under one encoder's name with the other's vector.
+        self._scoring_open = asyncio.Event()
+        self._scoring_open.set()
+        self._scoring_idle = asyncio.Event()
+        self._scoring_idle.set()
+        self._scoring_now = 0
         self.notifiers: dict[str, Notifier] = {}  # platform → how to message a person there
         self.backbone: BackboneTuner | None = None  # CLIP fine-tuning, set by open()
         self._stopping = False  # set by drain(): no new training, no notifications
@@ -284,9 +291,25 @@ class TasteService:
         disliked.flush()
         return rebuilt
 
-    async def switch_encoder(self, embedder: ImageEmbedder) -> None:
+    async def switch_encoder(
+        self,
+        embedder: ImageEmbedder,
+        before_switch: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """Serve with another encoder (a promoted fine-tune): its FAISS indexes and heads.
-        Its embeddings must already be stored."""
+        Its embeddings must be stored by the end of ``before_switch``, which runs once the
+        images being scored are stored and while new ones wait (to embed those sent since
+        the re-embedding began)."""
+        self._scoring_open.clear()
+        try:
+            await self._scoring_idle.wait()
+            if before_switch is not None:
+                await before_switch()
+            await self._switch_encoder(embedder)
+        finally:
+            self._scoring_open.set()
+
+    async def _switch_encoder(self, embedder: ImageEmbedder) -> None:
         faiss_dir = index_directory(self.data_dir.faiss, embedder.version)
         liked = VoteIndex(faiss_dir, embedder.dim, kind="liked")
         disliked = VoteIndex(faiss_dir, embedder.dim, kind="disliked")
@@ -317,8 +340,16 @@ class TasteService:
         self, incoming: IncomingImage, download: Callable[[], Awaitable[bytes]]
     ) -> ScoreOutcome:
         """Download, decode, embed (once per content), score for the sender, store, explain."""
-        with timing.timed("score_image"):
-            return await self._score_image(incoming, download)
+        await self._scoring_open.wait()  # not while the encoder is being switched
+        self._scoring_now += 1
+        self._scoring_idle.clear()
+        try:
+            with timing.timed("score_image"):
+                return await self._score_image(incoming, download)
+        finally:
+            self._scoring_now -= 1
+            if self._scoring_now == 0:
+                self._scoring_idle.set()
 
     async def _score_image(
         self, incoming: IncomingImage, download: Callable[[], Awaitable[bytes]]

@@ -554,6 +554,20 @@ class Store:
                 [(image_id, encoder_version, dim, vector) for image_id, vector in vectors],
             )
 
+    async def retained_images_missing(self, have: str, lack: str) -> list[tuple[int, str]]:
+        """(image_id, file path) of kept images with an embedding by encoder ``have`` and
+        none by ``lack``: those sent while a fine-tune was re-embedding the others."""
+        rows = await self.db.fetch_all(
+            "SELECT i.id, i.file_path FROM images i WHERE i.file_path IS NOT NULL"
+            " AND EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = i.id"
+            "  AND e.encoder_version = ? AND e.kind = 'image')"
+            " AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = i.id"
+            "  AND e.encoder_version = ? AND e.kind = 'image')"
+            " ORDER BY i.id",
+            (have, lack),
+        )
+        return [(int(r[0]), str(r[1])) for r in rows]
+
     async def drop_embeddings(self, encoder_version: str) -> int:
         async with self.db.transaction() as conn:
             cur = await conn.execute(

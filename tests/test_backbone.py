@@ -184,3 +184,58 @@ async def test_fine_tuning_needs_retained_images(trained: TasteService) -> None:
     tuner = BackboneTuner(trained, config=FAST)
     outcome = await tuner.run("test")
     assert outcome.version is None and "RETAIN_IMAGES is off" in outcome.reason
+
+
+async def _send_red(service: TasteService, key: str, seed: int) -> Scored:
+    async def download() -> bytes:
+        return coloured(seed, red=True)
+
+    out = await service.score_image(IncomingImage(PEOPLE[0], "1", key, None, None), download)
+    assert isinstance(out, Scored)
+    return out
+
+
+async def test_an_image_sent_during_a_promoted_fine_tune_keeps_its_vote(
+    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_weighted = bot.backbone._weighted
+    monkeypatch.setattr(bot.backbone, "_weighted", lambda c: (0.5, 0.9, real_weighted(c)[2]))
+    real_compare = BackboneTuner._compare
+    sent: list[int] = []
+
+    async def compare_while_person_1_votes(self, *args):  # type: ignore[no-untyped-def]
+        out = await _send_red(trained, "during", 500)  # after the re-embedding pass
+        await trained.record_vote(PEOPLE[0], out.submission_id, Vote.SUPER_LIKE)
+        sent.append(out.submission_id)
+        return await real_compare(self, *args)
+
+    monkeypatch.setattr(BackboneTuner, "_compare", compare_while_person_1_votes)
+    before = len(await trained.store.labelled_embeddings(1, trained.embedder.version))
+    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    assert outcome.promoted, outcome
+    after = await trained.store.labelled_embeddings(1, trained.embedder.version)
+    assert len(after) == before + 1  # its vector under the new encoder: still trained on
+    assert await trained.score_for(PEOPLE[0], sent[0]) is not None
+
+
+async def test_a_rejected_fine_tune_leaves_a_head_trained_right_after_it(
+    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = trained.store
+    real_drop = store.drop_embeddings
+
+    async def drop_then_retrain(version: str) -> int:
+        n = await real_drop(version)
+        if version != trained.embedder.version:  # the rejected encoder's: the lock is free
+            out = await _send_red(trained, "x1", 600)
+            await trained.record_vote(PEOPLE[0], out.submission_id, Vote.LIKE)
+            await trained.retrain_user(1, "schedule")
+        return n
+
+    monkeypatch.setattr(store, "drop_embeddings", drop_then_retrain)
+    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    assert not outcome.promoted
+    rows = await store.db.fetch_all(
+        "SELECT file_path FROM model_versions WHERE owner_user_id = 1 AND kind = 'head'"
+    )
+    assert len(rows) == 2 and all(trained.data_dir.path(r[0]).exists() for r in rows)

@@ -226,3 +226,30 @@ async def test_an_unreadable_head_file_falls_back_to_the_prior_until_the_next_re
     [second] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
     assert second.promoted and second.version == first.version + 1
     assert (await score(service, 51)).model_version == second.version
+
+
+async def test_switching_encoders_waits_for_the_images_being_scored(
+    service: TasteService,
+) -> None:
+    release = asyncio.Event()
+    stored_at_switch: list[int] = []
+
+    async def slow_download() -> bytes:
+        await release.wait()
+        return image_bytes(1)
+
+    async def before_switch() -> None:
+        rows = await service.store.db.fetch_all("SELECT COUNT(*) FROM submissions")
+        stored_at_switch.append(rows[0][0])
+
+    scoring = asyncio.create_task(service.score_image(incoming(1), slow_download))
+    await asyncio.sleep(0.05)
+    switching = asyncio.create_task(service.switch_encoder(service.embedder, before_switch))
+    await asyncio.sleep(0.05)
+    later = asyncio.create_task(service.score_image(incoming(2), fetch(image_bytes(2))))
+    await asyncio.sleep(0.05)
+    assert stored_at_switch == [] and not later.done()  # the switch waits; new images wait
+    release.set()
+    await switching
+    assert stored_at_switch == [1]  # the image in flight was stored first, the later one not
+    assert isinstance(await scoring, Scored) and isinstance(await later, Scored)
