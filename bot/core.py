@@ -720,6 +720,8 @@ class TasteService:
             self.disliked_index.forget(user.id)
             for relpath in report.files:
                 self.data_dir.path(relpath).unlink(missing_ok=True)
+            for other_id, image_id in report.others_votes:  # their votes on its group images
+                await self._reindex_image(other_id, image_id)
         self.heads.forget(user.id)
         return report
 

@@ -116,6 +116,9 @@ class ForgetReport:
     models: int
     images: int  # image rows deleted (content nobody else sent)
     files: list[str]  # paths relative to DATA_DIR, for the caller to delete
+    # (user_id, image_id) of other people's votes on this person's submissions (in a group),
+    # deleted with them: the caller brings those people's FAISS indexes in step
+    others_votes: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -478,7 +478,8 @@ class Store:
 
     async def forget_user(self, user_id: int) -> ForgetReport:
         """Delete the person and everything of theirs, in one transaction. Images another
-        person also sent stay (they are that person's too); the caller deletes the files."""
+        person also sent stay (they are that person's too); other people's votes on this
+        person's submissions (in a group) go with them. The caller deletes the files."""
         async with self.db.transaction() as conn:
 
             async def scalar_list(sql: str) -> list[Any]:
@@ -493,6 +494,13 @@ class Store:
             )
             [submissions] = await scalar_list("SELECT COUNT(*) FROM submissions WHERE user_id = ?")
             [votes] = await scalar_list("SELECT COUNT(*) FROM feedback WHERE user_id = ?")
+            async with conn.execute(
+                "SELECT DISTINCT f.user_id, s.image_id FROM feedback f"
+                " JOIN submissions s ON s.id = f.submission_id"
+                " WHERE s.user_id = ?1 AND f.user_id != ?1",
+                (user_id,),
+            ) as cur:
+                others_votes = [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
             await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))  # cascades
             image_files: list[str] = []
             deleted_images = 0
@@ -513,6 +521,7 @@ class Store:
             models=len(model_files),
             images=deleted_images,
             files=[str(f) for f in model_files] + image_files,
+            others_votes=others_votes,
         )
 
     # -- backbone fine-tuning ------------------------------------------------

@@ -253,3 +253,21 @@ async def test_switching_encoders_waits_for_the_images_being_scored(
     await switching
     assert stored_at_switch == [1]  # the image in flight was stored first, the later one not
     assert isinstance(await scoring, Scored) and isinstance(await later, Scored)
+
+
+async def test_forgetting_a_person_takes_others_votes_on_their_images_out_of_faiss_too(
+    service: TasteService,
+) -> None:
+    bob = Person("telegram", "2", "Bob")
+    group_image = IncomingImage(
+        bob, chat_id="-100", message_id="1", caption=None, claimed_bytes=None
+    )
+    bobs = await service.score_image(group_image, fetch(image_bytes(5)))
+    assert isinstance(bobs, Scored)
+    await service.record_vote(ALICE, bobs.submission_id, Vote.LIKE)  # Alice, on Bob's image
+    alice = await service.store.get_or_create_user("telegram", "1")
+    assert service.liked_index.count(alice.id) == 1
+    report = await service.forget(bob)
+    assert report is not None and report.others_votes == [(alice.id, 1)]
+    assert service.liked_index.count(alice.id) == 0  # the image is gone from her index
+    assert (await service.store.user_counts(alice.id)).likes == 0
