@@ -241,7 +241,8 @@ def retrain_text(outcomes: Sequence[RetrainOutcome], limit: int = TEXT_LIMIT) ->
         f"{promoted} promoted, {len(outcomes) - untrained - promoted} not promoted, "
         f"{untrained} not trained."
     )
-    shown = _that_fit(lines, limit - _units(header) - _units(_more(len(lines))), "\n")
+    budget = limit - _units(header) - _units(_more(len(lines))) - 1  # its newline too
+    shown = _that_fit(lines, budget, "\n")
     more = [_more(len(lines) - len(shown))] if len(shown) < len(lines) else []
     return "\n".join([header, *shown, *more])
 

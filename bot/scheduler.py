@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 
 from bot.core import TasteService
+from bot.cron import crontab_trigger
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def start_scheduler(service: TasteService, settings: Settings) -> AsyncIOSchedul
     if settings.finetune_cron:
         scheduler.add_job(
             finetune_tick,
-            CronTrigger.from_crontab(settings.finetune_cron),
+            crontab_trigger(settings.finetune_cron),
             args=(service,),
             id="finetune_backbone",
             max_instances=1,

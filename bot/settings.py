@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.cron import crontab_trigger
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -101,6 +103,15 @@ class Settings(BaseSettings):
     def _split_ids(cls, value: object) -> object:
         if isinstance(value, str):
             return frozenset(int(part) for part in value.replace(" ", "").split(",") if part)
+        return value
+
+    @field_validator("finetune_cron")
+    @classmethod
+    def _a_crontab_line(cls, value: str) -> str:
+        # Checked here, so a typo is one line at start-up, not a traceback once connected.
+        value = value.strip()
+        if value:
+            crontab_trigger(value)
         return value
 
     @field_validator("telegram_api_url")

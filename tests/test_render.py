@@ -40,3 +40,22 @@ def test_one_or_a_few_people_are_listed_in_full() -> None:
     few = retrain_text([_outcome(i) for i in range(1, 6)]).split("\n")
     assert few[0] == "Retrained 4 of 5 people: 2 promoted, 2 not promoted, 1 not trained."
     assert len(few) == 6 and few[-1] == "user 100005: not trained — 3 votes, fewer than 6"
+
+
+def test_retrain_text_never_goes_over_the_limit_with_the_more_line() -> None:
+    from bot.render import _units
+
+    for people in (28, 40, 90):
+        for reason in range(150, 260):
+            outcomes = [
+                RetrainOutcome(User(i, "telegram", str(1000 + i)), None, False, None, None, 0, "x" * reason)
+                for i in range(people)
+            ]  # fmt: skip
+            assert _units(retrain_text(outcomes)) <= 4096, (people, reason)
+
+
+def test_callback_data_with_non_ascii_digits_is_not_ours() -> None:
+    from bot.telegram_adapter.callback_data import decode_submission_action, decode_vote
+
+    assert decode_vote("v:²:l") is None and decode_submission_action("s:١٢", "s") is None
+    assert decode_vote("v:12:l") is not None and decode_submission_action("s:12", "s") == 12
