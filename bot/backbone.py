@@ -28,6 +28,7 @@ import shutil
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,7 @@ class BackboneTuner:
         self.runner = runner
         self.job: FinetuneJob | None = None
         self._lock = asyncio.Lock()
+        self._task: asyncio.Task[object] | None = None  # the one running run(), for stop()
 
     @property
     def running(self) -> bool:
@@ -115,6 +117,28 @@ class BackboneTuner:
             return False
         self.job.cancel()
         return True
+
+    async def stop(self, timeout: float) -> None:
+        """At shutdown: ask the child to stop, cancel the run wherever it is, and give it
+        up to ``timeout`` seconds to remove what it made (before the database closes)."""
+        task = self._task
+        if task is None or task.done():
+            return
+        self.cancel()
+        task.cancel()
+        _, pending = await asyncio.wait([task], timeout=timeout)
+        if pending:
+            log.warning("the fine-tune did not stop within %.0f s", timeout)
+
+    async def _remove_leftovers(self, out_dir: Path, serving: str) -> None:
+        """What a run stopped by a crash or kill left: its model directory (no row names it:
+        rows are written at the end) and the embeddings of encoders no longer served."""
+        if out_dir.exists():
+            log.warning("removing %s, left by an interrupted fine-tune", out_dir)
+            await asyncio.to_thread(shutil.rmtree, out_dir, True)
+        dropped = await self.service.store.drop_embeddings_except(serving)
+        if dropped:
+            log.warning("dropped %d embeddings left by an interrupted fine-tune", dropped)
 
     async def why_not_due(self) -> str | None:
         """Why the scheduled fine-tune should not start now, or None if it should."""
@@ -133,7 +157,11 @@ class BackboneTuner:
         if self.running:
             return BackboneOutcome(None, False, "a fine-tune is already running")
         async with self._lock:
-            return await self._run(trigger, on_progress or _no_progress)
+            self._task = asyncio.current_task()
+            try:
+                return await self._run(trigger, on_progress or _no_progress)
+            finally:
+                self._task = None
 
     async def _run(self, trigger: str, progress: Progress) -> BackboneOutcome:
         if not self.settings.retain_images:
@@ -163,10 +191,12 @@ class BackboneTuner:
         version = await store.next_model_version(None, kind="backbone")
         relpath = f"models/backbones/v{version}"
         out_dir = data_dir.path(relpath)
-        run_id = await store.start_training_run(None, "backbone", trigger)
         old_version = self.service.embedder.version
+        await self._remove_leftovers(out_dir, old_version)
+        run_id = await store.start_training_run(None, "backbone", trigger)
         new_version: str | None = None
         locked = False
+        recorded = None
         try:
             await progress(f"Fine-tuning CLIP v{version} on {len(examples)} votes…")
             self.job = FinetuneJob(
@@ -227,7 +257,7 @@ class BackboneTuner:
                 metrics=metrics,
                 trained_through=revision,
             )
-            model = await store.add_backbone_version(
+            model = recorded = await store.add_backbone_version(
                 backbone, promote=promote, heads=[c.head for c in comparisons] if promote else []
             )
             if promote:
@@ -248,16 +278,29 @@ class BackboneTuner:
             if not promote:
                 await store.drop_embeddings(new_version)
                 await asyncio.to_thread(shutil.rmtree, out_dir, True)
-        except Exception as error:
-            log.exception("fine-tuning v%d failed", version)
+        except (Exception, asyncio.CancelledError) as error:
+            # Cancelled: the bot is shutting down (drain) during the re-embedding or the
+            # comparison; what the run made is removed all the same, then the cancel goes on.
+            stopped = isinstance(error, asyncio.CancelledError)
+            if stopped:
+                log.warning("fine-tuning v%d stopped at shutdown", version)
+            else:
+                log.exception("fine-tuning v%d failed", version)
             if locked:
                 self.service.training_lock.release()
-            if new_version is not None:
-                await store.drop_embeddings(new_version)
-            await asyncio.to_thread(shutil.rmtree, out_dir, True)
+            if recorded is not None and promote:
+                # Recorded active: the next start loads it, with its complete embeddings.
+                log.error("backbone v%d is recorded active but was not switched to", version)
+            else:
+                if new_version is not None:
+                    await store.drop_embeddings(new_version)
+                await asyncio.to_thread(shutil.rmtree, out_dir, True)
+            detail = "stopped at shutdown" if stopped else str(error)[:2000]
             await store.finish_training_run(
-                run_id, outcome="failed", n_labels=len(examples), detail=str(error)[:2000]
+                run_id, outcome="failed", n_labels=len(examples), detail=detail
             )
+            if stopped:
+                raise
             return BackboneOutcome(
                 version,
                 False,

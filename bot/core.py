@@ -847,7 +847,7 @@ class TasteService:
         rounds in progress up to `timeout` seconds to stop between two people."""
         self._stopping = True
         if self.backbone is not None:
-            self.backbone.cancel()
+            await self.backbone.stop(timeout)
         rounds = [t for t in self._rounds if t is not asyncio.current_task()]
         if rounds:
             _, pending = await asyncio.wait(rounds, timeout=timeout)

@@ -577,6 +577,14 @@ class Store:
         )
         return [(int(r[0]), str(r[1])) for r in rows]
 
+    async def drop_embeddings_except(self, encoder_version: str) -> int:
+        """Drop every image embedding not made by ``encoder_version`` (the one served)."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "DELETE FROM embeddings WHERE encoder_version != ?", (encoder_version,)
+            )
+            return cur.rowcount
+
     async def drop_embeddings(self, encoder_version: str) -> int:
         async with self.db.transaction() as conn:
             cur = await conn.execute(

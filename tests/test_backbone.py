@@ -239,3 +239,43 @@ async def test_a_rejected_fine_tune_leaves_a_head_trained_right_after_it(
         "SELECT file_path FROM model_versions WHERE owner_user_id = 1 AND kind = 'head'"
     )
     assert len(rows) == 2 and all(trained.data_dir.path(r[0]).exists() for r in rows)
+
+
+async def test_a_shutdown_during_the_comparison_removes_what_the_run_made(
+    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    comparing = asyncio.Event()
+
+    async def slow_compare(self, *args):  # type: ignore[no-untyped-def]
+        comparing.set()
+        await asyncio.sleep(3600)  # a long comparison: many people
+
+    monkeypatch.setattr(BackboneTuner, "_compare", slow_compare)
+    before = await snapshot(trained)
+    tuner = trained.backbone = BackboneTuner(trained, config=FAST, runner=degenerate_runner)
+    run = asyncio.create_task(tuner.run("schedule"))
+    await comparing.wait()  # re-embedded by now: the new encoder's vectors are stored
+    assert len((await snapshot(trained))[1]) == 2
+    await trained.drain(timeout=10)  # what the runner does on SIGTERM, before closing
+    assert run.cancelled()
+    assert await snapshot(trained) == before  # no new model row, no new encoder's vectors
+    assert not (trained.data_dir.root / "models" / "backbones" / "v1").exists()
+    [(outcome, detail)] = await trained.store.db.fetch_all(
+        "SELECT outcome, detail FROM training_runs WHERE kind = 'backbone'"
+    )
+    assert (outcome, detail) == ("failed", "stopped at shutdown")
+
+
+async def test_a_run_after_a_crash_removes_what_the_crashed_run_left(
+    trained: TasteService,
+) -> None:
+    leftover = trained.data_dir.root / "models" / "backbones" / "v1"
+    leftover.mkdir(parents=True)  # a run killed after its child finished
+    (leftover / "config.json").write_text("{}")
+    await trained.store.put_embeddings("v1@dead", [(1, np.ones(16, np.float32).tobytes())], 16)
+    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    assert outcome.version == 1 and not outcome.promoted, outcome  # not FileExistsError
+    _, encoders = await snapshot(trained)
+    assert encoders == {trained.embedder.version}
