@@ -5,7 +5,8 @@ One run (`BackboneTuner.run`):
 1. Checks: image retention is on, and enough votes have a retained image file.
 2. Trains in a separate process (`bot.finetune_process.FinetuneJob`): heads only, then
    the top of the vision encoder at a much lower learning rate. Held-out votes (the
-   fixed 1-in-5 hash of `learner.training.is_holdout`) are never trained on.
+   fixed 1-in-5 hash of `learner.training.is_holdout`) are never trained on, nor is any
+   image that is held out for someone (`training_examples`).
 3. Loads the new encoder and re-embeds every retained image with it.
 4. For each person, trains a head on the old embeddings and one on the new, on the same
    training votes, and scores both on the same held-out votes. The new encoder is
@@ -26,7 +27,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from learner.images import ImageRejected, decode_image
 from learner.training import is_holdout, train_and_compare, trainable
 from storage.db import Database
 from storage.files import DataDir
-from storage.records import NewModel, Vote
+from storage.records import NewModel, RetainedVote, Vote
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +180,7 @@ class BackboneTuner:
             )
         started = time.perf_counter()
         revision = await store.latest_revision_overall()
-        examples = [
-            FinetuneExample(data_dir.path(v.file_path), v.user_id, _vote_code(v.vote))
-            for v in votes
-            if not is_holdout(v.submission_id)
-        ]
+        examples = training_examples(votes, data_dir)
         active = await store.active_backbone()
         parent = (
             self.settings.clip_model if active is None else str(data_dir.path(active.file_path))
@@ -393,6 +390,19 @@ class BackboneTuner:
                 )
             )
         return comparisons
+
+
+def training_examples(votes: Sequence[RetainedVote], data_dir: DataDir) -> list[FinetuneExample]:
+    """The votes the encoder may learn from: not held out, and not on an image that is held
+    out for anyone. One picture sent by two people (a group, a meme) has two submissions,
+    one of which may be held out: training on the other would let the new encoder see the
+    held-out image, and favour it in the comparison."""
+    held_out = {v.file_path for v in votes if is_holdout(v.submission_id)}
+    return [
+        FinetuneExample(data_dir.path(v.file_path), v.user_id, _vote_code(v.vote))
+        for v in votes
+        if v.file_path not in held_out
+    ]
 
 
 def _embed_files(

@@ -279,3 +279,19 @@ async def test_a_run_after_a_crash_removes_what_the_crashed_run_left(
     assert outcome.version == 1 and not outcome.promoted, outcome  # not FileExistsError
     _, encoders = await snapshot(trained)
     assert encoders == {trained.embedder.version}
+
+
+def test_an_image_held_out_for_anyone_is_not_fine_tuned_on(tmp_path: Path) -> None:
+    from learner.training import is_holdout
+    from storage.files import DataDir
+    from storage.records import RetainedVote
+
+    held = next(i for i in range(1, 100) if is_holdout(i))
+    kept = [i for i in range(1, 100) if not is_holdout(i)][:2]
+    votes = [
+        RetainedVote(1, held, Vote.LIKE, "images/meme.png"),  # Alice's, held out
+        RetainedVote(2, kept[0], Vote.LIKE, "images/meme.png"),  # Bob's, of the same picture
+        RetainedVote(2, kept[1], Vote.DISLIKE, "images/cat.png"),
+    ]
+    examples = bot.backbone.training_examples(votes, DataDir(tmp_path))
+    assert [(e.image_path.name, e.person) for e in examples] == [("cat.png", 2)]
