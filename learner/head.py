@@ -450,7 +450,7 @@ def _ridge_loo(
 def _centroid_loo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(c_L - c_D, leave-one-out cen(x_i): each vote left out of its own centroid)."""
     sums = [x[y == 0].sum(axis=0), x[y == 1].sum(axis=0)]
-    unit = [s / np.linalg.norm(s) for s in sums]
+    unit = [s / max(float(np.linalg.norm(s)), 1e-12) for s in sums]  # a side may sum to 0
     own = np.where(y[:, None] == 1, sums[1], sums[0]) - x  # own side's sum without x_i
     own_cos = np.einsum("ij,ij->i", x, own) / np.maximum(np.linalg.norm(own, axis=1), 1e-12)
     other_cos = np.where(y == 1, x @ unit[0], x @ unit[1])

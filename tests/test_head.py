@@ -341,3 +341,13 @@ def test_a_head_file_is_on_disk_before_it_is_renamed_into_place(
     monkeypatch.setattr(os, "replace", replace)
     head.save(tmp_path / "head.npz")
     assert events == ["fsync file", "rename", "fsync dir"]
+
+
+def test_a_side_whose_votes_cancel_out_still_trains() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 16)).astype(np.float32)
+    x[1] = -x[0]  # two dislikes that are exact opposites: their sum is 0
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    votes = np.array([DISLIKE, DISLIKE, LIKE, LIKE, LIKE])
+    p = train_head(x[:5], votes).predict(x)
+    assert np.all(np.isfinite(p)) and np.all((p > 0) & (p < 1))
