@@ -358,12 +358,6 @@ class TasteService:
         if refused:
             return refused
         p = incoming.person
-        if not self._rate_limit.allow((p.platform, p.platform_user_id)):
-            return Refused(
-                "rate_limited",
-                "You're sending images faster than I can learn from them; "
-                "please wait a minute and send that one again.",
-            )
         with timing.stage("sqlite_read"):
             user = await self.store.get_or_create_user(
                 p.platform, p.platform_user_id, p.display_name
@@ -372,7 +366,13 @@ class TasteService:
                 user.id, incoming.chat_id, incoming.message_id
             )
         if earlier is not None and earlier.reply_message_id is not None:
-            return AlreadyAnswered(earlier.id)
+            return AlreadyAnswered(earlier.id)  # redelivered: not a new image, not counted
+        if not self._rate_limit.allow((p.platform, p.platform_user_id)):
+            return Refused(
+                "rate_limited",
+                "You're sending images faster than I can learn from them; "
+                "please wait a minute and send that one again.",
+            )
 
         with timing.stage("download"):
             data = await download()

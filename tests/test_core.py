@@ -271,3 +271,16 @@ async def test_forgetting_a_person_takes_others_votes_on_their_images_out_of_fai
     assert report is not None and report.others_votes == [(alice.id, 1)]
     assert service.liked_index.count(alice.id) == 0  # the image is gone from her index
     assert (await service.store.user_counts(alice.id)).likes == 0
+
+
+async def test_a_redelivered_image_does_not_count_against_the_rate_limit(settings, encoder) -> None:
+    service = await TasteService.open(settings.model_copy(update={"images_per_minute": 1}), encoder)
+    try:
+        first = await score(service, 1)
+        await service.reply_sent(first.submission_id, "10")
+        again = await service.score_image(incoming(1), fetch(image_bytes(1)))  # after a restart
+        assert again == AlreadyAnswered(first.submission_id)
+        refused = await service.score_image(incoming(2), fetch(image_bytes(2)))
+        assert isinstance(refused, Refused) and refused.reason == "rate_limited"
+    finally:
+        await service.close()
