@@ -12,10 +12,12 @@ One run (`BackboneTuner.run`):
    training votes, and scores both on the same held-out votes. The new encoder is
    promoted only if its holdout AUC, averaged over people (weighted by their held-out
    votes), is higher.
-5. Promotion, in one transaction: the encoder row and every person's new head become
-   active. Then the service switches encoders and rebuilds FAISS, and the old encoder's
-   embeddings are dropped. Otherwise the new embeddings and weights are deleted and
-   everything stays as it was.
+5. Promotion: scoring pauses (the images in flight are stored first), the images sent
+   since step 3 are embedded, and in one transaction the encoder row and every person's
+   new head become active. Then the service switches encoders and rebuilds FAISS, scoring
+   resumes, and the old encoder's embeddings are dropped. Otherwise, or if any of this
+   fails or is cancelled before that transaction, the new embeddings and weights are
+   deleted and everything stays as it was.
 
 A crash or kill of the child leaves the active models untouched; the run is recorded as
 failed (and one left 'running' by a dead bot is marked failed at the next start).
@@ -43,7 +45,7 @@ from learner.images import ImageRejected, decode_image
 from learner.training import is_holdout, train_and_compare, trainable
 from storage.db import Database
 from storage.files import DataDir
-from storage.records import NewModel, RetainedVote, Vote
+from storage.records import ModelVersion, NewModel, RetainedVote, Vote
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +135,14 @@ class BackboneTuner:
 
     async def _remove_leftovers(self, out_dir: Path, serving: str) -> None:
         """What a run stopped by a crash or kill left: its model directory (no row names it:
-        rows are written at the end) and the embeddings of encoders no longer served."""
+        rows are written at the end) and the embeddings of encoders neither served nor
+        recorded active (after a failed switch, a restart serves the recorded one)."""
         if out_dir.exists():
             log.warning("removing %s, left by an interrupted fine-tune", out_dir)
             await asyncio.to_thread(shutil.rmtree, out_dir, True)
-        dropped = await self.service.store.drop_embeddings_except(serving)
+        active = await self.service.store.active_backbone()
+        keep = {serving} | ({active.encoder_version} if active is not None else set())
+        dropped = await self.service.store.drop_embeddings_except(keep)
         if dropped:
             log.warning("dropped %d embeddings left by an interrupted fine-tune", dropped)
 
@@ -193,7 +198,6 @@ class BackboneTuner:
         run_id = await store.start_training_run(None, "backbone", trigger)
         new_version: str | None = None
         locked = False
-        recorded = None
         try:
             await progress(f"Fine-tuning CLIP v{version} on {len(examples)} votes…")
             self.job = FinetuneJob(
@@ -254,18 +258,24 @@ class BackboneTuner:
                 metrics=metrics,
                 trained_through=revision,
             )
-            model = recorded = await store.add_backbone_version(
-                backbone, promote=promote, heads=[c.head for c in comparisons] if promote else []
-            )
             if promote:
+                recorded: list[ModelVersion] = []
 
-                async def embed_the_latest() -> None:  # sent since the re-embedding began
+                async def embed_the_latest_then_record() -> None:
+                    # While no image is being scored: those sent since the re-embedding began
+                    # get their vectors first, so the encoder recorded active has them all.
                     missing = await store.retained_images_missing(old_version, new_version)
                     await self._reembed(encoder, progress, missing)
+                    heads = [c.head for c in comparisons]
+                    recorded.append(
+                        await store.add_backbone_version(backbone, promote=True, heads=heads)
+                    )
 
-                await self.service.switch_encoder(encoder, before_switch=embed_the_latest)
+                await self.service.switch_encoder(encoder, embed_the_latest_then_record)
+                [model] = recorded
                 await store.drop_embeddings(old_version)
             else:
+                model = await store.add_backbone_version(backbone, promote=False, heads=[])
                 # Before the lock goes: these versions were never recorded, so a retrain
                 # right after would write the same paths, and this would delete its file.
                 for c in comparisons:
@@ -285,9 +295,12 @@ class BackboneTuner:
                 log.exception("fine-tuning v%d failed", version)
             if locked:
                 self.service.training_lock.release()
-            if recorded is not None and promote:
-                # Recorded active: the next start loads it, with its complete embeddings.
-                log.error("backbone v%d is recorded active but was not switched to", version)
+            # The database, not a local, says whether the promotion was committed: a cancel
+            # can land while aiosqlite still runs the COMMIT.
+            now_active = await store.active_backbone()
+            if now_active is not None and now_active.version == version:
+                # Its embeddings are complete; a restart serves it (its rows say so).
+                log.error("backbone v%d is recorded active but not served: restart", version)
             else:
                 if new_version is not None:
                     await store.drop_embeddings(new_version)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import aiosqlite
@@ -577,11 +577,13 @@ class Store:
         )
         return [(int(r[0]), str(r[1])) for r in rows]
 
-    async def drop_embeddings_except(self, encoder_version: str) -> int:
-        """Drop every image embedding not made by ``encoder_version`` (the one served)."""
+    async def drop_embeddings_except(self, encoder_versions: Collection[str]) -> int:
+        """Drop every image embedding made by none of ``encoder_versions``."""
+        keep = sorted(encoder_versions)
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                "DELETE FROM embeddings WHERE encoder_version != ?", (encoder_version,)
+                f"DELETE FROM embeddings WHERE encoder_version NOT IN ({','.join('?' * len(keep))})",
+                keep,
             )
             return cur.rowcount
 

@@ -295,3 +295,52 @@ def test_an_image_held_out_for_anyone_is_not_fine_tuned_on(tmp_path: Path) -> No
     ]
     examples = bot.backbone.training_examples(votes, DataDir(tmp_path))
     assert [(e.image_path.name, e.person) for e in examples] == [("cat.png", 2)]
+
+
+def _favour_new(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_weighted = bot.backbone._weighted
+    monkeypatch.setattr(bot.backbone, "_weighted", lambda c: (0.5, 0.9, real_weighted(c)[2]))
+
+
+async def test_a_promotion_that_fails_in_the_switch_records_nothing_active(
+    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _favour_new(monkeypatch)
+    before = await snapshot(trained)
+
+    async def broken(*args: object) -> list[tuple[int, str]]:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(trained.store, "retained_images_missing", broken)
+    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    assert not outcome.promoted and "disk I/O error" in outcome.reason
+    assert await snapshot(trained) == before  # the old encoder and heads, as served
+    assert (await _send_red(trained, "after", 700)).model_version == 1  # its head, not the prior
+
+
+async def test_a_cancel_while_the_promotion_commits_keeps_the_promoted_model(
+    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    _favour_new(monkeypatch)
+    real_add = trained.store.add_backbone_version
+
+    async def committed_then_cancelled(*args: object, **kwargs: object) -> object:
+        await real_add(*args, **kwargs)  # aiosqlite runs the COMMIT even if its awaiter
+        raise asyncio.CancelledError  # was cancelled (drain at that moment)
+
+    monkeypatch.setattr(trained.store, "add_backbone_version", committed_then_cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("schedule")
+    active = await trained.store.active_backbone()
+    assert active is not None and trained.data_dir.path(active.file_path).exists()
+    # The next start serves it, with a vector for every image.
+    _, encoders = await snapshot(trained)
+    assert active.encoder_version in encoders
+    assert (
+        await trained.store.retained_images_missing(
+            trained.embedder.version, active.encoder_version
+        )
+        == []
+    )
