@@ -48,3 +48,26 @@ def test_a_bad_line_is_refused_when_the_settings_are_read(line: str) -> None:
 
 def test_blank_means_never() -> None:
     assert Settings(telegram_bot_token="1:x", finetune_cron="  ").finetune_cron == ""  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("weekday", "days"),
+    [
+        ("sun-tue", {"Sun", "Mon", "Tue"}),
+        ("1-fri", {"Mon", "Tue", "Wed", "Thu", "Fri"}),
+        ("fri-sun", {"Fri", "Sat", "Sun"}),
+    ],
+)
+def test_weekday_names_and_numbers_mix_as_in_crontab(weekday: str, days: set[str]) -> None:
+    assert set(fire_days(f"0 3 * * {weekday}", 7)) == days
+
+
+def test_day_of_month_and_weekday_both_set_run_on_either() -> None:
+    trigger = crontab_trigger("0 3 15 * 0", UTC)
+    fires, after = [], TUESDAY
+    for _ in range(4):
+        fire = trigger.get_next_fire_time(None, after)
+        assert fire is not None
+        fires.append(fire.strftime("%a %d"))
+        after = fire + timedelta(minutes=1)
+    assert fires == ["Sun 06", "Sun 13", "Tue 15", "Sun 20"]  # crontab: every Sunday and the 15th
