@@ -357,7 +357,7 @@ class _PreprocessSettings:
         """im.resize((new_w, new_h)) cropped at (left, top), without the whole resize.
 
         Two one-axis passes, horizontal then vertical, as Pillow orders them when it enlarges
-        (every strip thinner than the crop): the pixels of the whole resize to within 1/255.
+        (every strip thinner than the crop): the pixels of the whole resize to within 2/255.
         One resize with a box differs by up to 20/255 on tall strips. Where Pillow shrinks it
         passes vertically first, and up to 9/255 differ. The first pass reads only the rows
         that the second's filter reaches."""
