@@ -11,20 +11,20 @@ from pathlib import Path
 
 def fsync_directory(path: Path) -> None:
     """Make the entries of ``path`` (a rename into it) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path)
 
 
 def fsync_tree(root: Path) -> None:
     """fsync every file under ``root``, then every directory, deepest first."""
     for directory, _, files in os.walk(root, topdown=False):
         for name in files:
-            fd = os.open(Path(directory) / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_directory(Path(directory))
+            _fsync(Path(directory) / name)
+        _fsync(Path(directory))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a directory too, on POSIX
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
