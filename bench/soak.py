@@ -604,6 +604,8 @@ def faiss_ids(path: Path) -> list[int]:
     if isinstance(index, faiss.IndexIVF):  # storage.vectors keeps ids in the inverted lists
         ids: list[int] = []
         invlists = index.invlists
+        if invlists is None:
+            raise TypeError(f"{path}: an IVF index without inverted lists")
         for list_no in range(index.nlist):
             size = invlists.list_size(list_no)
             if size:
@@ -611,7 +613,8 @@ def faiss_ids(path: Path) -> list[int]:
                 try:
                     ids += [int(i) for i in faiss.rev_swig_ptr(ptr, size)]
                 finally:
-                    invlists.release_ids(list_no, ptr)
+                    # in faiss's C++ API (and at runtime), missing from its type stubs
+                    invlists.release_ids(list_no, ptr)  # type: ignore[attr-defined]
         return ids
     raise TypeError(f"{path}: unexpected index type {type(index).__name__}")
 
