@@ -157,6 +157,9 @@ class RetrainOutcome:
 class ModelList:
     versions: list[ModelVersion]  # oldest first
     removed: frozenset[int]  # versions whose file is gone (HEAD_FILES_KEPT): no rollback
+    # Versions trained on another encoder's embeddings (before a promoted fine-tune): they
+    # cannot score what the served encoder embeds, so no rollback either.
+    other_encoder: frozenset[int]
 
 
 class Rollback(Enum):
@@ -164,6 +167,7 @@ class Rollback(Enum):
     UNKNOWN_USER = "unknown user"
     NO_SUCH_VERSION = "no such version"
     FILE_REMOVED = "file removed"  # older than the HEAD_FILES_KEPT newest versions
+    OTHER_ENCODER = "other encoder"  # trained before a promoted fine-tune of CLIP
 
 
 @dataclass(frozen=True)
@@ -766,7 +770,10 @@ class TasteService:
         removed = frozenset(
             m.version for m in versions if not self.data_dir.path(m.file_path).exists()
         )
-        return ModelList(versions, removed)
+        other_encoder = frozenset(
+            m.version for m in versions if m.encoder_version != self.embedder.version
+        )
+        return ModelList(versions, removed, other_encoder)
 
     async def rollback(self, platform: str, platform_user_id: str, version: int) -> Rollback:
         user = await self.store.find_user(platform, platform_user_id)
@@ -777,6 +784,10 @@ class TasteService:
             model = next((m for m in versions if m.version == version), None)
             if model is None:
                 return Rollback.NO_SUCH_VERSION
+            if model.encoder_version != self.embedder.version:
+                # Its encoder's embeddings are gone: it would never score (the person would
+                # get the cold-start prior while /stats named this version).
+                return Rollback.OTHER_ENCODER
             if not self.data_dir.path(model.file_path).exists():
                 return Rollback.FILE_REMOVED
             await self.store.activate_model_version(user.id, version)

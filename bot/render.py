@@ -75,7 +75,10 @@ def models_text(platform_user_id: str, listing: ModelList | None, limit: int = T
     if not versions:
         return f"User {platform_user_id} has no models yet."
     header = f"Models of user {platform_user_id}:"
-    rows = [_model_line(m, m.version in listing.removed) for m in versions]
+    rows = [
+        _model_line(m, m.version in listing.removed, m.version in listing.other_encoder)
+        for m in versions
+    ]
     active = {row for m, row in zip(versions, rows, strict=True) if m.status == "active"}
     budget = limit - _units(header) - _units(_older(len(rows))) - 1
     budget -= sum(_units(row) + 1 for row in active)
@@ -86,9 +89,11 @@ def models_text(platform_user_id: str, listing: ModelList | None, limit: int = T
     return "\n".join([header] + ([_older(left_out)] if left_out else []) + shown)
 
 
-def _model_line(m: ModelVersion, removed: bool) -> str:
+def _model_line(m: ModelVersion, removed: bool, other_encoder: bool) -> str:
     auc, ece = m.metrics.get("auc"), m.metrics.get("ece")
-    status = f"{m.status} (file removed)" if removed else m.status
+    # Why /rollback can't restore it, if it can't.
+    notes = [n for n, on in (("other CLIP", other_encoder), ("file removed", removed)) if on]
+    status = f"{m.status} ({', '.join(notes)})" if notes else m.status
     return (
         f"v{m.version} {status}: AUC {'n/a' if auc is None else f'{auc:.3f}'}, "
         f"ECE {'n/a' if ece is None else f'{ece:.3f}'}, trained on {m.train_size}, "
@@ -125,6 +130,11 @@ def rollback_text(platform_user_id: str, version: int, outcome: Rollback, kept: 
         return (
             f"Model v{version} of user {platform_user_id} can't be restored: only the files of "
             f"the active model and the {kept} newest others are kept (HEAD_FILES_KEPT)."
+        )
+    if outcome is Rollback.OTHER_ENCODER:
+        return (
+            f"Model v{version} of user {platform_user_id} can't be restored: it was trained on "
+            "another CLIP encoder's embeddings (before a fine-tune) and can't score this one's."
         )
     return f"User {platform_user_id} has no model v{version}."
 

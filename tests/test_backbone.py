@@ -14,8 +14,9 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPModel
 
 import bot.backbone
+from bot import render
 from bot.backbone import BackboneTuner
-from bot.core import IncomingImage, Person, Scored, TasteService
+from bot.core import IncomingImage, Person, Rollback, Scored, TasteService
 from bot.settings import Settings
 from learner.encoder import ClipImageEncoder
 from learner.finetune import FinetuneConfig, FinetuneExample, FinetuneProgress, FinetuneResult
@@ -344,3 +345,21 @@ async def test_a_cancel_while_the_promotion_commits_keeps_the_promoted_model(
         )
         == []
     )
+
+
+async def test_a_head_of_the_encoder_before_a_fine_tune_is_not_restored(
+    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rollback used to say done: v1 then never scored (its encoder's embeddings are
+    # dropped), so the person got the cold-start prior while /stats named v1.
+    _favour_new(monkeypatch)
+    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    assert outcome.promoted, outcome
+    listing = await trained.models_of("telegram", "1")
+    assert listing is not None and listing.other_encoder == frozenset({1})
+    lines = render.models_text("1", listing).split("\n")
+    assert lines[1].startswith("v1 retired (other CLIP):") and lines[2].startswith("v2 active:")
+    assert await trained.rollback("telegram", "1", 1) is Rollback.OTHER_ENCODER
+    active = await trained.store.active_model(1)
+    assert active is not None and active.version == 2
+    assert (await _send_red(trained, "after", 700)).model_version == 2
