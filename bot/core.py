@@ -168,6 +168,7 @@ class Rollback(Enum):
     NO_SUCH_VERSION = "no such version"
     FILE_REMOVED = "file removed"  # older than the HEAD_FILES_KEPT newest versions
     OTHER_ENCODER = "other encoder"  # trained before a promoted fine-tune of CLIP
+    UNREADABLE = "file unreadable"  # truncated or corrupt: it would never score
 
 
 @dataclass(frozen=True)
@@ -790,6 +791,10 @@ class TasteService:
                 return Rollback.OTHER_ENCODER
             if not self.data_dir.path(model.file_path).exists():
                 return Rollback.FILE_REMOVED
+            # Read now, not at the next image: an unreadable file (logged) would leave the
+            # person on the cold-start prior while /stats names this version.
+            if await self._load_head(model) is None:
+                return Rollback.UNREADABLE
             await self.store.activate_model_version(user.id, version)
             return Rollback.DONE
 

@@ -136,6 +136,11 @@ def rollback_text(platform_user_id: str, version: int, outcome: Rollback, kept: 
             f"Model v{version} of user {platform_user_id} can't be restored: it was trained on "
             "another CLIP encoder's embeddings (before a fine-tune) and can't score this one's."
         )
+    if outcome is Rollback.UNREADABLE:
+        return (
+            f"Model v{version} of user {platform_user_id} can't be restored: its file can't be "
+            "read (see the log)."
+        )
     return f"User {platform_user_id} has no model v{version}."
 
 

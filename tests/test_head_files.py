@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from bot import render
 from bot.core import Rollback, TasteService
 from bot.settings import Settings
 from learner.encoder import ClipImageEncoder
@@ -36,3 +37,23 @@ async def test_old_head_files_go_and_rollback_says_so(
         assert await service.rollback("telegram", "404", 1) is Rollback.UNKNOWN_USER
     finally:
         await service.close()
+
+
+async def test_rollback_to_an_unreadable_head_file_is_refused(service: TasteService) -> None:
+    # Rollback used to check only that the file existed: it said done, and the person was
+    # scored by the cold-start prior from then on.
+    await vote_even_liked(service, range(1, 13))
+    await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    await vote_even_liked(service, range(13, 19))
+    [second] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    assert second.version == 2 and second.promoted, second
+    alice = await service.store.get_or_create_user("telegram", "1", "Alice")
+    [v1] = [m for m in await service.store.model_versions(alice.id) if m.version == 1]
+    service.data_dir.path(v1.file_path).write_bytes(b"truncated")
+    assert await service.rollback("telegram", "1", 1) is Rollback.UNREADABLE
+    active = await service.store.active_model(alice.id)
+    assert active is not None and active.version == 2
+    assert (await score(service, 500)).model_version == 2
+    assert render.rollback_text("1", 1, Rollback.UNREADABLE, 20) == (
+        "Model v1 of user 1 can't be restored: its file can't be read (see the log)."
+    )

@@ -13,6 +13,7 @@ from PIL import Image
 from bot.settings import Settings
 from bot.telegram_adapter.callback_data import encode_submission_action
 from learner.encoder import ClipImageEncoder
+from learner.head import train_head
 from storage.records import NewModel, Vote
 from tests.conftest import image_bytes
 from tests.test_telegram import ADMIN, ALICE, Harness, _submission_id, bot, running_bot
@@ -306,11 +307,13 @@ async def test_hundreds_of_versions_fit_in_models_and_stats_messages(bot: Harnes
     # over 4096 characters and a caption over 1024 (the fake does too).
     await _vote_many(bot, ALICE, range(1, 9))
     user = await bot.service.store.get_or_create_user("telegram", str(ALICE), "Alice")
+    x = np.random.default_rng(0).normal(size=(8, bot.service.embedder.dim)).astype(np.float32)
+    head = train_head(x / np.linalg.norm(x, axis=1, keepdims=True), np.array([0, 1] * 4))
     for version in range(1, 301):
         if version == 2 or version > 290:  # the others' files are gone (HEAD_FILES_KEPT)
             path = bot.service.data_dir.path(f"models/heads/{user.id}/v{version}.npz")
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"")
+            head.save(path)  # a rollback reads it
         await bot.service.store.add_model_version(
             NewModel(
                 user.id,
