@@ -148,6 +148,9 @@ class RetrainOutcome:
     version: int | None  # None when nothing was trained
     promoted: bool
     auc: float | None
+    # The active head's AUC on the same held-out votes as the candidate (what the promotion
+    # compared; not the AUC recorded when it was trained, on other votes). None when there
+    # was no active head to compare, or nothing was trained.
     previous_auc: float | None
     train_size: int
     reason: str
@@ -853,10 +856,8 @@ class TasteService:
     async def _failed_outcome(self, user_id: int, error: Exception) -> RetrainOutcome:
         user = await self.store.get_user(user_id)
         assert user is not None, f"no user {user_id}"
-        active = await self.store.active_model(user_id)
-        previous_auc = None if active is None else active.metrics.get("auc")
         reason = f"training failed ({type(error).__name__}; see the log)"
-        return RetrainOutcome(user, None, False, None, previous_auc, 0, reason)
+        return RetrainOutcome(user, None, False, None, None, 0, reason)
 
     async def drain(self, timeout: float) -> None:
         """Before shutdown: start no more training, cancel a fine-tune, and give retrain
@@ -883,12 +884,11 @@ class TasteService:
         submission_ids = np.array([v.submission_id for v in labelled], np.int64)
         votes = np.array([VOTE_CODES[v.vote] for v in labelled], np.int8)
         active = await self.store.active_model(user_id)
-        previous_auc = None if active is None else active.metrics.get("auc")
 
         why_not = trainable(submission_ids, votes, self.settings.head_min_votes)
         if why_not is not None:
             # Not a run: nothing is trained, and the scheduler would log one every tick.
-            return RetrainOutcome(user, None, False, None, previous_auc, 0, why_not)
+            return RetrainOutcome(user, None, False, None, None, 0, why_not)
 
         embeddings = await self.training_vectors(labelled)
         unlabelled_rows = await self.store.unlabelled_vectors(user_id, encoder)
@@ -962,7 +962,7 @@ class TasteService:
             version,
             result.promote,
             result.candidate.auc,
-            previous_auc,
+            None if result.active is None else result.active.auc,
             result.train_size,
             result.reason,
         )

@@ -284,3 +284,46 @@ async def test_a_redelivered_image_does_not_count_against_the_rate_limit(setting
         assert isinstance(refused, Refused) and refused.reason == "rate_limited"
     finally:
         await service.close()
+
+
+async def test_the_promotion_message_compares_both_models_on_the_same_held_out_votes(
+    settings, encoder
+) -> None:
+    # "was" used to be the AUC the active model got when it was trained, on the few votes
+    # held out then: here v2 was promoted on a tie (0.857 each) and the message said
+    # "AUC 0.86, was 1.00".
+    from tests.test_backbone import coloured
+
+    service = await TasteService.open(
+        settings.model_copy(update={"images_per_minute": 1000}), encoder
+    )
+
+    async def reds_liked(seeds: range, flip: frozenset[int] = frozenset()) -> None:
+        for seed in seeds:
+            out = await service.score_image(incoming(seed), fetch(coloured(seed, seed % 2 == 0)))
+            assert isinstance(out, Scored)
+            liked = (seed % 2 == 0) != (seed in flip)  # some inconsistent votes
+            await service.record_vote(
+                ALICE, out.submission_id, Vote.LIKE if liked else Vote.DISLIKE
+            )
+
+    try:
+        await reds_liked(range(12))
+        [first] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+        assert first.promoted and first.previous_auc is None  # nothing to compare with
+        sent: list[str] = []
+
+        async def notifier(user: object, text: str) -> None:
+            sent.append(text)
+
+        service.notifiers["telegram"] = notifier  # type: ignore[assignment]
+        await reds_liked(range(12, 60), flip=frozenset({13, 20, 31, 44, 50, 57}))
+        [second] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+        v1, v2 = await service.store.model_versions(1)
+        same_votes = v2.metrics["active_auc"]
+        assert same_votes is not None and same_votes != v1.metrics["auc"]
+        assert second.promoted and second.previous_auc == same_votes
+        assert second.auc is not None
+        assert sent == [f"Your model v2 is ready: AUC {second.auc:.2f}, was {same_votes:.2f}."]
+    finally:
+        await service.close()
