@@ -816,8 +816,14 @@ class TasteService:
     async def retrain_person(
         self, platform: str, platform_user_id: str, trigger: str
     ) -> RetrainOutcome | None:
+        """Retrain one person now (/retrain <user id>); like a round, tell them of a better model."""
         user = await self.store.find_user(platform, platform_user_id)
-        return None if user is None else await self.retrain_user(user.id, trigger)
+        if user is None:
+            return None
+        outcome = await self.retrain_user(user.id, trigger)
+        if outcome.promoted:
+            await self._notify(outcome.user, _promotion_message(outcome))
+        return outcome
 
     # -- retraining ----------------------------------------------------------
 

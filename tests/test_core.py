@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 
 from bot.core import AlreadyAnswered, IncomingImage, Person, Refused, Scored, TasteService
-from storage.records import Vote
+from storage.records import User, Vote
 from tests.conftest import image_bytes
 
 ALICE = Person("telegram", "1", "Alice")
@@ -327,3 +327,19 @@ async def test_the_promotion_message_compares_both_models_on_the_same_held_out_v
         assert sent == [f"Your model v2 is ready: AUC {second.auc:.2f}, was {same_votes:.2f}."]
     finally:
         await service.close()
+
+
+async def test_an_admin_retrain_of_one_person_tells_them_of_their_new_model(
+    service: TasteService,
+) -> None:
+    # /retrain <user id> used to skip the message a scheduled round sends.
+    sent: list[tuple[str, str]] = []
+
+    async def notifier(user: User, text: str) -> None:
+        sent.append((user.platform_user_id, text))
+
+    service.notifiers["telegram"] = notifier
+    await vote_even_liked(service, range(1, 13))
+    outcome = await service.retrain_person("telegram", "1", trigger="admin")
+    assert outcome is not None and outcome.promoted and outcome.auc is not None
+    assert sent == [("1", f"Your model v1 is ready: AUC {outcome.auc:.2f}.")]

@@ -285,6 +285,8 @@ async def test_group_chat_keeps_each_members_data_private(bot: Harness) -> None:
 async def test_admin_models_and_rollback(bot: Harness) -> None:
     replies = await _vote_many(bot, ALICE, range(1, 13))
     assert "v1 promoted" in await bot.retrain(f"/retrain {ALICE}")
+    ready = [m for m in bot.api.sent_messages(chat_id=ALICE) if m["text"].startswith("Your model")]
+    assert [m["text"][:24] for m in ready] == ["Your model v1 is ready: "]  # told, as by a round
     for reply in replies[:6]:  # flip the first six votes: something new to learn
         await bot.vote(ALICE, reply, Vote.SUPER_LIKE)
     assert "v2" in await bot.retrain(f"/retrain {ALICE}")
