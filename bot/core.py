@@ -821,7 +821,7 @@ class TasteService:
         if user is None:
             return None
         outcome = await self.retrain_user(user.id, trigger)
-        if outcome.promoted:
+        if outcome is not None and outcome.promoted:
             await self._notify(outcome.user, _promotion_message(outcome))
         return outcome
 
@@ -849,9 +849,10 @@ class TasteService:
                 except Exception as error:  # one person's failure must not stop the round
                     log.exception("retraining user %d failed; going on with the others", user_id)
                     outcome = await self._failed_outcome(user_id, error)
-                outcomes.append(outcome)
-                if outcome.promoted:
-                    await self._notify(outcome.user, _promotion_message(outcome))
+                if outcome is not None:  # None: they sent /forget since the round began
+                    outcomes.append(outcome)
+                    if outcome.promoted:
+                        await self._notify(outcome.user, _promotion_message(outcome))
                 if on_progress is not None:
                     await on_progress(done, len(due))
             return outcomes
@@ -859,9 +860,10 @@ class TasteService:
             self._flush_indexes()
             self._rounds.discard(task)
 
-    async def _failed_outcome(self, user_id: int, error: Exception) -> RetrainOutcome:
+    async def _failed_outcome(self, user_id: int, error: Exception) -> RetrainOutcome | None:
         user = await self.store.get_user(user_id)
-        assert user is not None, f"no user {user_id}"
+        if user is None:  # forgotten since: nobody to report on
+            return None
         reason = f"training failed ({type(error).__name__}; see the log)"
         return RetrainOutcome(user, None, False, None, None, 0, reason)
 
@@ -877,13 +879,16 @@ class TasteService:
             if pending:
                 log.warning("%d retrain round(s) still running at shutdown", len(pending))
 
-    async def retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome:
+    async def retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome | None:
+        """Train the person's head now; None if they are gone (a /forget since they were
+        looked up: a round takes its list at the start, and forget waits for this lock)."""
         async with self.training_lock:
             return await self._retrain_user(user_id, trigger)
 
-    async def _retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome:
+    async def _retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome | None:
         user = await self.store.get_user(user_id)
-        assert user is not None, f"no user {user_id}"
+        if user is None:
+            return None
         encoder = self.embedder.version
         revision = await self.store.latest_revision(user_id)
         labelled = await self.store.labelled_embeddings(user_id, encoder)

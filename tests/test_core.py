@@ -343,3 +343,29 @@ async def test_an_admin_retrain_of_one_person_tells_them_of_their_new_model(
     outcome = await service.retrain_person("telegram", "1", trigger="admin")
     assert outcome is not None and outcome.promoted and outcome.auc is not None
     assert sent == [("1", f"Your model v1 is ready: AUC {outcome.auc:.2f}.")]
+
+
+async def test_a_forget_during_a_retrain_round_skips_that_person_only(
+    service: TasteService,
+) -> None:
+    # The round takes its list at the start; Bob's turn, after his /forget, used to hit
+    # `assert user is not None` (and so did the error handler), ending the round there.
+    bob, carol = Person("telegram", "2", "Bob"), Person("telegram", "3", "Carol")
+    for person in (ALICE, bob, carol):
+        for seed in range(1, 13):
+            out = await service.score_image(incoming(seed, person), fetch(image_bytes(seed)))
+            assert isinstance(out, Scored)
+            vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
+            await service.record_vote(person, out.submission_id, vote)
+    progress: list[tuple[int, int]] = []
+
+    async def on_progress(done: int, total: int) -> None:
+        progress.append((done, total))
+        if done == 1:  # Alice's turn is over; Bob's is next
+            await service.forget(bob)
+
+    outcomes = await service.retrain_due_heads(1, "admin", on_progress=on_progress)
+    assert [(o.user.platform_user_id, o.promoted) for o in outcomes] == [("1", True), ("3", True)]
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    assert await service.store.find_user("telegram", "2") is None
+    assert await service.retrain_person("telegram", "2", trigger="admin") is None
