@@ -845,11 +845,16 @@ class TasteService:
                 if self._stopping:  # the rest are retrained after the restart
                     break
                 try:
-                    outcome = await self.retrain_user(user_id, trigger)
+                    # Still due? (The list above needs one new vote even with 0.)
+                    outcome = await self.retrain_user(
+                        user_id, trigger, min_new_votes=max(1, min_new_votes)
+                    )
                 except Exception as error:  # one person's failure must not stop the round
                     log.exception("retraining user %d failed; going on with the others", user_id)
                     outcome = await self._failed_outcome(user_id, error)
-                if outcome is not None:  # None: they sent /forget since the round began
+                # None: they sent /forget since the round began, or another round trained
+                # them on these votes meanwhile (and reports on them).
+                if outcome is not None:
                     outcomes.append(outcome)
                     if outcome.promoted:
                         await self._notify(outcome.user, _promotion_message(outcome))
@@ -879,10 +884,17 @@ class TasteService:
             if pending:
                 log.warning("%d retrain round(s) still running at shutdown", len(pending))
 
-    async def retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome | None:
+    async def retrain_user(
+        self, user_id: int, trigger: str, *, min_new_votes: int = 0
+    ) -> RetrainOutcome | None:
         """Train the person's head now; None if they are gone (a /forget since they were
-        looked up: a round takes its list at the start, and forget waits for this lock)."""
+        looked up: a round takes its list at the start, and forget waits for this lock) or,
+        with ``min_new_votes``, if they no longer have that many new votes."""
         async with self.training_lock:
+            # Checked at their turn, under the lock: a round that overlaps this one (a
+            # scheduled tick during /retrain all) may have trained them on these votes.
+            if min_new_votes > 0 and await self.store.new_votes(user_id) < min_new_votes:
+                return None
             return await self._retrain_user(user_id, trigger)
 
     async def _retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome | None:

@@ -338,6 +338,16 @@ class Store:
         )
         return [(int(r[0]), int(r[1])) for r in rows]
 
+    async def new_votes(self, user_id: int) -> int:
+        """The person's votes changed since their newest head, as users_with_new_votes counts."""
+        row = await self.db.fetch_one(
+            "SELECT COUNT(*) FROM feedback WHERE user_id = ?1"
+            " AND revision > IFNULL((SELECT MAX(trained_through) FROM model_versions"
+            "   WHERE owner_user_id = ?1 AND kind = 'head'), 0)",
+            (user_id,),
+        )
+        return int(row[0]) if row else 0
+
     async def user_counts(self, user_id: int) -> UserCounts:
         row = await self.db.fetch_one(
             "SELECT (SELECT COUNT(DISTINCT image_id) FROM submissions WHERE user_id = ?1),"

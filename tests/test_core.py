@@ -369,3 +369,14 @@ async def test_a_forget_during_a_retrain_round_skips_that_person_only(
     assert progress == [(1, 3), (2, 3), (3, 3)]
     assert await service.store.find_user("telegram", "2") is None
     assert await service.retrain_person("telegram", "2", trigger="admin") is None
+
+
+async def test_two_overlapping_rounds_train_a_person_once(service: TasteService) -> None:
+    # Both rounds took Alice as due at their start; the second used to train her again, at
+    # its turn, on the same votes (a scheduled tick during /retrain all, or two of those).
+    await vote_even_liked(service, range(1, 13))
+    scheduled, admin = await asyncio.gather(
+        service.retrain_due_heads(3, "schedule"), service.retrain_due_heads(1, "admin")
+    )
+    assert [(o.version, o.promoted) for o in scheduled + admin] == [(1, True)]
+    assert [m.version for m in await service.store.model_versions(1)] == [1]

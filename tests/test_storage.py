@@ -189,9 +189,11 @@ async def test_a_vote_after_the_newest_was_undone_counts_as_new(tmp_path: Path) 
         model = NewModel(user_id, "head", 1, "h.npz", "enc", 2, 0, {}, through)
         await store.add_model_version(model, promote=True)
         assert await store.users_with_new_votes(1) == []
+        assert await store.new_votes(user_id) == 0
         await store.delete_vote(user_id, later[0])  # /undo of the newest vote
         await store.upsert_vote(user_id, later[1], Vote.LIKE)  # a new vote, after training
         assert await store.users_with_new_votes(1) == [(user_id, 1)]
+        assert await store.new_votes(user_id) == 1  # counted alike: a round re-checks with it
         assert await store.votes_after(through) == 1
     finally:
         await store.db.close()
