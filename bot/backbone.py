@@ -198,6 +198,7 @@ class BackboneTuner:
         run_id = await store.start_training_run(None, "backbone", trigger)
         new_version: str | None = None
         locked = False
+        heads_written: list[Path] = []  # the comparison's head files, no row names them yet
         try:
             await progress(f"Fine-tuning CLIP v{version} on {len(examples)} votes…")
             self.job = FinetuneJob(
@@ -226,7 +227,7 @@ class BackboneTuner:
             # Per-person head versions are taken now: no head retrain may interleave.
             await self.service.training_lock.acquire()
             locked = True
-            comparisons = await self._compare(old_version, new_version, revision)
+            comparisons = await self._compare(old_version, new_version, revision, heads_written)
             old_auc, new_auc, holdout = _weighted(comparisons)
             promote = new_auc is not None and old_auc is not None and new_auc > old_auc
             if new_auc is None or old_auc is None:
@@ -293,12 +294,21 @@ class BackboneTuner:
                 log.warning("fine-tuning v%d stopped at shutdown", version)
             else:
                 log.exception("fine-tuning v%d failed", version)
-            if locked:
-                self.service.training_lock.release()
-            # The database, not a local, says whether the promotion was committed: a cancel
-            # can land while aiosqlite still runs the COMMIT.
-            now_active = await store.active_backbone()
-            if now_active is not None and now_active.version == version:
+            try:
+                # The database, not a local, says whether the promotion was committed: a
+                # cancel can land while aiosqlite still runs the COMMIT.
+                now_active = await store.active_backbone()
+                committed = now_active is not None and now_active.version == version
+                if locked and not committed:
+                    # No row names these files, so /forget (which deletes the files rows
+                    # name) would miss them. Before the lock goes, as for a rejected run: a
+                    # retrain then writes the same paths.
+                    for path in heads_written:
+                        path.unlink(missing_ok=True)
+            finally:
+                if locked:
+                    self.service.training_lock.release()
+            if committed:
                 # Its embeddings are complete; a restart serves it (its rows say so).
                 log.error("backbone v%d is recorded active but not served: restart", version)
             else:
@@ -357,9 +367,10 @@ class BackboneTuner:
             await progress(f"Re-embedding images: {start + len(batch)}/{len(images)}")
 
     async def _compare(
-        self, old_version: str, new_version: str, revision: int
+        self, old_version: str, new_version: str, revision: int, written: list[Path]
     ) -> list[_PersonComparison]:
-        """Per person: a head on the old and one on the new embeddings, same votes, same holdout."""
+        """Per person: a head on the old and one on the new embeddings, same votes, same
+        holdout. The new heads' files are appended to ``written`` as they are saved."""
         store, data_dir = self.service.store, self.service.data_dir
         comparisons = []
         for user_id in await store.users_with_votes():
@@ -382,6 +393,7 @@ class BackboneTuner:
             relpath = data_dir.head_relpath(user_id, head_version)
             head_path = data_dir.path(relpath)
             head_path.parent.mkdir(parents=True, exist_ok=True)
+            written.append(head_path)  # before saving: a save that fails leaves part of one
             await asyncio.to_thread(new_result.head.save, head_path)
             comparisons.append(
                 _PersonComparison(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import shutil
 import time
 import zipfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -728,6 +729,10 @@ class TasteService:
             self.disliked_index.forget(user.id)
             for relpath in report.files:
                 self.data_dir.path(relpath).unlink(missing_ok=True)
+            # The whole folder: a head file no row names (a crash between writing it and
+            # recording it) holds their images' vectors too, and user ids can be reused.
+            heads = self.data_dir.path(self.data_dir.heads_relpath(user.id))
+            await asyncio.to_thread(shutil.rmtree, heads, True)
             for other_id, image_id in report.others_votes:  # their votes on its group images
                 await self._reindex_image(other_id, image_id)
         self.heads.forget(user.id)
@@ -927,6 +932,7 @@ class TasteService:
         )
         loop = asyncio.get_running_loop()
         run_id = await self.store.start_training_run(user_id, "head", trigger)
+        head_path: Path | None = None
         try:
             result: HeadTrainingResult = await loop.run_in_executor(
                 self._train_pool,
@@ -959,6 +965,8 @@ class TasteService:
             )
         except Exception as error:
             log.exception("training user %d failed", user_id)
+            if head_path is not None:  # no row names it, so /forget would not delete it
+                head_path.unlink(missing_ok=True)
             await self.store.finish_training_run(
                 run_id, outcome="failed", n_labels=len(votes), detail=repr(error)
             )

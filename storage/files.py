@@ -40,8 +40,12 @@ class DataDir:
         # Two-level fan-out keeps directories small.
         return f"images/{sha256[:2]}/{sha256}.{image_format.lower()}"
 
+    def heads_relpath(self, user_id: int) -> str:
+        """The folder of a person's head files (forgetting them removes it whole)."""
+        return f"models/heads/{user_id}"
+
     def head_relpath(self, user_id: int, version: int) -> str:
-        return f"models/heads/{user_id}/v{version}.npz"
+        return f"{self.heads_relpath(user_id)}/v{version}.npz"
 
     def path(self, relpath: str) -> Path:
         return self.root / relpath

@@ -298,6 +298,31 @@ def test_an_image_held_out_for_anyone_is_not_fine_tuned_on(tmp_path: Path) -> No
     assert [(e.image_path.name, e.person) for e in examples] == [("cat.png", 2)]
 
 
+async def _head_files(service: TasteService) -> set[str]:
+    """Head files on disk; the comparison's new heads used to stay after a failed run, with
+    no row naming them, so /forget missed them."""
+    heads = service.data_dir.path("models/heads")
+    return {str(p.relative_to(service.data_dir.root)) for p in heads.rglob("*.npz")}
+
+
+async def test_a_comparison_that_fails_halfway_leaves_no_head_file(
+    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = bot.backbone.train_and_compare
+    calls: list[int] = []
+
+    def fails_for_the_second_person(*args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:  # person 1's two heads are done, and the new one saved
+            raise np.linalg.LinAlgError("pretend")
+        return real(*args)
+
+    monkeypatch.setattr(bot.backbone, "train_and_compare", fails_for_the_second_person)
+    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    assert not outcome.promoted and "pretend" in outcome.reason and len(calls) == 3
+    assert await _head_files(trained) == {"models/heads/1/v1.npz", "models/heads/2/v1.npz"}
+
+
 def _favour_new(monkeypatch: pytest.MonkeyPatch) -> None:
     real_weighted = bot.backbone._weighted
     monkeypatch.setattr(bot.backbone, "_weighted", lambda c: (0.5, 0.9, real_weighted(c)[2]))
@@ -317,6 +342,7 @@ async def test_a_promotion_that_fails_in_the_switch_records_nothing_active(
     assert not outcome.promoted and "disk I/O error" in outcome.reason
     assert await snapshot(trained) == before  # the old encoder and heads, as served
     assert (await _send_red(trained, "after", 700)).model_version == 1  # its head, not the prior
+    assert await _head_files(trained) == {"models/heads/1/v1.npz", "models/heads/2/v1.npz"}
 
 
 async def test_a_cancel_while_the_promotion_commits_keeps_the_promoted_model(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import numpy as np
 
@@ -380,3 +381,29 @@ async def test_two_overlapping_rounds_train_a_person_once(service: TasteService)
     )
     assert [(o.version, o.promoted) for o in scheduled + admin] == [(1, True)]
     assert [m.version for m in await service.store.model_versions(1)] == [1]
+
+
+async def test_a_head_file_whose_recording_failed_is_deleted(
+    service: TasteService, monkeypatch
+) -> None:
+    # The file is written before its row; when recording failed it stayed, and /forget,
+    # which deletes the files rows name, left it: the person's image vectors are in it.
+    await vote_even_liked(service, range(1, 13))
+
+    async def disk_full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full (pretend)")
+
+    monkeypatch.setattr(service.store, "add_model_version", disk_full)
+    [failed] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    assert failed.version is None and "OperationalError" in failed.reason
+    assert list(service.data_dir.path("models/heads").rglob("*.npz")) == []
+
+
+async def test_forget_removes_head_files_no_row_names(service: TasteService) -> None:
+    await vote_even_liked(service, range(1, 13))
+    [trained] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    assert trained.version == 1
+    heads = service.data_dir.path(f"models/heads/{trained.user.id}")
+    (heads / "v2.npz").write_bytes(b"written, then the bot was killed before its row")
+    await service.forget(ALICE)
+    assert not heads.exists()
