@@ -292,7 +292,11 @@ async def test_admin_models_and_rollback(bot: Harness) -> None:
     assert "v2" in await bot.retrain(f"/retrain {ALICE}")
     models = await bot.command(ADMIN, f"/models {ALICE}")
     assert models.startswith(f"Models of user {ALICE}:") and "v1 " in models and "v2 " in models
+    assert await bot.command(ADMIN, f"/rollback {ALICE} v2") == f"User {ALICE} now uses model v2."
     assert await bot.command(ADMIN, f"/rollback {ALICE} 1") == f"User {ALICE} now uses model v1."
+    usage = "Usage: /rollback <telegram user id> <version>"
+    for version in ("²", "v²", "v", "-1", "1.0"):  # "²" used to crash the handler (int("²"))
+        assert await bot.command(ADMIN, f"/rollback {ALICE} {version}") == usage, version
     active = await bot.service.store.active_model(1)
     assert active is not None and active.version == 1
     assert "· model v1" in (await bot.send_photo(ALICE, image_bytes(50)))["text"]

@@ -18,7 +18,7 @@ MY_SCORE_PATTERN = r"^m:"
 FORGET_PATTERN = r"^f:"
 
 
-def _is_id(text: str) -> bool:
+def is_id(text: str) -> bool:
     return text.isascii() and text.isdigit()  # isdigit alone takes "²", which int() refuses
 
 
@@ -29,7 +29,7 @@ def encode_vote(submission_id: int, vote: Vote) -> str:
 def decode_vote(data: str | None) -> tuple[int, Vote] | None:
     """(submission id, vote), or None for anything this bot did not make."""
     parts = (data or "").split(":")
-    if len(parts) != 3 or parts[0] != "v" or parts[2] not in _VOTES or not _is_id(parts[1]):
+    if len(parts) != 3 or parts[0] != "v" or parts[2] not in _VOTES or not is_id(parts[1]):
         return None
     return int(parts[1]), _VOTES[parts[2]]
 
@@ -41,7 +41,7 @@ def encode_submission_action(action: str, submission_id: int) -> str:
 
 def decode_submission_action(data: str | None, action: str) -> int | None:
     parts = (data or "").split(":")
-    if len(parts) != 2 or parts[0] != action or not _is_id(parts[1]):
+    if len(parts) != 2 or parts[0] != action or not is_id(parts[1]):
         return None
     return int(parts[1])
 

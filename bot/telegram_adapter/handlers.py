@@ -24,7 +24,12 @@ from bot.core import (
     TasteService,
 )
 from bot.settings import Settings
-from bot.telegram_adapter.callback_data import FORGET_YES, decode_submission_action, decode_vote
+from bot.telegram_adapter.callback_data import (
+    FORGET_YES,
+    decode_submission_action,
+    decode_vote,
+    is_id,
+)
 from bot.telegram_adapter.keyboards import (
     album_keyboard,
     forget_keyboard,
@@ -462,10 +467,12 @@ async def cmd_rollback(update: Update, context: TasteContext) -> None:
         await message.reply_text("Only the bot's admins can use /rollback.")
         return
     args = context.args or []
-    if len(args) != 2 or not args[1].isdigit():
+    # "3" or "v3", as /models lists them; ASCII digits only ("²" is a digit to isdigit).
+    version_text = args[1].lower().removeprefix("v") if len(args) == 2 else ""
+    if not is_id(version_text):
         await message.reply_text("Usage: /rollback <telegram user id> <version>")
         return
-    version = int(args[1])
+    version = int(version_text)
     outcome = await context.service.rollback(PLATFORM, args[0], version)
     await message.reply_text(
         render.rollback_text(args[0], version, outcome, context.settings.head_files_kept)
