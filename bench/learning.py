@@ -4,9 +4,15 @@ Runs the simulated-user protocol of ``../shared/data/README.md`` on any npz with
 ``embeddings`` (N, d) and ``labels`` (N,):
 
     python -m bench.learning --data ../shared/data/clip-vit-b32/pets.npz [--users 20]
-        [--json] [--plot out.png] [--classes 0.5 --class-seed 1] [--cost]
+        [--json] [--plot out.png] [--classes 0.5 --class-seed 1] [--unvoted R|all] [--cost]
 
 The project learner is ``learner.head.train_head`` itself (the code the bot runs).
+By default each person votes on every image they send, as in the protocol, so after B
+votes the head has those B images and nothing else; ``--unvoted R`` has them send R more
+images per vote without voting (the bot gives a head the images its person sent unvoted),
+``--unvoted all`` every stream image not yet voted on. ``--json`` prints a summary: one
+entry per learner (budget -> mean AUC, null for a budget larger than the stream), and
+``ece``, ``ece_true_labels`` and ``train_s`` (the project head's, per budget).
 ``--classes F`` keeps a random fraction F of the classes: a held-out world to check
 that the design is not tuned to the three files. ``--cost`` only times the head: training
 one person with 10,000 votes and 2,000 unvoted images (the file's images resampled with a
@@ -40,20 +46,50 @@ PROJECT = "project head"
 Learner = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray | None]
 
 
+class DataError(ValueError):
+    """The file cannot be benchmarked; the message says why."""
+
+
 def load(path: Path, classes: float = 1.0, class_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings as float32 re-normalised, labels as 0..C-1; optionally a subset of classes."""
-    with np.load(path, allow_pickle=False) as z:
+    """Embeddings as float32 re-normalised, labels as 0..C-1; optionally a subset of classes.
+
+    Labels may be of any type np.unique sorts (ints, floats, strings): each distinct value is
+    a class. Raises DataError for what would otherwise fail deep inside a learner, or
+    silently give a meaningless table."""
+    if not 0.0 < classes <= 1.0:
+        raise DataError(f"--classes must be in (0, 1], got {classes}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz ({e})") from None
+    with z:
+        missing = {"embeddings", "labels"} - set(z.files)
+        if missing:
+            raise DataError(f"{path}: no {sorted(missing)} in the file (it has {z.files})")
         x = z["embeddings"].astype(np.float32)
-        labels = z["labels"].astype(np.int64)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+        raw_labels = z["labels"]
+    if x.ndim != 2 or len(x) == 0:
+        raise DataError(f"{path}: embeddings must be (N, d), got shape {x.shape}")
+    if raw_labels.size != len(x):
+        raise DataError(f"{path}: {raw_labels.size} labels for {len(x)} embeddings")
+    raw_labels = raw_labels.reshape(-1)  # (N, 1) too
+    norms = np.linalg.norm(x, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if len(bad):
+        raise DataError(
+            f"{path}: {len(bad)} embeddings are zero or not finite (rows {bad[:5].tolist()})"
+        )
+    x /= norms[:, None]
+    names, labels = np.unique(raw_labels, return_inverse=True)
     if classes < 1.0:
-        names = np.unique(labels)
         keep_n = max(2, round(classes * len(names)))
-        keep = np.random.default_rng(10_000 + class_seed).choice(names, keep_n, replace=False)
+        keep = np.random.default_rng(10_000 + class_seed).choice(len(names), keep_n, replace=False)
         mask = np.isin(labels, keep)
         x, labels = x[mask], labels[mask]
-    _, labels = np.unique(labels, return_inverse=True)
-    return x, labels
+        _, labels = np.unique(labels, return_inverse=True)
+    if labels.max(initial=0) < 1:
+        raise DataError(f"{path}: one class only; a taste needs at least two")
+    return x, labels.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -192,28 +228,54 @@ class Results:
     auc: dict[str, dict[int, list[float]]]
     ece_votes: dict[int, list[float]]  # project head vs the person's votes on the test pool
     ece_true: dict[int, list[float]]  # project head vs the true labels
-    train_s: list[float]
+    train_s: dict[int, list[float]]  # project head's training time
 
 
-def run(x: np.ndarray, labels: np.ndarray, users: int, references: bool = True) -> Results:
+def unvoted_images(stream: np.ndarray, budget: int, per_vote: float | None) -> np.ndarray:
+    """The stream images a person with ``budget`` votes has sent without voting on them.
+
+    The protocol has the person vote on every image, in order: after B votes they have
+    sent B images and no others (``per_vote`` 0). A person who votes on one image in
+    1 + R sends R unvoted images per vote, the next round(R * B) of the stream
+    (``per_vote`` R). None: every stream image not voted on, as if all had been sent."""
+    if per_vote is None:
+        return stream[budget:]
+    return stream[budget : budget + round(per_vote * budget)]
+
+
+def run(
+    x: np.ndarray,
+    labels: np.ndarray,
+    users: int,
+    references: bool = True,
+    unvoted_per_vote: float | None = 0.0,
+) -> Results:
+    """Steps 5-6 of the protocol. A budget larger than a person's stream is skipped (its
+    lists stay empty) rather than trained on fewer votes than it says. The project head
+    is also given the images the person sent without voting (``unvoted_images``); the
+    reference learners use votes only, as defined."""
     names = [PROJECT] + (list(REFERENCES) if references else [])
     res = Results(
         {n: {b: [] for b in BUDGETS} for n in names},
         {b: [] for b in BUDGETS},
         {b: [] for b in BUDGETS},
-        [],
+        {b: [] for b in BUDGETS},
     )
     for u in range(users):
         p = simulate_person(x, labels, u)
         xte = x[p.test]
         for b in BUDGETS:
+            if b > len(p.stream):
+                continue
             seen = p.stream[:b]
-            xtr, votes, unl = x[seen], p.votes[:b], x[p.stream[b:]]
+            xtr, votes = x[seen], p.votes[:b]
+            unl = x[unvoted_images(p.stream, b, unvoted_per_vote)]
             t0 = time.perf_counter()
             head = train_head(xtr, votes, unlabeled=unl, seed=u)
-            res.train_s.append(time.perf_counter() - t0)
+            res.train_s[b].append(time.perf_counter() - t0)
             probs = head.predict(xte)
-            res.auc[PROJECT][b].append(roc_auc(p.test_true, probs) or 0.5)
+            auc = roc_auc(p.test_true, probs)
+            res.auc[PROJECT][b].append(0.5 if auc is None else auc)
             res.ece_votes[b].append(expected_calibration_error(p.test_votes, probs))
             res.ece_true[b].append(expected_calibration_error(p.test_true, probs))
             if references:
@@ -224,71 +286,90 @@ def run(x: np.ndarray, labels: np.ndarray, users: int, references: bool = True) 
     return res
 
 
-def summary(res: Results) -> dict[str, dict[str, float]]:
-    out = {n: {str(b): float(np.mean(v)) for b, v in per.items()} for n, per in res.auc.items()}
-    out["ece"] = {str(b): float(np.mean(v)) for b, v in res.ece_votes.items()}
-    out["ece_true_labels"] = {str(b): float(np.mean(v)) for b, v in res.ece_true.items()}
-    out["train_s_mean"] = {"all": float(np.mean(res.train_s))}
+Summary = dict[str, dict[str, float | None]]
+NOT_LEARNERS = ("ece", "ece_true_labels", "train_s")  # the other keys of a summary
+
+
+def _means(per_budget: dict[int, list[float]]) -> dict[str, float | None]:
+    """Budget (as a string, JSON's keys) -> mean, or None where the budget was skipped."""
+    return {str(b): float(np.mean(v)) if v else None for b, v in per_budget.items()}
+
+
+def summary(res: Results) -> Summary:
+    out = {name: _means(per) for name, per in res.auc.items()}
+    out["ece"] = _means(res.ece_votes)
+    out["ece_true_labels"] = _means(res.ece_true)
+    out["train_s"] = _means(res.train_s)
     return out
 
 
-def targets(s: dict[str, dict[str, float]]) -> list[str]:
-    """Issue 3's targets, one line each, with pass/fail."""
+def targets(s: Summary) -> list[str]:
+    """Issue 3's targets, one line each, with pass/fail (empty without references)."""
     refs = [n for n in REFERENCES if n in s]
     if not refs:
         return []
+    budgets = [b for b in TARGET_BUDGETS if s[PROJECT][str(b)] is not None]
+    if len(budgets) < len(TARGET_BUDGETS):
+        return [f"targets not checked: the stream is shorter than {TARGET_BUDGETS[-1]} votes"]
+
+    def at(name: str, b: int) -> float:
+        value = s[name][str(b)]
+        assert value is not None
+        return value
+
     lines = []
-    for b in TARGET_BUDGETS:
-        best = max(s[n][str(b)] for n in refs)
-        got = s[PROJECT][str(b)]
+    for b in budgets:
+        best = max(at(n, b) for n in refs)
+        got = at(PROJECT, b)
         ok = got >= best - 0.005
         lines.append(
             f"budget {b}: {got:.3f} vs best ref {best:.3f} - 0.005  {'PASS' if ok else 'FAIL'}"
         )
-    mean_p = np.mean([s[PROJECT][str(b)] for b in TARGET_BUDGETS])
-    mean_best = np.mean([max(s[n][str(b)] for n in refs) for b in TARGET_BUDGETS])
+    mean_p = np.mean([at(PROJECT, b) for b in budgets])
+    mean_best = np.mean([max(at(n, b) for n in refs) for b in budgets])
     ok = mean_p >= mean_best + 0.02
     lines.append(
         f"mean 20-200: {mean_p:.3f} vs best ref {mean_best:.3f} + 0.02  {'PASS' if ok else 'FAIL'}"
     )
-    ece = s["ece"]["200"]
+    ece = at("ece", 200)
     lines.append(f"ECE at 200: {ece:.3f} <= 0.05  {'PASS' if ece <= 0.05 else 'FAIL'}")
     return lines
 
 
-def table(s: dict[str, dict[str, float]], title: str) -> str:
+def _row(label: str, values: dict[str, float | None], scale: float = 1.0, fmt: str = ".3f") -> str:
+    cells = [values[str(b)] for b in BUDGETS]
+    text = ["—" if v is None else format(scale * v, fmt) for v in cells]  # — : budget skipped
+    return f"| {label} | " + " | ".join(text) + " |"
+
+
+def table(s: Summary, title: str) -> str:
+    """Markdown: AUC per learner and budget, the project head's ECE and training time."""
     head = f"| {title} | " + " | ".join(str(b) for b in BUDGETS) + " |"
     rows = [head, "|---" * (len(BUDGETS) + 1) + "|"]
-    for name in [PROJECT, *REFERENCES]:
-        if name in s:
-            rows.append(
-                f"| {name} | " + " | ".join(f"{s[name][str(b)]:.3f}" for b in BUDGETS) + " |"
-            )
-    rows.append(
-        "| project ECE (vs votes) | "
-        + " | ".join(f"{s['ece'][str(b)]:.3f}" for b in BUDGETS)
-        + " |"
-    )
-    rows.append(
-        "| project ECE (vs true labels) | "
-        + " | ".join(f"{s['ece_true_labels'][str(b)]:.3f}" for b in BUDGETS)
-        + " |"
-    )
+    rows += [_row(name, s[name]) for name in [PROJECT, *REFERENCES] if name in s]
+    rows.append(_row("project ECE (vs votes)", s["ece"]))
+    rows.append(_row("project ECE (vs true labels)", s["ece_true_labels"]))
+    rows.append(_row("project training time (ms)", s["train_s"], 1000.0, ".1f"))
     return "\n".join(rows)
 
 
-def plot(s: dict[str, dict[str, float]], title: str, path: Path) -> None:
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def plot(s: Summary, title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    budgets = [b for b in BUDGETS if s[PROJECT][str(b)] is not None]
     for name in [PROJECT, *REFERENCES]:
         if name in s:
             ax.plot(
-                BUDGETS,
-                [s[name][str(b)] for b in BUDGETS],
+                budgets,
+                [_or_nan(s[name][str(b)]) for b in budgets],
                 marker="o",
                 lw=2.5 if name == PROJECT else 1.2,
                 label=name,
@@ -312,7 +393,9 @@ def cost(x: np.ndarray, labels: np.ndarray, reps: int = 4) -> dict[str, float]:
     # Jitter: resampled copies of one photo would be exact duplicates in the graph.
     pool = x[idx] + 0.02 * rng.standard_normal((len(idx), x.shape[1])).astype(np.float32)
     pool /= np.linalg.norm(pool, axis=1, keepdims=True)
-    liked = np.isin(labels[idx], rng.choice(int(labels.max()) + 1, 10, replace=False))
+    n_classes = int(labels.max()) + 1
+    n_liked = max(1, round(LIKED_FRACTION * n_classes))
+    liked = np.isin(labels[idx], rng.choice(n_classes, n_liked, replace=False))
     votes = np.where(liked ^ (rng.random(len(idx)) < FLIP_PROBABILITY), LIKE, DISLIKE)
     train = []
     for r in range(reps):
@@ -337,21 +420,56 @@ def cost(x: np.ndarray, labels: np.ndarray, reps: int = 4) -> dict[str, float]:
     }
 
 
+def _per_vote(text: str) -> float | None:
+    if text == "all":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number >= 0 or 'all', not {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"a number >= 0 or 'all', not {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1, not {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--users", type=int, default=20)
+    ap.add_argument("--users", type=_positive, default=20)
     ap.add_argument("--json", action="store_true", help="print the summary as JSON only")
     ap.add_argument("--plot", type=Path, help="write a PNG of AUC vs votes")
     ap.add_argument("--classes", type=float, default=1.0, help="keep this fraction of the classes")
     ap.add_argument("--class-seed", type=int, default=0)
     ap.add_argument("--no-references", action="store_true", help="project learner only (faster)")
     ap.add_argument(
+        "--unvoted",
+        type=_per_vote,
+        default=0.0,
+        metavar="R|all",
+        help="unvoted images each person sent per vote (default 0: they vote on every image "
+        "they send, as in the protocol); 'all': every stream image not voted on",
+    )
+    ap.add_argument(
         "--cost", action="store_true", help="only time training (10,000 votes) and scoring"
     )
     args = ap.parse_args(argv)
-
-    x, labels = load(args.data, args.classes, args.class_seed)
+    if args.plot and not args.plot.parent.is_dir():  # before the run, not after it
+        ap.error(f"--plot: no directory {args.plot.parent}")
+    if not (args.cost or args.no_references):
+        try:
+            import sklearn  # noqa: F401  (the logistic-regression reference)
+        except ImportError:
+            ap.error("the reference learners need scikit-learn: pip install -e '.[bench]'")
+    try:
+        x, labels = load(args.data, args.classes, args.class_seed)
+    except DataError as e:
+        ap.error(str(e))
     if args.cost:
         c = cost(x, labels)
         if args.json:
@@ -365,11 +483,13 @@ def main(argv: list[str] | None = None) -> None:
             f"in a batch {c['predict_ms_batched']:.4f} ms/image"
         )
         return
-    res = run(x, labels, args.users, references=not args.no_references)
+    res = run(x, labels, args.users, not args.no_references, args.unvoted)
     s = summary(res)
     title = args.data.stem + (
         f" ({args.classes:.0%} classes, seed {args.class_seed})" if args.classes < 1 else ""
     )
+    if args.unvoted != 0:
+        title += ", unvoted: " + ("all" if args.unvoted is None else f"{args.unvoted:g} per vote")
     if args.plot:
         plot(s, title, args.plot)
     if args.json:
@@ -378,7 +498,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(f"{title}: {len(x)} images, {labels.max() + 1} classes, {args.users} people")
     print(table(s, title))
-    print(f"project head mean training time: {1000 * s['train_s_mean']['all']:.1f} ms")
     for line in targets(s):
         print(line)
 
