@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -62,12 +63,17 @@ def load(path: Path, classes: float = 1.0, class_seed: int = 0) -> tuple[np.ndar
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: not a readable .npz ({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array
+        raise DataError(f"{path}: an .npy array, not an .npz with embeddings and labels")
     with z:
         missing = {"embeddings", "labels"} - set(z.files)
         if missing:
             raise DataError(f"{path}: no {sorted(missing)} in the file (it has {z.files})")
-        x = z["embeddings"].astype(np.float32)
-        raw_labels = z["labels"]
+        try:
+            x = z["embeddings"].astype(np.float32)
+            raw_labels = z["labels"]
+        except (ValueError, TypeError) as e:  # e.g. object arrays, which need pickle
+            raise DataError(f"{path}: unreadable arrays ({e})") from None
     if x.ndim != 2 or len(x) == 0:
         raise DataError(f"{path}: embeddings must be (N, d), got shape {x.shape}")
     if raw_labels.size != len(x):
@@ -81,14 +87,14 @@ def load(path: Path, classes: float = 1.0, class_seed: int = 0) -> tuple[np.ndar
         )
     x /= norms[:, None]
     names, labels = np.unique(raw_labels, return_inverse=True)
+    if len(names) < 2:
+        raise DataError(f"{path}: one class only; a taste needs at least two")
     if classes < 1.0:
         keep_n = max(2, round(classes * len(names)))
         keep = np.random.default_rng(10_000 + class_seed).choice(len(names), keep_n, replace=False)
         mask = np.isin(labels, keep)
         x, labels = x[mask], labels[mask]
         _, labels = np.unique(labels, return_inverse=True)
-    if labels.max(initial=0) < 1:
-        raise DataError(f"{path}: one class only; a taste needs at least two")
     return x, labels.astype(np.int64)
 
 
@@ -427,25 +433,28 @@ def _per_vote(text: str) -> float | None:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a number >= 0 or 'all', not {text!r}") from None
-    if not value >= 0:  # also refuses nan
+    if not (value >= 0 and math.isfinite(value)):  # also refuses nan
         raise argparse.ArgumentTypeError(f"a number >= 0 or 'all', not {text!r}")
     return value
 
 
-def _positive(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a whole number >= 1, not {text!r}")
-    return int(text)
+def _whole(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"a whole number >= {least}, not {text!r}")
+        return int(text)
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--users", type=_positive, default=20)
+    ap.add_argument("--users", type=_whole(1), default=20)
     ap.add_argument("--json", action="store_true", help="print the summary as JSON only")
     ap.add_argument("--plot", type=Path, help="write a PNG of AUC vs votes")
     ap.add_argument("--classes", type=float, default=1.0, help="keep this fraction of the classes")
-    ap.add_argument("--class-seed", type=int, default=0)
+    ap.add_argument("--class-seed", type=_whole(0), default=0)
     ap.add_argument("--no-references", action="store_true", help="project learner only (faster)")
     ap.add_argument(
         "--unvoted",

@@ -160,7 +160,7 @@ class TasteHead:
     s(x) = x when ``smooth_k`` is 0, as in format 1-2 files), lp(x) is the
     softmax-weighted (temperature ``QUERY_TEMPERATURE``) mean of the propagated scores
     of x's ``QUERY_K`` most similar anchors and nn(x) the same (``NEAREST_K``,
-    ``NEAREST_TEMPERATURE``) over ``vote_values``, the +-1 votes on the first
+    ``nearest_temperature``) over ``vote_values``, the +-1 votes on the first
     ``len(vote_values)`` anchors, by cos(s(x), ``vote_feats``) when smoothed. The centroid
     part is folded into ``weights``.
     """
@@ -502,6 +502,11 @@ def _fit_platt(
         grad = np.array([g @ s, g.sum()]) - PLATT_PRIOR * np.array([a, c])
         info = np.array([[fisher @ (s * s), fisher @ s], [fisher @ s, fisher.sum()]])
         step = np.linalg.solve(info + PLATT_PRIOR * np.eye(2), grad)
+        if (a <= MIN_PLATT_SLOPE and step[0] < 0) or (a >= MAX_PLATT_SLOPE and step[0] > 0):
+            # The slope is held at its bound, and the joint step's intercept part assumed it
+            # would move (it can point downhill): fit the intercept alone. Without this a
+            # person whose held-out scores say nothing got 71 % on everything, 33 % liked.
+            step = np.array([0.0, grad[1] / (info[1, 1] + PLATT_PRIOR)])
         # With eps > 0 the likelihood is not concave: a full Fisher step can overshoot into
         # the flat region where every score is saturated at eps (seen: a person's scores
         # all equal, ranking lost). Halve the step until the objective does not fall.
@@ -514,8 +519,9 @@ def _fit_platt(
             step = step / 2
         else:
             break  # no ascent along the step: (a, c) is a maximum to working precision
+        moved = max(abs(a_new - a), abs(c_new - c))
         a, c, current = a_new, c_new, new
-        if np.abs(step).max() < 1e-8:
+        if moved < 1e-8:
             break
     return float(a / scale), float(c)
 

@@ -96,7 +96,30 @@ def test_a_file_it_cannot_use_is_one_clear_error(
     assert message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [["--users", "0"], ["--unvoted", "-1"], ["--unvoted", "x"]])
+def test_an_npy_file_or_a_one_class_subset_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.ones((5, 4)))
+    one = tmp_path / "one.npz"
+    np.savez(one, embeddings=np.ones((5, 4)), labels=np.zeros(5))
+    for argv in (["--data", str(npy)], ["--data", str(one), "--classes", "0.5"]):
+        with pytest.raises(SystemExit) as exit_info:
+            learning.main(argv)
+        assert exit_info.value.code == 2
+        assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--users", "0"],
+        ["--unvoted", "-1"],
+        ["--unvoted", "x"],
+        ["--unvoted", "inf"],
+        ["--class-seed", "-20000"],
+    ],
+)
 def test_bad_arguments_are_refused_before_the_run(tmp_path: Path, argv: list[str]) -> None:
     data = _clustered_npz(tmp_path / "c8.npz")
     with pytest.raises(SystemExit) as exit_info:

@@ -423,3 +423,46 @@ def test_platt_fit_does_not_overshoot_into_saturated_scores() -> None:
     # Platt's smoothed targets and the weak prior cost up to ~2 nats here; the old fit's
     # divergences cost 6 and 62 nats in these draws.
     assert worst < 3.0
+
+
+def test_platt_intercept_is_fitted_when_the_slope_is_held_at_its_bound() -> None:
+    """Held-out scores that rank backwards hold the slope at its minimum; the intercept must
+    still make the (constant) score the person's like rate. It used to stop where the joint
+    step left it: a person told 71 % on everything with 33 % liked."""
+    from learner.head import MIN_PLATT_SLOPE, _fit_platt, _sigmoid
+
+    rng = np.random.default_rng(1)
+    for _ in range(8):
+        n = int(rng.integers(16, 60))
+        y = (rng.random(n) < 0.33).astype(np.float64)
+        s = rng.standard_normal(n) - 1.5 * y  # likes score lower: no positive slope fits
+        eps = float(rng.choice([0.05, 0.1, 0.15]))
+        a, c = _fit_platt(s, y, eps)
+        assert a * np.std(s) == pytest.approx(MIN_PLATT_SLOPE)
+        p = eps + (1 - 2 * eps) * _sigmoid(a * s + c)
+        assert abs(float(p.mean()) - float(y.mean())) < 0.02
+
+
+def test_graph_and_nearest_weights_follow_the_share_of_unvoted_images(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from learner import head as h
+
+    x, votes = _clusters(400, np.random.default_rng(0))
+
+    def fit(unvoted: int, **constants: float) -> TasteHead:
+        with monkeypatch.context() as m:
+            for name, value in constants.items():
+                m.setattr(h, name, value)
+            return train_head(x[:100], votes[:100], unlabeled=x[100 : 100 + unvoted])
+
+    base = fit(0)
+    # Votes only: the all-unvoted weights play no part, the votes-only ones do.
+    same = fit(0, GRAPH_MIX=9.0, NEAREST_MIX=9.0)
+    assert (same.mix, same.nearest_mix) == (base.mix, base.nearest_mix)
+    heavier = fit(0, GRAPH_MIX_VOTES_ONLY=2.0, NEAREST_MIX_VOTES_ONLY=1.0)
+    assert heavier.mix > base.mix and heavier.nearest_mix < base.nearest_mix
+    # 300 unvoted of 400 images: three quarters of the way to the all-unvoted weights.
+    mixed = fit(300)
+    moved = fit(300, GRAPH_MIX=9.0)
+    assert moved.mix > 2 * mixed.mix
