@@ -389,7 +389,8 @@ def test_a_format_4_file_keeps_the_nearest_vote_temperature_it_was_trained_with(
 
 
 def _platt_objective(a: float, c: float, s: np.ndarray, y: np.ndarray, eps: float) -> float:
-    """The held-out log-likelihood the Platt fit maximises, on the raw labels."""
+    """Log-likelihood of the raw labels (the fit maximises it with Platt's smoothed targets
+    and a weak prior on (a, c), so it may fall a little short of a grid's best)."""
     from learner.head import _sigmoid
 
     p = np.clip(eps + (1 - 2 * eps) * _sigmoid(a * s + c), 1e-12, 1 - 1e-12)
