@@ -473,6 +473,12 @@ def _centroid_loo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return unit[1] - unit[0], loo
 
 
+def _floored_log_likelihood(z: np.ndarray, y: np.ndarray, eps: float) -> float:
+    """Log-likelihood of (soft) labels y under p = eps + (1 - 2 eps) * sigmoid(z)."""
+    p = np.clip(eps + (1 - 2 * eps) * _sigmoid(z), 1e-12, 1 - 1e-12)
+    return float(y @ np.log(p) + (1 - y) @ np.log(1 - p))
+
+
 def _fit_platt(
     scores: np.ndarray, y: np.ndarray, eps: float, iters: int = 50
 ) -> tuple[float, float]:
@@ -486,9 +492,7 @@ def _fit_platt(
 
     def objective(a: float, c: float) -> float:
         # A weak Gaussian prior on (a, c) keeps them finite when a constant fits best.
-        p = np.clip(eps + (1 - 2 * eps) * _sigmoid(a * s + c), 1e-12, 1 - 1e-12)
-        ll = float(y @ np.log(p) + (1 - y) @ np.log(1 - p))
-        return ll - 0.5 * PLATT_PRIOR * (a * a + c * c)
+        return _floored_log_likelihood(a * s + c, y, eps) - 0.5 * PLATT_PRIOR * (a * a + c * c)
 
     a, c = 1.0, 0.0
     current = objective(a, c)
@@ -531,9 +535,7 @@ def _calibrate(scores: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     best: tuple[float, float, float, float] | None = None
     for eps in VOTE_NOISE_CHOICES:
         a, c = _fit_platt(scores, y, eps)
-        p = eps + (1 - 2 * eps) * _sigmoid(a * scores + c)
-        p = np.clip(p, 1e-12, 1 - 1e-12)
-        ll = float(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
+        ll = _floored_log_likelihood(a * scores + c, y, eps)
         if best is None or ll > best[3]:
             best = (a, c, eps, ll)
     assert best is not None
