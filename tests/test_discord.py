@@ -360,16 +360,26 @@ class DiscordHarness:
         )
         return calls[0].body
 
-    async def command(self, user_id: int, name: str, *, channel_id: int | None = None) -> str:
+    async def command(
+        self, user_id: int, name: str, *, channel_id: int | None = None, **options: str | int
+    ) -> str:
         """A slash command; the text the person sees (the response or its followup)."""
-        return str((await self.slash(user_id, name, channel_id=channel_id))["content"])
+        reply = await self.slash(user_id, name, channel_id=channel_id, **options)
+        return str(reply["content"])
 
     async def slash(
-        self, user_id: int, name: str, *, channel_id: int | None = None
+        self, user_id: int, name: str, *, channel_id: int | None = None, **options: str | int
     ) -> dict[str, Any]:
+        """`options` are the command's: a str is a string option (type 3), an int an integer (4)."""
+        data: dict[str, Any] = {"id": "1", "name": name, "type": 1}
+        if options:
+            data["options"] = [
+                {"name": key, "type": 4 if isinstance(value, int) else 3, "value": value}
+                for key, value in options.items()
+            ]
         interaction_id = self.interaction_event(
             user_id,
-            {"id": "1", "name": name, "type": 1},
+            data,
             kind=2,
             message=None,
             channel_id=channel_id,
@@ -427,7 +437,9 @@ async def test_start_registers_commands_and_persistent_buttons(discord_bot: Disc
         "export",
         "forget",
         "help",
+        "models",
         "retrain",
+        "rollback",
         "stats",
     ]  # type: ignore[index]
     # Buttons are answered by their custom_id's template, so any earlier run's buttons work.
@@ -617,10 +629,71 @@ async def test_slow_commit_is_acknowledged_within_discords_3_seconds(
 async def test_stats_and_retrain_are_slash_commands(discord_bot: DiscordHarness) -> None:
     bot = discord_bot
     assert "Model: cold start" in await bot.command(ALICE, "stats")
-    assert await bot.command(ALICE, "retrain") == "Only the bot's admins can use /retrain."
+    refusal = "Only the bot's admins can use /retrain, /models and /rollback."
+    assert await bot.command(ALICE, "retrain") == refusal
     assert "Nobody has new votes" in await bot.command(ADMIN, "retrain")
     assert "All users: " in await bot.command(ADMIN, "stats")
     assert "Send me an image" in await bot.command(ALICE, "help")
+
+
+async def test_admin_lists_and_rolls_back_a_discord_persons_models(
+    discord_bot: DiscordHarness,
+) -> None:
+    bot = discord_bot
+    replies = [await bot.send_image(ALICE, image_bytes(seed)) for seed in range(1, 13)]
+    for n, reply in enumerate(replies):
+        await bot.press(ALICE, reply, Vote.LIKE if n % 2 == 0 else Vote.DISLIKE)
+    assert "v1 promoted" in await bot.command(ADMIN, "retrain")
+    for reply in replies[:6]:  # flip the first six votes: something new to learn
+        await bot.press(ALICE, reply, Vote.SUPER_LIKE)
+    assert "v2" in await bot.command(ADMIN, "retrain")
+    alice = await bot.service.store.find_user("discord", str(ALICE))
+    assert alice is not None
+
+    async def active_version() -> int | None:
+        active = await bot.service.store.active_model(alice.id)
+        return None if active is None else active.version
+
+    listing = await bot.slash(ADMIN, "models", user=str(ALICE))
+    assert listing["flags"] & 64  # ephemeral: only the admin sees it
+    text = listing["content"]
+    assert text.startswith(f"Models of user {ALICE}:") and "v1 " in text and "v2 " in text
+    assert text.count("\n") == 2 and len(text) <= 2000
+    # A mention or a bare id; the version as an integer option.
+    rolled = await bot.slash(ADMIN, "rollback", user=f"<@{ALICE}>", version=2)
+    assert rolled["content"] == f"User {ALICE} now uses model v2." and rolled["flags"] & 64
+    assert await active_version() == 2
+    assert await bot.command(ADMIN, "rollback", user=f"<@!{ALICE}>", version=1) == (
+        f"User {ALICE} now uses model v1."
+    )
+    assert await active_version() == 1
+    assert "· model v1" in (await bot.send_image(ALICE, image_bytes(50)))["content"]
+    assert await bot.command(ADMIN, "rollback", user=str(ALICE), version=9) == (
+        f"User {ALICE} has no model v9."
+    )
+    # Discord's people only: nobody on Discord has this id.
+    assert await bot.command(ADMIN, "models", user="424242") == "I don't know user 424242."
+    usage = "Give a Discord user: pick one, or paste their user id."
+    assert await bot.command(ADMIN, "models", user="alice") == usage
+    assert await bot.command(ADMIN, "rollback", user="<@x1>", version=1) == usage
+    assert await active_version() == 1
+
+
+async def test_models_and_rollback_refuse_non_admins(discord_bot: DiscordHarness) -> None:
+    bot = discord_bot
+    refusal = "Only the bot's admins can use /retrain, /models and /rollback."
+    replies = [await bot.send_image(ALICE, image_bytes(seed)) for seed in range(1, 13)]
+    for n, reply in enumerate(replies):
+        await bot.press(ALICE, reply, Vote.LIKE if n % 2 == 0 else Vote.DISLIKE)
+    assert "v1 promoted" in await bot.command(ADMIN, "retrain")
+    listing = await bot.slash(ALICE, "models", user=str(ALICE))
+    assert listing["content"] == refusal and listing["flags"] & 64
+    assert await bot.command(BOB, "rollback", user=str(ALICE), version=1) == refusal
+    assert await bot.command(ALICE, "models", user=str(ALICE), channel_id=CHANNEL) == refusal
+    alice = await bot.service.store.find_user("discord", str(ALICE))
+    assert alice is not None
+    versions = await bot.service.store.model_versions(alice.id)
+    assert [(m.version, m.status) for m in versions] == [(1, "active")]
 
 
 async def test_buttons_keep_working_after_a_restart(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -95,13 +96,17 @@ class TasteClient(discord.Client):
 
 def add_commands(tree: app_commands.CommandTree[Any]) -> None:
     """Slash commands: each is one handler in handlers.py."""
-    for name, description, callback in [
+    # Handlers take the interaction and then their options (none, or /models' and /rollback's).
+    commands: list[tuple[str, str, Callable[..., Coroutine[Any, Any, None]]]] = [
         ("help", "What this bot does", handlers.cmd_help),
         ("stats", "Your votes, your model and its learning curve", handlers.cmd_stats),
         ("export", "Your own data, as a JSON file", handlers.cmd_export),
         ("forget", "Delete everything the bot knows about you", handlers.cmd_forget),
         ("retrain", "Admins: retrain models now", handlers.cmd_retrain),
-    ]:
+        ("models", "Admins: a person's model versions", handlers.cmd_models),
+        ("rollback", "Admins: make an earlier model version the active one", handlers.cmd_rollback),
+    ]
+    for name, description, callback in commands:
         tree.add_command(
             app_commands.Command(name=name, description=description, callback=callback)
         )

@@ -6,11 +6,13 @@ import asyncio
 import io
 import json
 import logging
+import re
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import discord
+from discord import app_commands
 
 from bot import render
 from bot.charts import learning_curve_png
@@ -33,8 +35,13 @@ DISCORD_CDN_HOSTS = {"cdn.discordapp.com", "media.discordapp.net"}
 
 NOT_AN_IMAGE = "That file is not an image; send a photo or an image file (JPEG, PNG, WebP, GIF)."
 SEND_AN_IMAGE = "Send me an image and I'll score it for you. /help"
-NOT_ADMIN = "Only the bot's admins can use /retrain."
+NOT_ADMIN = "Only the bot's admins can use /retrain, /models and /rollback."
+USER_USAGE = "Give a Discord user: pick one, or paste their user id."
 SOMETHING_WRONG = "Something went wrong on my side; please try again."
+
+
+# A user option typed as text: a mention (<@123>, <@!123>) or a bare id; ASCII digits only.
+USER_REFERENCE = re.compile(r"<@!?([0-9]+)>|([0-9]+)")
 
 
 def person(user: discord.User | discord.Member) -> Person:
@@ -237,4 +244,51 @@ async def cmd_retrain(interaction: discord.Interaction[TasteClient]) -> None:
     outcomes = await interaction.client.service.retrain_due_heads(min_new_votes=1, trigger="admin")
     await interaction.followup.send(
         render.retrain_text(outcomes, limit=MAX_MESSAGE), ephemeral=True
+    )
+
+
+def user_id_of(text: str) -> str | None:
+    """The Discord user id in a mention or a bare id, else None."""
+    match = USER_REFERENCE.fullmatch(text.strip())
+    return None if match is None else match.group(1) or match.group(2)
+
+
+@app_commands.describe(user="A Discord user: a mention or their user id")
+async def cmd_models(interaction: discord.Interaction[TasteClient], user: str) -> None:
+    """/models user (admins): every model version of a Discord person, with metrics."""
+    if not is_admin(interaction):
+        await interaction.response.send_message(NOT_ADMIN, ephemeral=True)
+        return
+    target = user_id_of(user)
+    if target is None:
+        await interaction.response.send_message(USER_USAGE, ephemeral=True)
+        return
+    listing = await interaction.client.service.models_of(PLATFORM, target)
+    await interaction.response.send_message(
+        render.models_text(target, listing, limit=MAX_MESSAGE), ephemeral=True
+    )
+
+
+@app_commands.describe(
+    user="A Discord user: a mention or their user id",
+    version="The model version, as /models lists it",
+)
+async def cmd_rollback(
+    interaction: discord.Interaction[TasteClient], user: str, version: int
+) -> None:
+    """/rollback user version (admins): make an earlier model of a Discord person the active one."""
+    if not is_admin(interaction):
+        await interaction.response.send_message(NOT_ADMIN, ephemeral=True)
+        return
+    target = user_id_of(user)
+    if target is None:
+        await interaction.response.send_message(USER_USAGE, ephemeral=True)
+        return
+    # A rollback waits for a running retrain (the training lock): acknowledge within 3 s first.
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    client = interaction.client
+    outcome = await client.service.rollback(PLATFORM, target, version)
+    await interaction.followup.send(
+        render.rollback_text(target, version, outcome, client.settings.head_files_kept),
+        ephemeral=True,
     )
