@@ -448,7 +448,9 @@ def _whole(least: int) -> Callable[[str], int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.learning", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--users", type=_whole(1), default=20)
     ap.add_argument("--json", action="store_true", help="print the summary as JSON only")
