@@ -253,15 +253,23 @@ def user_id_of(text: str) -> str | None:
     return None if match is None else match.group(1) or match.group(2)
 
 
-@app_commands.describe(user="A Discord user: a mention or their user id")
-async def cmd_models(interaction: discord.Interaction[TasteClient], user: str) -> None:
-    """/models user (admins): every model version of a Discord person, with metrics."""
+async def _admin_target(interaction: discord.Interaction[TasteClient], user: str) -> str | None:
+    """The Discord user id an admin command names, or None once the refusal (not an admin)
+    or the usage line (not a user) has been sent."""
     if not is_admin(interaction):
         await interaction.response.send_message(NOT_ADMIN, ephemeral=True)
-        return
+        return None
     target = user_id_of(user)
     if target is None:
         await interaction.response.send_message(USER_USAGE, ephemeral=True)
+    return target
+
+
+@app_commands.describe(user="A Discord user: a mention or their user id")
+async def cmd_models(interaction: discord.Interaction[TasteClient], user: str) -> None:
+    """/models user (admins): every model version of a Discord person, with metrics."""
+    target = await _admin_target(interaction, user)
+    if target is None:
         return
     listing = await interaction.client.service.models_of(PLATFORM, target)
     await interaction.response.send_message(
@@ -277,12 +285,8 @@ async def cmd_rollback(
     interaction: discord.Interaction[TasteClient], user: str, version: int
 ) -> None:
     """/rollback user version (admins): make an earlier model of a Discord person the active one."""
-    if not is_admin(interaction):
-        await interaction.response.send_message(NOT_ADMIN, ephemeral=True)
-        return
-    target = user_id_of(user)
+    target = await _admin_target(interaction, user)
     if target is None:
-        await interaction.response.send_message(USER_USAGE, ephemeral=True)
         return
     # A rollback waits for a running retrain (the training lock): acknowledge within 3 s first.
     await interaction.response.defer(ephemeral=True, thinking=True)
