@@ -25,6 +25,13 @@ from storage.records import (
     VoteChange,
 )
 
+# A vote (feedback row f) changed since the newest head of its person, of any status: a
+# rejected candidate also consumed the votes it was trained on.
+_NEW_VOTE = (
+    "f.revision > IFNULL((SELECT MAX(m.trained_through) FROM model_versions m"
+    " WHERE m.owner_user_id = f.user_id AND m.kind = 'head'), 0)"
+)
+
 _SUBMISSION_COLUMNS = (
     "id, user_id, image_id, chat_id, message_id, score, model_version_id, reply_message_id"
 )
@@ -330,9 +337,7 @@ class Store:
         """(user_id, n) for everyone with ≥ min_new_votes votes changed since their newest head
         (any status: a rejected candidate also consumed the votes it was trained on)."""
         rows = await self.db.fetch_all(
-            "SELECT f.user_id, COUNT(*) FROM feedback f"
-            " WHERE f.revision > IFNULL((SELECT MAX(m.trained_through) FROM model_versions m"
-            "   WHERE m.owner_user_id = f.user_id AND m.kind = 'head'), 0)"
+            f"SELECT f.user_id, COUNT(*) FROM feedback f WHERE {_NEW_VOTE}"
             " GROUP BY f.user_id HAVING COUNT(*) >= ? ORDER BY f.user_id",
             (min_new_votes,),
         )
@@ -341,10 +346,7 @@ class Store:
     async def new_votes(self, user_id: int) -> int:
         """The person's votes changed since their newest head, as users_with_new_votes counts."""
         row = await self.db.fetch_one(
-            "SELECT COUNT(*) FROM feedback WHERE user_id = ?1"
-            " AND revision > IFNULL((SELECT MAX(trained_through) FROM model_versions"
-            "   WHERE owner_user_id = ?1 AND kind = 'head'), 0)",
-            (user_id,),
+            f"SELECT COUNT(*) FROM feedback f WHERE f.user_id = ? AND {_NEW_VOTE}", (user_id,)
         )
         return int(row[0]) if row else 0
 
