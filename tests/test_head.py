@@ -467,3 +467,80 @@ def test_graph_and_nearest_weights_follow_the_share_of_unvoted_images(
     mixed = fit(300)
     moved = fit(300, GRAPH_MIX=9.0)
     assert moved.mix > 2 * mixed.mix
+
+
+def _one_subject(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``_clusters`` around one shared direction: every image shows the same kind of thing,
+    so every cosine between two images is high (as among flowers)."""
+    common = _unit(rng.normal(size=(1, 16)))
+    x, votes = _clusters(n, rng)
+    return _unit(2.0 * common + x), votes
+
+
+def _mean_pairwise_cosine(x: np.ndarray) -> float:
+    sims = x.astype(np.float64) @ x.T.astype(np.float64)
+    n = len(x)
+    return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
+
+
+def test_centring_brings_one_subjects_images_to_the_target_cosine() -> None:
+    from learner.head import CENTRE_COSINE, _centred, _centring_shift
+
+    x, _ = _one_subject(400, np.random.default_rng(2))
+    assert _mean_pairwise_cosine(x) > 0.8
+    shift = _centring_shift(x)
+    assert np.linalg.norm(shift) > 0.3
+    assert _mean_pairwise_cosine(_centred(x, shift)) == pytest.approx(CENTRE_COSINE, abs=0.03)
+    np.testing.assert_allclose(np.linalg.norm(_centred(x, shift), axis=1), 1.0, atol=1e-6)
+    # Images that are already spread out are left as they are.
+    spread, _ = _clusters(400, np.random.default_rng(2))
+    assert _mean_pairwise_cosine(spread) < CENTRE_COSINE
+    assert not _centring_shift(spread).any()
+    assert _centred(spread, _centring_shift(spread)) is spread
+
+
+def test_a_centred_head_scores_new_images_in_its_own_centring(tmp_path: Path) -> None:
+    """The shift is fitted on the person's images, stored, and applied to every new image:
+    a loaded head scores exactly as the trained one, and scoring without the shift would
+    give other scores."""
+    import dataclasses
+
+    x, votes = _one_subject(600, np.random.default_rng(3))
+    head = train_head(x[:200], votes[:200])
+    assert head.shift.shape == (16,) and float(head.info["centring"]) > 0.3
+    auc = roc_auc(votes[400:] >= LIKE, head.predict(x[400:]))
+    assert auc is not None and auc > 0.9
+    path = tmp_path / "head.npz"
+    head.save(path)
+    loaded = TasteHead.load(path)
+    np.testing.assert_array_equal(loaded.shift, head.shift)
+    np.testing.assert_array_equal(loaded.predict(x[400:]), head.predict(x[400:]))
+    unshifted = dataclasses.replace(head, shift=np.zeros(0))
+    assert not np.allclose(unshifted.predict(x[400:]), head.predict(x[400:]))
+
+
+def test_a_format_5_file_scores_without_centring(tmp_path: Path) -> None:
+    """Format 5 heads were trained on uncentred embeddings and have no shift stored."""
+    import json
+
+    from learner import head as head_module
+
+    x, votes = _one_subject(400, np.random.default_rng(4))
+    saved = head_module.CENTRE_COSINE
+    head_module.CENTRE_COSINE = 1.0  # what format 5 did: no shift
+    try:
+        head = train_head(x[:200], votes[:200])
+    finally:
+        head_module.CENTRE_COSINE = saved
+    assert not head.shift.any()
+    path = tmp_path / "head.npz"
+    head.save(path)
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        arrays = {k: z[k] for k in z.files if k not in ("meta", "shift")}
+    meta["format_version"] = 5
+    old = tmp_path / "old.npz"
+    np.savez(old, meta=np.array(json.dumps(meta)), **arrays)
+    loaded = TasteHead.load(old)
+    assert loaded.shift.size == 0
+    np.testing.assert_array_equal(loaded.predict(x[200:]), head.predict(x[200:]))

@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+import bot.core
 from bot import render
 from bot.core import Rollback, TasteService
 from bot.settings import Settings
 from learner.encoder import ClipImageEncoder
+from learner.training import HeadTrainingResult, train_and_compare
 from tests.test_core import score, vote_even_liked
 
 
@@ -39,9 +46,16 @@ async def test_old_head_files_go_and_rollback_says_so(
         await service.close()
 
 
-async def test_rollback_to_an_unreadable_head_file_is_refused(service: TasteService) -> None:
+async def test_rollback_to_an_unreadable_head_file_is_refused(
+    service: TasteService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Rollback used to check only that the file existed: it said done, and the person was
     # scored by the cold-start prior from then on.
+    def promoted(*args: Any) -> HeadTrainingResult:
+        # v2 must be active: on these dozen arbitrary votes a holdout AUC is chance
+        return replace(train_and_compare(*args), promote=True, reason="test")
+
+    monkeypatch.setattr(bot.core, "train_and_compare", promoted)
     await vote_even_liked(service, range(1, 13))
     await service.retrain_due_heads(min_new_votes=3, trigger="test")
     await vote_even_liked(service, range(13, 19))
