@@ -68,9 +68,8 @@ from learner.durable import fsync_directory
 
 DISLIKE, LIKE, SUPER_LIKE = 0, 1, 2
 
-FORMAT_VERSION = (
-    6  # 2 nearest votes, 3 smoothing, 4 float16 anchors, 5 nearest-vote temp., 6 centring
-)
+# 2 nearest votes, 3 smoothing, 4 float16 anchors, 5 nearest-vote temperature, 6 centring
+FORMAT_VERSION = 6
 LEGACY_NEAREST_TEMPERATURE = 0.1  # what format 2-4 heads were trained with (not in their files)
 SUPER_LIKE_WEIGHT = 2.0  # a super like is stronger evidence than a like
 PRIOR_STRENGTH = 10.0  # logit per unit of (cos to liked centroid - cos to disliked centroid)
@@ -205,8 +204,9 @@ class TasteHead:
     raw(x) = s(x) . weights + bias + mix * lp(x) + nearest_mix * nn(x),
     p(x) = vote_noise + (1 - 2 vote_noise) * sigmoid(platt_a * raw(x) + platt_c),
     after x is replaced by unit(x - ``shift``) (``_centred``; a zero or empty shift, as in
-    format 1-5 files and the prior, leaves x as it is), and where s(x) is x smoothed over its ``smooth_k`` most similar anchors (``_smoothed``;
-    s(x) = x when ``smooth_k`` is 0, as in format 1-2 files), lp(x) is the
+    format 1-5 files and the prior, leaves x as it is), and where s(x) is x smoothed over
+    its ``smooth_k`` most similar anchors (``_smoothed``; s(x) = x when ``smooth_k`` is 0,
+    as in format 1-2 files), lp(x) is the
     softmax-weighted (temperature ``QUERY_TEMPERATURE``) mean of the propagated scores
     of x's ``QUERY_K`` most similar anchors and nn(x) the same (``NEAREST_K``,
     ``nearest_temperature``) over ``vote_values``, the +-1 votes on the first
@@ -365,10 +365,7 @@ def _smoothed(x: np.ndarray, neighbour_mean: np.ndarray, self_weight: float) -> 
     A photo's CLIP embedding mixes what it shows (the cluster: breed, object, flower kind)
     with the particular shot; tastes follow the clusters, so the linear parts read the
     cluster's mean direction, estimated from the person's own images (no labels used)."""
-    out = self_weight * x + neighbour_mean
-    norm = np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    smoothed: np.ndarray = out / norm
-    return smoothed
+    return _unit_rows(self_weight * x + neighbour_mean)
 
 
 def _top(sims: np.ndarray, k: int) -> np.ndarray:

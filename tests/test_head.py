@@ -519,19 +519,18 @@ def test_a_centred_head_scores_new_images_in_its_own_centring(tmp_path: Path) ->
     assert not np.allclose(unshifted.predict(x[400:]), head.predict(x[400:]))
 
 
-def test_a_format_5_file_scores_without_centring(tmp_path: Path) -> None:
+def test_a_format_5_file_scores_without_centring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Format 5 heads were trained on uncentred embeddings and have no shift stored."""
     import json
 
     from learner import head as head_module
 
     x, votes = _one_subject(400, np.random.default_rng(4))
-    saved = head_module.CENTRE_COSINE
-    head_module.CENTRE_COSINE = 1.0  # what format 5 did: no shift
-    try:
+    with monkeypatch.context() as patched:
+        patched.setattr(head_module, "CENTRE_COSINE", 1.0)  # what format 5 did: no shift
         head = train_head(x[:200], votes[:200])
-    finally:
-        head_module.CENTRE_COSINE = saved
     assert not head.shift.any()
     path = tmp_path / "head.npz"
     head.save(path)
