@@ -523,23 +523,122 @@ def test_a_format_5_file_scores_without_centring(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Format 5 heads were trained on uncentred embeddings and have no shift stored."""
-    import json
-
     from learner import head as head_module
 
     x, votes = _one_subject(400, np.random.default_rng(4))
     with monkeypatch.context() as patched:
         patched.setattr(head_module, "CENTRE_COSINE", 1.0)  # what format 5 did: no shift
+        patched.setattr(head_module, "_dimension_scale", _no_scale)  # nor scaling
         head = train_head(x[:200], votes[:200])
     assert not head.shift.any()
+    loaded = TasteHead.load(_older_file(head, tmp_path, 5, ("shift", "scale")))
+    assert loaded.shift.size == 0 and loaded.scale.size == 0
+    np.testing.assert_array_equal(loaded.predict(x[200:]), head.predict(x[200:]))
+
+
+def _no_scale(images: np.ndarray) -> np.ndarray:
+    return np.zeros(0)
+
+
+def _older_file(head: TasteHead, tmp_path: Path, version: int, missing: tuple[str, ...]) -> Path:
+    """``head`` saved, then rewritten as a format ``version`` file without the arrays
+    ``missing`` (those that format did not have)."""
+    import json
+
     path = tmp_path / "head.npz"
     head.save(path)
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
-        arrays = {k: z[k] for k in z.files if k not in ("meta", "shift")}
-    meta["format_version"] = 5
-    old = tmp_path / "old.npz"
+        arrays = {k: z[k] for k in z.files if k != "meta" and k not in missing}
+    meta["format_version"] = version
+    old = tmp_path / f"format{version}.npz"
     np.savez(old, meta=np.array(json.dumps(meta)), **arrays)
-    loaded = TasteHead.load(old)
-    assert loaded.shift.size == 0
+    return old
+
+
+def _nuisance_dimensions(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Six clusters in 14 dimensions (liked: two of them), and two more dimensions that vary
+    several times as much across every image and say nothing about taste."""
+    centres = rng.normal(size=(6, 16))
+    centres[:, :2] = 0.0
+    cls = rng.integers(0, 6, n)
+    x = 0.3 * centres[cls] + 0.1 * rng.normal(size=(n, 16))
+    x[:, :2] = rng.normal(size=(n, 2))
+    return _unit(x), np.where(np.isin(cls, [0, 3]), LIKE, DISLIKE).astype(np.int8)
+
+
+def test_dimension_scale_evens_out_the_variances_with_shrinkage() -> None:
+    from learner.head import _dimension_scale, _scaled
+
+    x, _ = _nuisance_dimensions(400, np.random.default_rng(5))
+    var = x.var(axis=0)
+    assert var[:2].min() > 5 * np.median(var[2:])
+    scale = _dimension_scale(x)
+    assert scale.mean() == pytest.approx(1.0)
+    assert scale[:2].max() < scale[2:].min()  # the loud dimensions are damped
+    scaled = _scaled(x, scale)
+    np.testing.assert_allclose(np.linalg.norm(scaled, axis=1), 1.0, atol=1e-6)
+    new_var = scaled.var(axis=0)
+    # Evened out, not equalised: with shrinkage by the mean variance the loud dimensions
+    # stay the loudest, at a fraction of their lead.
+    lead_before = var[:2].min() / np.median(var[2:])
+    lead_after = new_var[:2].min() / np.median(new_var[2:])
+    assert 1.0 < lead_after < lead_before / 2
+    # Images whose dimensions all vary alike are hardly changed; identical ones not at all.
+    iso = _unit(np.random.default_rng(6).normal(size=(4000, 16)))
+    np.testing.assert_allclose(_dimension_scale(iso), 1.0, atol=0.05)
+    np.testing.assert_array_equal(_dimension_scale(np.repeat(iso[:1], 5, axis=0)), 1.0)
+
+
+def test_a_head_trains_on_identical_images() -> None:
+    """A broken encoder can embed every image alike; training must still give scores."""
+    x = np.repeat(_unit(np.random.default_rng(9).normal(size=(1, 16))), 12, axis=0)
+    votes = np.array([LIKE, DISLIKE] * 6, dtype=np.int8)
+    scores = train_head(x, votes).predict(x)
+    assert np.isfinite(scores).all() and ((scores > 0) & (scores < 1)).all()
+
+
+def test_scaling_keeps_loud_dimensions_from_drowning_the_taste(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from learner import head as head_module
+
+    x, votes = _nuisance_dimensions(600, np.random.default_rng(0))
+    head = train_head(x[:30], votes[:30])
+    auc = roc_auc(votes[200:] >= LIKE, head.predict(x[200:]))
+    monkeypatch.setattr(head_module, "_dimension_scale", _no_scale)
+    unscaled = train_head(x[:30], votes[:30])
+    auc_unscaled = roc_auc(votes[200:] >= LIKE, unscaled.predict(x[200:]))
+    assert auc is not None and auc_unscaled is not None
+    assert auc > 0.99 and auc > auc_unscaled + 0.02
+
+
+def test_a_scaled_head_scores_new_images_in_its_own_scale(tmp_path: Path) -> None:
+    import dataclasses
+
+    x, votes = _nuisance_dimensions(600, np.random.default_rng(7))
+    head = train_head(x[:200], votes[:200])
+    assert head.scale.shape == (16,) and float(head.info["scale_ratio"]) > 1.5
+    path = tmp_path / "head.npz"
+    head.save(path)
+    loaded = TasteHead.load(path)
+    np.testing.assert_array_equal(loaded.scale, head.scale)
+    np.testing.assert_array_equal(loaded.predict(x[200:]), head.predict(x[200:]))
+    unscaled = dataclasses.replace(head, scale=np.zeros(0))
+    assert not np.allclose(unscaled.predict(x[200:]), head.predict(x[200:]))
+
+
+def test_a_format_6_file_scores_without_scaling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Format 6 heads were centred but not scaled, and have no scale stored."""
+    from learner import head as head_module
+
+    x, votes = _one_subject(400, np.random.default_rng(8))
+    with monkeypatch.context() as patched:
+        patched.setattr(head_module, "_dimension_scale", _no_scale)
+        head = train_head(x[:200], votes[:200])
+    assert head.shift.any()
+    loaded = TasteHead.load(_older_file(head, tmp_path, 6, ("scale",)))
+    assert loaded.scale.size == 0 and loaded.shift.any()
     np.testing.assert_array_equal(loaded.predict(x[200:]), head.predict(x[200:]))
