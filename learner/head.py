@@ -798,10 +798,13 @@ def train_head(
     if min(n_pos, n - n_pos) < MIN_PER_CLASS:
         return _prior_head(x, y)
     rng = np.random.default_rng(seed)
-    shift = _centring_shift(np.vstack([x, u]))
-    x, u = _centred(x, shift), _centred(u, shift)
-    scale = _dimension_scale(np.vstack([x, u]))
-    x, u = _scaled(x, scale), _scaled(u, scale)
+    # Centring and scaling are fitted on every image of the person's, voted or not.
+    images = np.vstack([x, u])
+    shift = _centring_shift(images)
+    images = _centred(images, shift)
+    scale = _dimension_scale(images)
+    images = _scaled(images, scale)
+    x, u = images[:n], images[n:]
 
     # Vote weights: super likes count double, then the two sides are balanced.
     sw = np.where(v == SUPER_LIKE, SUPER_LIKE_WEIGHT, 1.0)

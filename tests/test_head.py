@@ -503,20 +503,26 @@ def test_a_centred_head_scores_new_images_in_its_own_centring(tmp_path: Path) ->
     """The shift is fitted on the person's images, stored, and applied to every new image:
     a loaded head scores exactly as the trained one, and scoring without the shift would
     give other scores."""
-    import dataclasses
-
     x, votes = _one_subject(600, np.random.default_rng(3))
     head = train_head(x[:200], votes[:200])
     assert head.shift.shape == (16,) and float(head.info["centring"]) > 0.3
     auc = roc_auc(votes[400:] >= LIKE, head.predict(x[400:]))
     assert auc is not None and auc > 0.9
+    _assert_stored_and_applied(head, "shift", x[400:], tmp_path)
+
+
+def _assert_stored_and_applied(head: TasteHead, name: str, x: np.ndarray, tmp_path: Path) -> None:
+    """The head's array ``name`` survives a save and load bit for bit, the loaded head scores
+    ``x`` exactly as the trained one, and scoring without the array gives other scores."""
+    import dataclasses
+
     path = tmp_path / "head.npz"
     head.save(path)
     loaded = TasteHead.load(path)
-    np.testing.assert_array_equal(loaded.shift, head.shift)
-    np.testing.assert_array_equal(loaded.predict(x[400:]), head.predict(x[400:]))
-    unshifted = dataclasses.replace(head, shift=np.zeros(0))
-    assert not np.allclose(unshifted.predict(x[400:]), head.predict(x[400:]))
+    np.testing.assert_array_equal(getattr(loaded, name), getattr(head, name))
+    np.testing.assert_array_equal(loaded.predict(x), head.predict(x))
+    without = dataclasses.replace(head, **{name: np.zeros(0)})
+    assert not np.allclose(without.predict(x), head.predict(x))
 
 
 def test_a_format_5_file_scores_without_centring(
@@ -614,18 +620,10 @@ def test_scaling_keeps_loud_dimensions_from_drowning_the_taste(
 
 
 def test_a_scaled_head_scores_new_images_in_its_own_scale(tmp_path: Path) -> None:
-    import dataclasses
-
     x, votes = _nuisance_dimensions(600, np.random.default_rng(7))
     head = train_head(x[:200], votes[:200])
     assert head.scale.shape == (16,) and float(head.info["scale_ratio"]) > 1.5
-    path = tmp_path / "head.npz"
-    head.save(path)
-    loaded = TasteHead.load(path)
-    np.testing.assert_array_equal(loaded.scale, head.scale)
-    np.testing.assert_array_equal(loaded.predict(x[200:]), head.predict(x[200:]))
-    unscaled = dataclasses.replace(head, scale=np.zeros(0))
-    assert not np.allclose(unscaled.predict(x[200:]), head.predict(x[200:]))
+    _assert_stored_and_applied(head, "scale", x[200:], tmp_path)
 
 
 def test_a_format_6_file_scores_without_scaling(
