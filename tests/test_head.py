@@ -640,3 +640,71 @@ def test_a_format_6_file_scores_without_scaling(
     loaded = TasteHead.load(_older_file(head, tmp_path, 6, ("scale",)))
     assert loaded.scale.size == 0 and loaded.shift.any()
     np.testing.assert_array_equal(loaded.predict(x[200:]), head.predict(x[200:]))
+
+
+# ---- the fast paths of training, against their definitions ----
+
+
+def _weighted_ridge(x: np.ndarray, t: np.ndarray, sw: np.ndarray, lam: float) -> np.ndarray:
+    """argmin sum sw (t - [x, 1] beta)^2 + lam |beta|^2, solved directly."""
+    z = np.hstack([x, np.ones((len(x), 1))])
+    return np.linalg.solve(z.T @ (sw[:, None] * z) + lam * np.eye(z.shape[1]), z.T @ (sw * t))
+
+
+@pytest.mark.parametrize("n", [6, 40])  # d = 8: the n x n kernel path, then the Gram path
+def test_ridge_loo_predictions_are_refits_without_each_vote(n: int) -> None:
+    from learner.head import _ridge_loo
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 8)) * 0.2
+    t = np.where(x[:, 0] + 0.3 * rng.normal(size=n) > 0, 1.0, -1.0)
+    sw = rng.uniform(0.5, 2.0, n)
+    lam, w, b, loo = _ridge_loo(x, t, sw)
+    beta = _weighted_ridge(x, t, sw, lam)
+    tol = 1e-8 if n <= 9 else 1e-4  # the Gram path multiplies in float32
+    np.testing.assert_allclose(np.append(w, b), beta, atol=tol)
+    for i in range(n):
+        keep = np.arange(n) != i
+        refit = _weighted_ridge(x[keep], t[keep], sw[keep], lam)
+        assert loo[i] == pytest.approx(float(np.append(x[i], 1.0) @ refit), abs=tol)
+
+
+def test_centroid_loo_leaves_each_vote_out_of_its_own_centroid() -> None:
+    from learner.head import _centroid_loo
+
+    rng = np.random.default_rng(3)
+    x = _unit(rng.normal(size=(30, 6)) + 1.0).astype(np.float64)
+    y = (rng.random(30) < 0.4).astype(np.int64)
+    direction, loo = _centroid_loo(x, y)
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        return v / np.linalg.norm(v)
+
+    np.testing.assert_allclose(direction, unit(x[y == 1].sum(0)) - unit(x[y == 0].sum(0)))
+    for i in range(30):
+        # cos to the liked centroid minus cos to the disliked, x_i left out of its own side's
+        without = np.arange(30) != i
+        liked = unit(x[(without if y[i] == 1 else True) & (y == 1)].sum(0))
+        disliked = unit(x[(without if y[i] == 0 else True) & (y == 0)].sum(0))
+        assert loo[i] == pytest.approx(x[i] @ liked - x[i] @ disliked, abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 7])
+def test_top_finds_each_rows_k_largest(k: int) -> None:
+    from learner.head import _top
+
+    sims = np.random.default_rng(k).normal(size=(5, 7))
+    top = _top(sims, k)
+    assert top.shape == (5, k)
+    for row, chosen in zip(sims, top, strict=True):
+        assert sorted(chosen.tolist()) == sorted(np.argsort(-row)[:k].tolist())
+
+
+def test_dimension_scale_is_the_shrunk_inverse_spread_per_dimension() -> None:
+    from learner.head import SCALE_SHRINK, _dimension_scale
+
+    rng = np.random.default_rng(5)
+    images = _unit(rng.normal(size=(200, 10)) * np.linspace(0.2, 3.0, 10) + 0.5)
+    var = images.astype(np.float64).var(axis=0)
+    expected = (var + SCALE_SHRINK * var.mean()) ** -0.5
+    np.testing.assert_allclose(_dimension_scale(images), expected / expected.mean(), rtol=1e-9)
