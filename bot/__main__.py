@@ -11,7 +11,7 @@ import sys
 from pydantic import ValidationError
 
 from bot.core import TasteService
-from bot.runner import OpenService, Platform, SharedService, serve
+from bot.runner import ConnectFailed, OpenService, Platform, SharedService, serve
 from bot.settings import Settings
 
 log = logging.getLogger("bot")
@@ -90,7 +90,11 @@ def main() -> None:
         shared = SharedService(open_service)
         await serve(settings, shared, build_platforms(settings, shared.get), stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except ConnectFailed as error:  # a wrong token or no network: say so, no traceback
+        print(f"tastebot: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -36,6 +36,19 @@ class Platform(Protocol):
         """Stop receiving and let handlers in flight finish."""
 
 
+class ConnectFailed(RuntimeError):
+    """A platform could not connect at startup: its network is unreachable or it refused
+    the token. The message names the platform and the cause, in one line."""
+
+
+def _without_tokens(text: str, settings: Settings) -> str:
+    """``text`` with the bot tokens masked: PTB's InvalidToken message quotes the token."""
+    for token in (settings.telegram_bot_token, settings.discord_bot_token):
+        if token is not None and token.get_secret_value():
+            text = text.replace(token.get_secret_value(), "<token>")
+    return text
+
+
 class SharedService:
     """Opens the core once, however many platforms ask for it."""
 
@@ -60,14 +73,19 @@ async def serve(
     """Connect every platform, open the core, start the scheduler, run until `stop`, shut down.
 
     A platform whose connection dies for good (a revoked token, a missing privileged
-    intent) stops everything, and its error is raised.
+    intent) stops everything, and its error is raised; one that cannot connect at all
+    raises ConnectFailed.
     """
     started: list[Platform] = []
     scheduler = None
     try:
         for platform in platforms:
             started.append(platform)
-            await platform.connect()
+            try:
+                await platform.connect()
+            except Exception as error:  # the adapters' own errors: httpx, PTB, discord.py
+                cause = _without_tokens(f"{type(error).__name__}: {error}", settings)
+                raise ConnectFailed(f"{platform.name}: could not connect ({cause})") from error
         service = await shared.get()
         scheduler = start_scheduler(service, settings)
         watched: list[asyncio.Future[object]] = []

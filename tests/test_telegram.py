@@ -13,7 +13,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from bot.core import TasteService
-from bot.runner import SharedService, serve
+from bot.runner import ConnectFailed, SharedService, serve
 from bot.settings import Settings
 from bot.telegram_adapter.app import TelegramPlatform
 from bot.telegram_adapter.callback_data import decode_vote, encode_vote
@@ -131,6 +131,34 @@ async def running_bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIte
         stop.set()
         await asyncio.wait_for(running, timeout=30)
         api.close()
+
+
+async def test_a_refused_token_stops_startup_with_one_line_before_clip_loads(
+    settings: Settings,
+) -> None:
+    api = FakeBotAPI()  # accepts only its own token
+    settings = settings.model_copy(
+        update={
+            "telegram_bot_token": SecretStr("123:not-the-token"),
+            "telegram_api_url": "http://fake-telegram",
+        }
+    )
+    opened: list[bool] = []
+
+    async def open_service() -> TasteService:
+        opened.append(True)
+        raise AssertionError("CLIP must not load for a token that was refused")
+
+    platform = TelegramPlatform(settings, httpx_kwargs={"transport": api.transport()})
+    with pytest.raises(ConnectFailed) as failed:
+        await asyncio.wait_for(
+            serve(settings, SharedService(open_service), [platform], asyncio.Event()), 30
+        )
+    api.close()
+    assert str(failed.value).startswith("telegram: could not connect (InvalidToken")
+    assert "\n" not in str(failed.value)
+    assert "not-the-token" not in str(failed.value)  # PTB's own message quotes the token
+    assert opened == []
 
 
 @pytest.fixture
