@@ -458,7 +458,7 @@ class _Graph:
         sims = anchors @ anchors.T
         np.fill_diagonal(sims, -np.inf)
         self.n = n
-        self.idx = np.argpartition(sims, n - k, axis=1)[:, n - k :]
+        self.idx = _top(sims, k)
         self.sims = np.take_along_axis(sims, self.idx, axis=1)  # for LOO-style queries
         w = np.exp((self.sims - 1.0) / GRAPH_TEMPERATURE)
         # W + W^T as edge lists sorted by row (each edge i->j also as j->i), so one step of
