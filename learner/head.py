@@ -198,7 +198,7 @@ def _scaled(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """float32 unit(x * scale); x itself where there is no scale (format 1-6 heads, the prior)."""
     if not scale.size:
         return x
-    out: np.ndarray = _unit_rows(x.astype(np.float32) * scale.astype(np.float32))
+    out: np.ndarray = _unit_rows(x.astype(np.float32, copy=False) * scale.astype(np.float32))
     return out
 
 
@@ -569,7 +569,8 @@ def _centroid_loo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """(c_L - c_D, leave-one-out cen(x_i): each vote left out of its own centroid)."""
     sums = np.stack([x[y == 0].sum(axis=0), x[y == 1].sum(axis=0)]).astype(np.float64)
     norms = np.linalg.norm(sums, axis=1)
-    unit = sums / np.maximum(norms, 1e-12)[:, None]  # a side may sum to 0
+    safe = np.maximum(norms, 1e-12)  # a side may sum to 0
+    unit = sums / safe[:, None]
     # own = (own side's sum) - x_i, read through x_i . sums and |x_i|^2: no (n, d) temporaries
     xs = x @ sums.T  # (n, 2)
     sq = np.einsum("ij,ij->i", x, x)
@@ -578,7 +579,7 @@ def _centroid_loo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     own_cos = (mine - sq) / np.maximum(np.sqrt(np.maximum(own_sq, 0.0)), 1e-12)
     alone = np.bincount(y, minlength=2)[y] == 1  # own side is x_i alone: no centroid left
     own_cos[alone] = 0.0
-    other_cos = np.where(y == 1, xs[:, 0] / max(norms[0], 1e-12), xs[:, 1] / max(norms[1], 1e-12))
+    other_cos = np.where(y == 1, xs[:, 0] / safe[0], xs[:, 1] / safe[1])
     loo = np.where(y == 1, own_cos - other_cos, other_cos - own_cos)
     return unit[1] - unit[0], loo
 
