@@ -385,8 +385,13 @@ class BackboneTuner:
                 continue
             old_x = await self.service.training_vectors(old)
             new_x = await self.service.training_vectors(new)
-            old_result = await asyncio.to_thread(train_and_compare, ids, old_x, votes, None, None)
-            new_result = await asyncio.to_thread(train_and_compare, ids, new_x, votes, None, None)
+            # The unvoted images too, as a regular retrain: the new head becomes the person's
+            # active one on promotion. (An image sent during the re-embedding may be in the
+            # old set only; it shapes the graph, while both heads are scored on the same votes.)
+            old_u = await self.service.unvoted_vectors(user_id, old_version)
+            new_u = await self.service.unvoted_vectors(user_id, new_version)
+            old_result = await asyncio.to_thread(train_and_compare, ids, old_x, votes, old_u, None)
+            new_result = await asyncio.to_thread(train_and_compare, ids, new_x, votes, new_u, None)
             if old_result.candidate.auc is None or new_result.candidate.auc is None:
                 continue
             head_version = await store.next_model_version(user_id)

@@ -652,6 +652,12 @@ class TasteService:
                 text[row] = np.frombuffer(texts[v.submission_id], np.float32)
         return combine(images, text, self.settings.text_weight)
 
+    async def unvoted_vectors(self, user_id: int, encoder_version: str) -> np.ndarray | None:
+        """The embeddings of the images this person sent without voting (None if none): a
+        head spreads the person's votes over them."""
+        rows = await self.store.unlabelled_vectors(user_id, encoder_version)
+        return np.stack([np.frombuffer(v, np.float32) for v in rows]) if rows else None
+
     async def _load_head(self, model: ModelVersion) -> TasteHead | None:
         """The model's head, or None (logged) when its file is missing or unreadable: the
         person is then scored by the cold-start prior and their next retrain replaces it."""
@@ -920,12 +926,7 @@ class TasteService:
             return RetrainOutcome(user, None, False, None, None, 0, why_not)
 
         embeddings = await self.training_vectors(labelled)
-        unlabelled_rows = await self.store.unlabelled_vectors(user_id, encoder)
-        unlabelled = (
-            np.stack([np.frombuffer(v, np.float32) for v in unlabelled_rows])
-            if unlabelled_rows
-            else None
-        )
+        unlabelled = await self.unvoted_vectors(user_id, encoder)
         active_head = (
             await self._load_head(active)
             if active is not None and active.encoder_version == encoder

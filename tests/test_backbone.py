@@ -20,6 +20,7 @@ from bot.core import IncomingImage, Person, Rollback, Scored, TasteService
 from bot.settings import Settings
 from learner.encoder import ClipImageEncoder
 from learner.finetune import FinetuneConfig, FinetuneExample, FinetuneProgress, FinetuneResult
+from learner.head import TasteHead
 from storage.records import Vote
 
 FAST = FinetuneConfig(head_epochs=1, encoder_epochs=1, unfreeze_blocks=1, batch_size=8)
@@ -153,6 +154,8 @@ async def test_a_better_encoder_replaces_the_old_one_everywhere(
         return 0.5, 0.9, n
 
     monkeypatch.setattr(bot.backbone, "_weighted", favour_new)
+    for seed in (40, 41):  # person 1 sends two pictures without voting on them
+        await _send_red(trained, f"unvoted{seed}", seed)
     old_version = trained.embedder.version
     outcome = await BackboneTuner(trained, config=FAST).run("test")
     assert outcome.promoted, outcome
@@ -162,11 +165,14 @@ async def test_a_better_encoder_replaces_the_old_one_everywhere(
     assert encoders == {new_version}  # every retained image re-embedded; old vectors dropped
     n_images = await trained.store.db.fetch_all("SELECT COUNT(*) FROM images")
     n_vectors = await trained.store.db.fetch_all("SELECT COUNT(*) FROM embeddings")
-    assert n_images[0][0] == n_vectors[0][0] == 20
-    for user_id in (1, 2):
+    assert n_images[0][0] == n_vectors[0][0] == 22
+    for user_id, unvoted in ((1, 2), (2, 0)):
         head = await trained.store.active_model(user_id)
         assert head is not None and head.encoder_version == new_version and head.version == 2
         assert trained.liked_index.count(user_id) == 10  # FAISS rebuilt for the new encoder
+        # trained as a regular retrain is: the unvoted pictures are in its graph
+        info = TasteHead.load(trained.data_dir.path(head.file_path)).info
+        assert info["n_anchors"] == int(info["n_train"]) + unvoted, info
     backbone = await trained.store.active_backbone()
     assert backbone is not None and backbone.version == 1
     assert await bot.backbone.model_to_load(trained.settings) == str(
