@@ -67,10 +67,14 @@ class BackboneOutcome:
 
 @dataclass(frozen=True)
 class _PersonComparison:
+    """One person's heads on the two encoders. ``holdout`` is 0, and the AUCs None, when
+    their held-out votes cannot rank images (none, or all of one kind): the new head is
+    kept, so a promotion leaves them a head on the new encoder, but it does not vote."""
+
     user_id: int
     holdout: int
-    old_auc: float
-    new_auc: float
+    old_auc: float | None
+    new_auc: float | None
     head: NewModel
 
 
@@ -235,7 +239,7 @@ class BackboneTuner:
                     "no person has held-out votes of both kinds, so the encoders cannot be compared"
                 )
             elif promote:
-                reason = f"holdout AUC {new_auc:.3f} > {old_auc:.3f} over {len(comparisons)} people"
+                reason = f"holdout AUC {new_auc:.3f} > {old_auc:.3f} over {_compared(comparisons)} people"
             else:
                 reason = (
                     f"holdout AUC {new_auc:.3f} ≤ current {old_auc:.3f}: kept the current encoder"
@@ -344,7 +348,7 @@ class BackboneTuner:
             reason,
             new_auc,
             old_auc,
-            len(comparisons),
+            _compared(comparisons),
             len(examples),
             time.perf_counter() - started,
         )
@@ -370,7 +374,8 @@ class BackboneTuner:
         self, old_version: str, new_version: str, revision: int, written: list[Path]
     ) -> list[_PersonComparison]:
         """Per person: a head on the old and one on the new embeddings, same votes, same
-        holdout. The new heads' files are appended to ``written`` as they are saved."""
+        holdout (only the new one where the held-out votes cannot rank). The new heads'
+        files are appended to ``written`` as they are saved."""
         store, data_dir = self.service.store, self.service.data_dir
         comparisons = []
         for user_id in await store.users_with_votes():
@@ -390,10 +395,14 @@ class BackboneTuner:
             # old set only; it shapes the graph, while both heads are scored on the same votes.)
             old_u = await self.service.unvoted_vectors(user_id, old_version)
             new_u = await self.service.unvoted_vectors(user_id, new_version)
-            old_result = await asyncio.to_thread(train_and_compare, ids, old_x, votes, old_u, None)
             new_result = await asyncio.to_thread(train_and_compare, ids, new_x, votes, new_u, None)
-            if old_result.candidate.auc is None or new_result.candidate.auc is None:
-                continue
+            old_auc = new_auc = None
+            if new_result.candidate.auc is not None:
+                old_result = await asyncio.to_thread(
+                    train_and_compare, ids, old_x, votes, old_u, None
+                )
+                if old_result.candidate.auc is not None:
+                    old_auc, new_auc = old_result.candidate.auc, new_result.candidate.auc
             head_version = await store.next_model_version(user_id)
             relpath = data_dir.head_relpath(user_id, head_version)
             head_path = data_dir.path(relpath)
@@ -403,9 +412,9 @@ class BackboneTuner:
             comparisons.append(
                 _PersonComparison(
                     user_id,
-                    new_result.candidate.size,
-                    old_result.candidate.auc,
-                    new_result.candidate.auc,
+                    0 if new_auc is None else new_result.candidate.size,
+                    old_auc,
+                    new_auc,
                     NewModel(
                         owner_user_id=user_id,
                         kind="head",
@@ -460,12 +469,20 @@ def _vote_code(vote: Vote) -> int:
 
 
 def _weighted(comparisons: list[_PersonComparison]) -> tuple[float | None, float | None, int]:
-    total = sum(c.holdout for c in comparisons)
+    """(old AUC, new AUC, held-out votes), averaged over the people whose held-out votes
+    rank images, weighted by how many they have."""
+    ranked = [(c.old_auc, c.new_auc, c.holdout) for c in comparisons]
+    pairs = [(o, n, h) for o, n, h in ranked if o is not None and n is not None and h > 0]
+    total = sum(h for _, _, h in pairs)
     if total == 0:
         return None, None, 0
-    old = sum(c.old_auc * c.holdout for c in comparisons) / total
-    new = sum(c.new_auc * c.holdout for c in comparisons) / total
+    old = sum(o * h for o, _, h in pairs) / total
+    new = sum(n * h for _, n, h in pairs) / total
     return old, new, total
+
+
+def _compared(comparisons: list[_PersonComparison]) -> int:
+    return sum(c.holdout > 0 for c in comparisons)
 
 
 async def _no_progress(_: str) -> None:

@@ -21,6 +21,7 @@ from bot.settings import Settings
 from learner.encoder import ClipImageEncoder
 from learner.finetune import FinetuneConfig, FinetuneExample, FinetuneProgress, FinetuneResult
 from learner.head import TasteHead
+from learner.training import is_holdout
 from storage.records import Vote
 
 FAST = FinetuneConfig(head_epochs=1, encoder_epochs=1, unfreeze_blocks=1, batch_size=8)
@@ -395,3 +396,32 @@ async def test_a_head_of_the_encoder_before_a_fine_tune_is_not_restored(
     active = await trained.store.active_model(1)
     assert active is not None and active.version == 2
     assert (await _send_red(trained, "after", 700)).model_version == 2
+
+
+async def test_a_person_whose_held_out_votes_cannot_rank_gets_a_head_on_the_new_encoder(
+    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their held-out votes are all likes, so they cannot take part in the comparison; a
+    promotion used to leave them only a head of the old encoder, scored by the cold-start
+    prior until their next retrain."""
+    third = Person("telegram", "3")
+    for seed in range(50, 62):
+        red = seed % 2 == 0
+
+        async def download(data: bytes = coloured(seed, red)) -> bytes:
+            return data
+
+        out = await trained.score_image(IncomingImage(third, "3", str(seed), None, None), download)
+        assert isinstance(out, Scored)
+        liked = red or is_holdout(out.submission_id)
+        await trained.record_vote(third, out.submission_id, Vote.LIKE if liked else Vote.DISLIKE)
+    [retrained] = await trained.retrain_due_heads(min_new_votes=1, trigger="test")
+    assert retrained.promoted and retrained.user.id == 3
+    _favour_new(monkeypatch)
+    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    assert outcome.promoted and outcome.people == 2, outcome  # person 3 did not vote
+    active = await trained.store.active_model(3)
+    assert active is not None and active.version == 2, active
+    assert active.encoder_version == trained.embedder.version
+    assert active.holdout_size > 0 and active.train_size > 0
+    assert (await trained.store.active_model(1)) is not None
