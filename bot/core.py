@@ -640,23 +640,27 @@ class TasteService:
     async def training_vectors(self, labelled: Sequence[LabelledEmbedding]) -> np.ndarray:
         """What a head trains on: each vote's image embedding, mixed with its text's when
         text is on (rows without text stay image-only)."""
-        images = np.stack([np.frombuffer(v.vector, np.float32) for v in labelled])
-        if self.text_encoder is None:
-            return images
-        texts = await self.store.submission_text_vectors(
-            [v.submission_id for v in labelled], self.text_encoder.version
-        )
-        text = np.zeros((len(labelled), images.shape[1]), np.float32)
-        for row, v in enumerate(labelled):
-            if v.submission_id in texts:
-                text[row] = np.frombuffer(texts[v.submission_id], np.float32)
-        return combine(images, text, self.settings.text_weight)
+        return await self._with_text([(v.submission_id, v.vector) for v in labelled])
 
     async def unvoted_vectors(self, user_id: int, encoder_version: str) -> np.ndarray | None:
-        """The embeddings of the images this person sent without voting (None if none): a
-        head spreads the person's votes over them."""
+        """What a head spreads the person's votes over (None if nothing): the images they
+        sent without voting, each mixed with its text as a voted one is."""
         rows = await self.store.unlabelled_vectors(user_id, encoder_version)
-        return np.stack([np.frombuffer(v, np.float32) for v in rows]) if rows else None
+        return await self._with_text(rows) if rows else None
+
+    async def _with_text(self, rows: Sequence[tuple[int, bytes]]) -> np.ndarray:
+        """(submission id, image vector) rows -> the vectors a head sees: each image mixed
+        with its submission's text when text is on."""
+        images = np.stack([np.frombuffer(vector, np.float32) for _, vector in rows])
+        if self.text_encoder is None:
+            return images
+        ids = [submission_id for submission_id, _ in rows]
+        texts = await self.store.submission_text_vectors(ids, self.text_encoder.version)
+        text = np.zeros_like(images)
+        for row, submission_id in enumerate(ids):
+            if submission_id in texts:
+                text[row] = np.frombuffer(texts[submission_id], np.float32)
+        return combine(images, text, self.settings.text_weight)
 
     async def _load_head(self, model: ModelVersion) -> TasteHead | None:
         """The model's head, or None (logged) when its file is missing or unreadable: the

@@ -315,17 +315,21 @@ class Store:
         )
         return [LabelledEmbedding(r[0], r[1], Vote(r[2]), r[3]) for r in rows]
 
-    async def unlabelled_vectors(self, user_id: int, encoder_version: str) -> list[bytes]:
-        """Embeddings of images this person sent but has not voted on."""
+    async def unlabelled_vectors(
+        self, user_id: int, encoder_version: str
+    ) -> list[tuple[int, bytes]]:
+        """(submission id, image embedding) of the images this person sent but has not
+        voted on, in the order they were sent."""
         rows = await self.db.fetch_all(
-            "SELECT e.vector FROM submissions s"
+            "SELECT s.id, e.vector FROM submissions s"
             " JOIN embeddings e ON e.image_id = s.image_id"
             "  AND e.encoder_version = ? AND e.kind = 'image'"
             " WHERE s.user_id = ? AND NOT EXISTS"
-            "  (SELECT 1 FROM feedback f WHERE f.submission_id = s.id AND f.user_id = ?)",
+            "  (SELECT 1 FROM feedback f WHERE f.submission_id = s.id AND f.user_id = ?)"
+            " ORDER BY s.id",
             (encoder_version, user_id, user_id),
         )
-        return [r[0] for r in rows]
+        return [(int(r[0]), bytes(r[1])) for r in rows]
 
     async def latest_revision(self, user_id: int) -> int:
         row = await self.db.fetch_one(

@@ -88,6 +88,22 @@ async def test_captions_are_embedded_and_mixed_into_training_and_scoring(
     assert len({round(with_cat.score, 6), round(with_dog.score, 6), round(plain.score, 6)}) == 3
 
 
+async def test_unvoted_images_are_mixed_with_their_text_as_voted_ones_are(
+    texty: TasteService,
+) -> None:
+    """The graph a head spreads votes over must be in the space the votes and the scored
+    images are in; unvoted images used to enter it image-only."""
+    await send(texty, 1, "a cat")
+    await send(texty, 2, None)
+    rows = await texty.store.unlabelled_vectors(1, texty.embedder.version)
+    assert len(rows) == 2
+    images = np.stack([np.frombuffer(v, np.float32) for _, v in rows])
+    mixed = await texty.unvoted_vectors(1, texty.embedder.version)
+    assert mixed is not None and mixed.shape == images.shape
+    cosines = (mixed * images).sum(axis=1)
+    assert cosines[0] < 1.0 - 1e-4 and np.isclose(cosines[1], 1.0, atol=1e-5), cosines
+
+
 def test_combine_keeps_image_when_text_is_missing() -> None:
     image = np.array([1.0, 0.0], np.float32)
     text = np.array([0.0, 1.0], np.float32)
