@@ -67,9 +67,9 @@ class BackboneOutcome:
 
 @dataclass(frozen=True)
 class _PersonComparison:
-    """One person's heads on the two encoders. ``holdout`` is 0, and the AUCs None, when
-    their held-out votes cannot rank images (none, or all of one kind): the new head is
-    kept, so a promotion leaves them a head on the new encoder, but it does not vote."""
+    """One person's heads on the two encoders. The AUCs are None when their held-out votes
+    cannot rank images (none, or all of one kind): the new head is kept, so a promotion
+    leaves them a head on the new encoder, but it does not vote."""
 
     user_id: int
     holdout: int
@@ -412,7 +412,7 @@ class BackboneTuner:
             comparisons.append(
                 _PersonComparison(
                     user_id,
-                    0 if new_auc is None else new_result.candidate.size,
+                    new_result.candidate.size,
                     old_auc,
                     new_auc,
                     NewModel(
@@ -471,8 +471,11 @@ def _vote_code(vote: Vote) -> int:
 def _weighted(comparisons: list[_PersonComparison]) -> tuple[float | None, float | None, int]:
     """(old AUC, new AUC, held-out votes), averaged over the people whose held-out votes
     rank images, weighted by how many they have."""
-    ranked = [(c.old_auc, c.new_auc, c.holdout) for c in comparisons]
-    pairs = [(o, n, h) for o, n, h in ranked if o is not None and n is not None and h > 0]
+    pairs = [
+        (c.old_auc, c.new_auc, c.holdout)
+        for c in comparisons
+        if c.old_auc is not None and c.new_auc is not None
+    ]
     total = sum(h for _, _, h in pairs)
     if total == 0:
         return None, None, 0
@@ -482,7 +485,7 @@ def _weighted(comparisons: list[_PersonComparison]) -> tuple[float | None, float
 
 
 def _compared(comparisons: list[_PersonComparison]) -> int:
-    return sum(c.holdout > 0 for c in comparisons)
+    return sum(c.new_auc is not None for c in comparisons)
 
 
 async def _no_progress(_: str) -> None:
