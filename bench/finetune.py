@@ -24,9 +24,9 @@ import torch
 import transformers
 
 from bench.pictures import screenshot
+from domain import Vote
 from learner.finetune import FinetuneConfig, FinetuneExample, FinetuneProgress, finetune
-from learner.head import DISLIKE, LIKE, SUPER_LIKE
-from tests.tiny_clip import build_clip, vit_b32_config
+from testing.tiny_clip import build_clip, vit_b32_config
 
 
 class PeakMemory:
@@ -87,13 +87,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = args.model or build_clip(tmp / "clip", vit_b32_config())
-        votes = (DISLIKE, LIKE, SUPER_LIKE, DISLIKE)
+        votes = (Vote.DISLIKE, Vote.LIKE, Vote.SUPER_LIKE, Vote.DISLIKE)
         examples = []
         for i in range(args.images):
             path = tmp / "images" / f"{i}.jpg"
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(screenshot(i))
-            examples.append(FinetuneExample(path, i % args.people, votes[(i * 7) // 3 % 4]))
+            vote = votes[(i * 7) // 3 % 4]
+            examples.append(FinetuneExample(path, i % args.people, vote.liked, vote.weight))
         config = FinetuneConfig(
             head_epochs=args.epochs,
             encoder_epochs=args.epochs,

@@ -3,7 +3,7 @@
     python -m bench.soak [--people 50] [--photos 1000] [--kills 5] [--kill-photos 500]
                          [--model DIR | --vit-b32] [--seed 0]
 
-``python -m bot`` runs as a subprocess against the fake Bot API (tests/fake_bot_api.py) on
+``python -m bot`` runs as a subprocess against the fake Bot API (testing/fake_bot_api.py) on
 127.0.0.1 with a fresh DATA_DIR. Simulated people send distinct generated photos (at most
 two in flight each) and tap the vote buttons under the replies while later photos are still
 in flight: some people change their vote later, some tap the same button twice at once, some
@@ -33,7 +33,7 @@ checks as phase 1), and FAISS consistent with SQLite: for each person, the ids i
 ``liked-<user id>.faiss`` / ``disliked-<user id>.faiss`` (DATA_DIR/faiss/<encoder>/) equal the
 image ids SQLite says they liked / disliked, with no id twice.
 
-The default model is a tiny random CLIP (tests/tiny_clip.py), so the run takes minutes on 2
+The default model is a tiny random CLIP (testing/tiny_clip.py), so the run takes minutes on 2
 cores; ``--vit-b32`` uses a ViT-B/32-sized random one; random CLIPs put every picture close
 together, so DUPLICATE_THRESHOLD=0.9995 is set for them. Exit status 1 if any check fails.
 """
@@ -64,8 +64,8 @@ import numpy as np
 from PIL import Image
 
 from bot.telegram_adapter.callback_data import decode_vote, encode_vote
-from storage.records import Vote
-from tests.fake_bot_api import FakeBotAPI
+from domain import Vote
+from testing.fake_bot_api import FakeBotAPI
 
 FIRST_USER = 500_000
 VOTES = [Vote.DISLIKE, Vote.LIKE, Vote.SUPER_LIKE]
@@ -710,7 +710,7 @@ def main() -> int:
         if args.model:
             model, model_name = args.model, f"given ({args.model})"
         else:
-            from tests.tiny_clip import build_clip, build_tiny_clip, vit_b32_config
+            from testing.tiny_clip import build_clip, build_tiny_clip, vit_b32_config
 
             if args.vit_b32:
                 model, model_name = build_clip(tmp / "clip", vit_b32_config()), "random ViT-B/32"

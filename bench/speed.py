@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from bench.pictures import screenshot
-from tests.fake_bot_api import FakeBotAPI
-from tests.tiny_clip import build_clip, vit_b32_config
+from testing.fake_bot_api import FakeBotAPI
+from testing.tiny_clip import build_clip, vit_b32_config
 
 FIRST_USER = 10_000
 

@@ -7,12 +7,15 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from bot.core import TasteService
 from bot.runner import ConnectFailed, OpenService, Platform, SharedService, serve
 from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.services import Services
 
 log = logging.getLogger("bot")
 
@@ -57,9 +60,11 @@ def main() -> None:
     # httpx logs every request URL at INFO, and Bot API URLs contain the token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    async def open_service() -> TasteService:
+    async def open_services() -> Services:
+        # torch, transformers, FAISS: slow imports, so only once the tokens are checked
         from bot.backbone import model_to_load
-        from learner.encoder import ClipImageEncoder  # torch import: slow, so only here
+        from bot.services import Services
+        from learner.encoder import ClipImageEncoder
 
         model = await model_to_load(settings)  # a promoted fine-tune, else CLIP_MODEL
         log.info("loading CLIP %s", model)
@@ -78,16 +83,16 @@ def main() -> None:
 
             # Shares the loaded CLIPModel; None (text off) when the model has no tokenizer.
             text_encoder = ClipTextEncoder.from_pretrained(model, model=encoder.model)
-        service = await TasteService.open(settings, encoder, text_encoder)
+        services = await Services.open(settings, encoder, text_encoder)
         log.info("ready: encoder %s, data in %s", encoder.version, settings.data_dir)
-        return service
+        return services
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        shared = SharedService(open_service)
+        shared = SharedService(open_services)
         await serve(settings, shared, build_platforms(settings, shared.get), stop)
 
     try:

@@ -29,23 +29,20 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
-
-from bot.core import VOTE_CODES, TasteService
+from bot import backbone_compare as comparison
+from bot.encoding import ImageEmbedder
 from bot.finetune_process import FinetuneFailed, FinetuneJob, FinetuneRunner
 from bot.settings import Settings
+from bot.text_features import TextFeatures
+from domain import BackboneOutcome, ModelVersion, NewModel
 from learner.encoder import ClipImageEncoder
-from learner.finetune import FinetuneConfig, FinetuneExample, FinetuneProgress, finetune
-from learner.images import ImageRejected, decode_image
-from learner.training import is_holdout, train_and_compare, trainable
-from storage.db import Database
+from learner.finetune import FinetuneConfig, FinetuneProgress, finetune
 from storage.files import DataDir
-from storage.records import ModelVersion, NewModel, RetainedVote, Vote
+from storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +50,15 @@ Progress = Callable[[str], Coroutine[Any, Any, None]]
 REEMBED_BATCH = 32
 
 
-@dataclass(frozen=True)
-class BackboneOutcome:
-    version: int | None  # None when nothing was trained
-    promoted: bool
-    reason: str
-    new_auc: float | None = None
-    old_auc: float | None = None
-    people: int = 0  # people whose held-out votes decided
-    examples: int = 0
-    seconds: float = 0.0
+class EncoderSwitch(Protocol):
+    """What the tuner needs of serving: the encoder in use, and a way to replace it."""
 
+    @property
+    def encoder_version(self) -> str: ...
 
-@dataclass(frozen=True)
-class _PersonComparison:
-    """One person's heads on the two encoders. The AUCs are None when their held-out votes
-    cannot rank images (none, or all of one kind): the new head is kept, so a promotion
-    leaves them a head on the new encoder, but it does not vote."""
-
-    user_id: int
-    holdout: int
-    old_auc: float | None
-    new_auc: float | None
-    head: NewModel
+    async def switch_encoder(
+        self, embedder: ImageEmbedder, before_switch: Callable[[], Awaitable[None]]
+    ) -> None: ...
 
 
 async def model_to_load(settings: Settings) -> str:
@@ -83,27 +66,35 @@ async def model_to_load(settings: Settings) -> str:
     data_dir = DataDir(settings.data_dir)
     if not data_dir.database.exists():
         return settings.clip_model
-    db = await Database.open(data_dir.database)
+    store = await Store.open(data_dir.database)
     try:
-        row = await db.fetch_one(
-            "SELECT file_path FROM model_versions"
-            " WHERE owner_user_id IS NULL AND kind = 'backbone' AND status = 'active'"
-        )
+        active = await store.models.active_backbone()
     finally:
-        await db.close()
-    return settings.clip_model if row is None else str(data_dir.path(row[0]))
+        await store.close()
+    return settings.clip_model if active is None else str(data_dir.path(active.file_path))
 
 
 class BackboneTuner:
     def __init__(
         self,
-        service: TasteService,
         *,
+        store: Store,
+        data_dir: DataDir,
+        settings: Settings,
+        text: TextFeatures,
+        serving: EncoderSwitch,
+        training_lock: asyncio.Lock,
         config: FinetuneConfig | None = None,
         runner: FinetuneRunner = finetune,
     ) -> None:
-        self.service = service
-        self.settings = service.settings
+        self.store = store
+        self.data_dir = data_dir
+        self.settings = settings
+        self.text = text
+        self.serving = serving
+        # Shared with head retraining: the comparison takes per-person head versions, so no
+        # retrain may interleave with it.
+        self.training_lock = training_lock
         self.config = config or FinetuneConfig(
             head_epochs=self.settings.finetune_head_epochs,
             encoder_epochs=self.settings.finetune_encoder_epochs,
@@ -144,20 +135,20 @@ class BackboneTuner:
         if out_dir.exists():
             log.warning("removing %s, left by an interrupted fine-tune", out_dir)
             await asyncio.to_thread(shutil.rmtree, out_dir, True)
-        active = await self.service.store.active_backbone()
+        active = await self.store.models.active_backbone()
         keep = {serving} | ({active.encoder_version} if active is not None else set())
-        dropped = await self.service.store.drop_embeddings_except(keep)
+        dropped = await self.store.images.drop_embeddings_except(keep)
         if dropped:
             log.warning("dropped %d embeddings left by an interrupted fine-tune", dropped)
 
     async def why_not_due(self) -> str | None:
         """Why the scheduled fine-tune should not start now, or None if it should."""
-        store = self.service.store
-        votes = await store.retained_votes()
+        store = self.store
+        votes = await store.votes.retained_votes()
         if len(votes) < self.settings.finetune_min_votes:
             return f"{len(votes)} votes with retained images, fewer than FINETUNE_MIN_VOTES"
-        last = await store.last_backbone()
-        new = len(votes) if last is None else await store.votes_after(last.trained_through)
+        last = await store.models.last_backbone()
+        new = len(votes) if last is None else await store.votes.votes_after(last.trained_through)
         if new < self.settings.finetune_min_new_votes:
             return f"{new} new votes since the last fine-tune, fewer than FINETUNE_MIN_NEW_VOTES"
         return None
@@ -174,12 +165,15 @@ class BackboneTuner:
                 self._task = None
 
     async def _run(self, trigger: str, progress: Progress) -> BackboneOutcome:
+        # One long function on purpose: what its except clause must undo depends on exactly
+        # how far it got (lock held, promotion committed or not, which files were written),
+        # and those facts live in its locals.
         if not self.settings.retain_images:
             return BackboneOutcome(
                 None, False, "fine-tuning needs the image files, and RETAIN_IMAGES is off"
             )
-        store, data_dir = self.service.store, self.service.data_dir
-        votes = await store.retained_votes()
+        store, data_dir = self.store, self.data_dir
+        votes = await store.votes.retained_votes()
         if len(votes) < self.settings.finetune_min_votes:
             return BackboneOutcome(
                 None,
@@ -188,18 +182,18 @@ class BackboneTuner:
                 f"(has {len(votes)})",
             )
         started = time.perf_counter()
-        revision = await store.latest_revision_overall()
-        examples = training_examples(votes, data_dir)
-        active = await store.active_backbone()
+        revision = await store.votes.latest_revision_overall()
+        examples = comparison.training_examples(votes, data_dir)
+        active = await store.models.active_backbone()
         parent = (
             self.settings.clip_model if active is None else str(data_dir.path(active.file_path))
         )
-        version = await store.next_model_version(None, kind="backbone")
+        version = await store.models.next_model_version(None, kind="backbone")
         relpath = f"models/backbones/v{version}"
         out_dir = data_dir.path(relpath)
-        old_version = self.service.embedder.version
+        old_version = self.serving.encoder_version
         await self._remove_leftovers(out_dir, old_version)
-        run_id = await store.start_training_run(None, "backbone", trigger)
+        run_id = await store.runs.start_training_run(None, "backbone", trigger)
         new_version: str | None = None
         locked = False
         heads_written: list[Path] = []  # the comparison's head files, no row names them yet
@@ -229,21 +223,11 @@ class BackboneTuner:
             await self._reembed(encoder, progress)
             await progress("Comparing the new encoder with the current one on held-out votes…")
             # Per-person head versions are taken now: no head retrain may interleave.
-            await self.service.training_lock.acquire()
+            await self.training_lock.acquire()
             locked = True
             comparisons = await self._compare(old_version, new_version, revision, heads_written)
-            old_auc, new_auc, holdout = _weighted(comparisons)
-            promote = new_auc is not None and old_auc is not None and new_auc > old_auc
-            if new_auc is None or old_auc is None:
-                reason = (
-                    "no person has held-out votes of both kinds, so the encoders cannot be compared"
-                )
-            elif promote:
-                reason = f"holdout AUC {new_auc:.3f} > {old_auc:.3f} over {_compared(comparisons)} people"
-            else:
-                reason = (
-                    f"holdout AUC {new_auc:.3f} ≤ current {old_auc:.3f}: kept the current encoder"
-                )
+            old_auc, new_auc, holdout = comparison.weighted(comparisons)
+            promote, reason = comparison.decision(old_auc, new_auc, comparisons)
             metrics = {
                 "auc": new_auc,
                 "active_auc": old_auc,
@@ -269,26 +253,26 @@ class BackboneTuner:
                 async def embed_the_latest_then_record() -> None:
                     # While no image is being scored: those sent since the re-embedding began
                     # get their vectors first, so the encoder recorded active has them all.
-                    missing = await store.retained_images_missing(old_version, new_version)
+                    missing = await store.images.retained_images_missing(old_version, new_version)
                     await self._reembed(encoder, progress, missing)
                     heads = [c.head for c in comparisons]
                     recorded.append(
-                        await store.add_backbone_version(backbone, promote=True, heads=heads)
+                        await store.models.add_backbone_version(backbone, promote=True, heads=heads)
                     )
 
-                await self.service.switch_encoder(encoder, embed_the_latest_then_record)
+                await self.serving.switch_encoder(encoder, embed_the_latest_then_record)
                 [model] = recorded
-                await store.drop_embeddings(old_version)
+                await store.images.drop_embeddings(old_version)
             else:
-                model = await store.add_backbone_version(backbone, promote=False, heads=[])
+                model = await store.models.add_backbone_version(backbone, promote=False, heads=[])
                 # Before the lock goes: these versions were never recorded, so a retrain
                 # right after would write the same paths, and this would delete its file.
                 for c in comparisons:
                     data_dir.path(c.head.file_path).unlink(missing_ok=True)
-            self.service.training_lock.release()
+            self.training_lock.release()
             locked = False
             if not promote:
-                await store.drop_embeddings(new_version)
+                await store.images.drop_embeddings(new_version)
                 await asyncio.to_thread(shutil.rmtree, out_dir, True)
         except (Exception, asyncio.CancelledError) as error:
             # Cancelled: the bot is shutting down (drain) during the re-embedding or the
@@ -301,7 +285,7 @@ class BackboneTuner:
             try:
                 # The database, not a local, says whether the promotion was committed: a
                 # cancel can land while aiosqlite still runs the COMMIT.
-                now_active = await store.active_backbone()
+                now_active = await store.models.active_backbone()
                 committed = now_active is not None and now_active.version == version
                 if locked and not committed:
                     # No row names these files, so /forget (which deletes the files rows
@@ -311,16 +295,16 @@ class BackboneTuner:
                         path.unlink(missing_ok=True)
             finally:
                 if locked:
-                    self.service.training_lock.release()
+                    self.training_lock.release()
             if committed:
                 # Its embeddings are complete; a restart serves it (its rows say so).
                 log.error("backbone v%d is recorded active but not served: restart", version)
             else:
                 if new_version is not None:
-                    await store.drop_embeddings(new_version)
+                    await store.images.drop_embeddings(new_version)
                 await asyncio.to_thread(shutil.rmtree, out_dir, True)
             detail = "stopped at shutdown" if stopped else str(error)[:2000]
-            await store.finish_training_run(
+            await store.runs.finish_training_run(
                 run_id, outcome="failed", n_labels=len(examples), detail=detail
             )
             if stopped:
@@ -334,7 +318,7 @@ class BackboneTuner:
             )
         finally:
             self.job = None
-        await store.finish_training_run(
+        await store.runs.finish_training_run(
             run_id,
             outcome="promoted" if promote else "rejected",
             n_labels=len(examples),
@@ -348,7 +332,7 @@ class BackboneTuner:
             reason,
             new_auc,
             old_auc,
-            _compared(comparisons),
+            comparison.compared(comparisons),
             len(examples),
             time.perf_counter() - started,
         )
@@ -361,131 +345,28 @@ class BackboneTuner:
     ) -> None:
         """Embed ``images`` (default: every retained image) with the new encoder, in batches,
         off the event loop."""
-        store, data_dir = self.service.store, self.service.data_dir
+        store, data_dir = self.store, self.data_dir
         if images is None:
-            images = await store.retained_images()
+            images = await store.images.retained_images()
         for start in range(0, len(images), REEMBED_BATCH):
             batch = images[start : start + REEMBED_BATCH]
-            vectors = await asyncio.to_thread(_embed_files, encoder, data_dir, batch)
-            await store.put_embeddings(encoder.version, vectors, encoder.dim)
+            vectors = await asyncio.to_thread(comparison.embed_files, encoder, data_dir, batch)
+            await store.images.put_embeddings(encoder.version, vectors, encoder.dim)
             await progress(f"Re-embedding images: {start + len(batch)}/{len(images)}")
 
     async def _compare(
         self, old_version: str, new_version: str, revision: int, written: list[Path]
-    ) -> list[_PersonComparison]:
-        """Per person: a head on the old and one on the new embeddings, same votes, same
-        holdout (only the new one where the held-out votes cannot rank). The new heads'
-        files are appended to ``written`` as they are saved."""
-        store, data_dir = self.service.store, self.service.data_dir
-        comparisons = []
-        for user_id in await store.users_with_votes():
-            old = await store.labelled_embeddings(user_id, old_version)
-            new = await store.labelled_embeddings(user_id, new_version)
-            shared = {v.submission_id for v in old} & {v.submission_id for v in new}
-            old = [v for v in old if v.submission_id in shared]
-            new = [v for v in new if v.submission_id in shared]
-            ids = np.array([v.submission_id for v in new], np.int64)
-            votes = np.array([_vote_code(v.vote) for v in new], np.int8)
-            if trainable(ids, votes, self.settings.head_min_votes) is not None:
-                continue
-            old_x = await self.service.training_vectors(old)
-            new_x = await self.service.training_vectors(new)
-            # The unvoted images too, as a regular retrain: the new head becomes the person's
-            # active one on promotion. (An image sent during the re-embedding may be in the
-            # old set only; it shapes the graph, while both heads are scored on the same votes.)
-            old_u = await self.service.unvoted_vectors(user_id, old_version)
-            new_u = await self.service.unvoted_vectors(user_id, new_version)
-            new_result = await asyncio.to_thread(train_and_compare, ids, new_x, votes, new_u, None)
-            old_auc = new_auc = None
-            if new_result.candidate.auc is not None:
-                old_result = await asyncio.to_thread(
-                    train_and_compare, ids, old_x, votes, old_u, None
-                )
-                if old_result.candidate.auc is not None:
-                    old_auc, new_auc = old_result.candidate.auc, new_result.candidate.auc
-            head_version = await store.next_model_version(user_id)
-            relpath = data_dir.head_relpath(user_id, head_version)
-            head_path = data_dir.path(relpath)
-            head_path.parent.mkdir(parents=True, exist_ok=True)
-            written.append(head_path)  # before saving: a save that fails leaves part of one
-            await asyncio.to_thread(new_result.head.save, head_path)
-            comparisons.append(
-                _PersonComparison(
-                    user_id,
-                    new_result.candidate.size,
-                    old_auc,
-                    new_auc,
-                    NewModel(
-                        owner_user_id=user_id,
-                        kind="head",
-                        version=head_version,
-                        file_path=relpath,
-                        encoder_version=new_version,
-                        train_size=new_result.train_size,
-                        holdout_size=new_result.candidate.size,
-                        metrics=new_result.metrics(),
-                        trained_through=revision,
-                    ),
-                )
-            )
-        return comparisons
-
-
-def training_examples(votes: Sequence[RetainedVote], data_dir: DataDir) -> list[FinetuneExample]:
-    """The votes the encoder may learn from: not held out, and not on an image that is held
-    out for anyone. One picture sent by two people (a group, a meme) has two submissions,
-    one of which may be held out: training on the other would let the new encoder see the
-    held-out image, and favour it in the comparison."""
-    held_out = {v.file_path for v in votes if is_holdout(v.submission_id)}
-    return [
-        FinetuneExample(data_dir.path(v.file_path), v.user_id, _vote_code(v.vote))
-        for v in votes
-        if v.file_path not in held_out
-    ]
-
-
-def _embed_files(
-    encoder: ClipImageEncoder, data_dir: DataDir, batch: list[tuple[int, str]]
-) -> list[tuple[int, bytes]]:
-    ids, images = [], []
-    for image_id, relpath in batch:
-        try:
-            data = data_dir.path(relpath).read_bytes()
-            images.append(decode_image(data, target_size=encoder.input_size).image)
-            ids.append(image_id)
-        except (OSError, ImageRejected):
-            log.warning("retained image %s is missing or unreadable; not re-embedded", relpath)
-    if not images:
-        return []
-    vectors = encoder.embed(images)
-    return [
-        (i, np.ascontiguousarray(v, np.float32).tobytes())
-        for i, v in zip(ids, vectors, strict=True)
-    ]
-
-
-def _vote_code(vote: Vote) -> int:
-    return int(VOTE_CODES[vote])
-
-
-def _weighted(comparisons: list[_PersonComparison]) -> tuple[float | None, float | None, int]:
-    """(old AUC, new AUC, held-out votes), averaged over the people whose held-out votes
-    rank images, weighted by how many they have."""
-    pairs = [
-        (c.old_auc, c.new_auc, c.holdout)
-        for c in comparisons
-        if c.old_auc is not None and c.new_auc is not None
-    ]
-    total = sum(h for _, _, h in pairs)
-    if total == 0:
-        return None, None, 0
-    old = sum(o * h for o, _, h in pairs) / total
-    new = sum(n * h for _, n, h in pairs) / total
-    return old, new, total
-
-
-def _compared(comparisons: list[_PersonComparison]) -> int:
-    return sum(c.new_auc is not None for c in comparisons)
+    ) -> list[comparison.PersonComparison]:
+        return await comparison.compare_heads(
+            self.store,
+            self.data_dir,
+            self.text,
+            self.settings.head_min_votes,
+            old_version,
+            new_version,
+            revision,
+            written,
+        )
 
 
 async def _no_progress(_: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from datetime import datetime
 
-from bot.core import LearningCurve
+from domain import LearningCurve
 
 
 def learning_curve_png(curve: LearningCurve) -> bytes:

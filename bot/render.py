@@ -1,19 +1,36 @@
-"""Texts the bot sends, the same on every platform. Pure functions of core records."""
+"""Every sentence the bot says to a person, the same on every platform: pure functions of
+domain records. Adapters only add platform formatting (buttons, embeds, limits)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from bot.core import LearningCurve, ModelList, RetrainOutcome, Rollback, Scored, Stats
-from storage.records import ForgetReport, ModelVersion, Totals, UserSummary, Vote
-
-if TYPE_CHECKING:  # bot.backbone imports torch; texts should not
-    from bot.backbone import BackboneOutcome
+from domain import (
+    BackboneOutcome,
+    Export,
+    ForgetReport,
+    LearningCurve,
+    ModelList,
+    ModelVersion,
+    Refused,
+    RetrainOutcome,
+    Rollback,
+    Scored,
+    Stats,
+    Totals,
+    UserSummary,
+    Vote,
+)
 
 VOTE_LABELS = {Vote.DISLIKE: "👎 Dislike", Vote.LIKE: "👍 Like", Vote.SUPER_LIKE: "⭐ Super like"}
 VOTE_EMOJI = {Vote.DISLIKE: "👎", Vote.LIKE: "👍", Vote.SUPER_LIKE: "⭐"}
 VOTE_ORDER = (Vote.DISLIKE, Vote.LIKE, Vote.SUPER_LIKE)
+NOT_AN_IMAGE = "That file is not an image; send a photo or an image file (JPEG, PNG, WebP, GIF)."
+SEND_AN_IMAGE = "Send me an image and I'll score it for you. /help"
+SOMETHING_WRONG = "Something went wrong on my side; please try again."
+TAP_AGAIN = "Something went wrong; please tap again."
+UNKNOWN_IMAGE = "I no longer know this image."
+NOTHING_DELETED = "Nothing was deleted."
 TEXT_LIMIT = 4096  # Telegram's limit on a message (Discord's, 2000, is passed in)
 CAPTION_LIMIT = 1024  # Telegram's limit on a photo caption
 
@@ -293,3 +310,52 @@ def backbone_text(outcome: BackboneOutcome) -> str:
         f"CLIP fine-tune v{outcome.version} ({outcome.examples} votes, "
         f"{outcome.seconds:.0f} s): {verdict} — {outcome.reason}."
     )
+
+
+def promotion_text(outcome: RetrainOutcome) -> str:
+    auc = "n/a" if outcome.auc is None else f"{outcome.auc:.2f}"
+    was = "" if outcome.previous_auc is None else f", was {outcome.previous_auc:.2f}"
+    return f"Your model v{outcome.version} is ready: AUC {auc}{was}."
+
+
+def refusal_text(refused: Refused) -> str:
+    """One sentence for the person whose image was not scored."""
+    if refused.reason == "too_large_bytes" and refused.limit is not None:
+        return f"That file is over {_human_bytes(refused.limit)}; please send a smaller image."
+    if refused.reason == "too_large_pixels" and refused.limit is not None:
+        return (
+            f"That image is too large (over {refused.limit / 1e6:g} megapixels) for me to process."
+        )
+    return _REFUSALS.get(refused.reason, "I couldn't read that image.")
+
+
+_REFUSALS = {
+    "empty": "That file is empty.",
+    "not_image": "That file is not an image I can read.",
+    "corrupt": "That image seems to be damaged or incomplete, so I can't read it.",
+    "too_large_pixels": "That image is too large for me to process.",
+    "too_large_bytes": "That file is too big for me to process.",
+    "rate_limited": (
+        "You're sending images faster than I can learn from them; "
+        "please wait a minute and send that one again."
+    ),
+}
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("MB", 1024 * 1024), ("KB", 1024)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def export_caption(export: Export) -> str:
+    return f"Your data: {export.images} images."
+
+
+def admins_only(command: str) -> str:
+    return f"Only the bot's admins can use {command}."
+
+
+def private_only(command: str) -> str:
+    return f"{command} is about your own data; send it to me in a private chat."

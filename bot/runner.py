@@ -1,7 +1,7 @@
-"""Run the chat platforms on one event loop around one core.
+"""Run the chat platforms on one event loop around one set of services.
 
-The runner owns what the platforms share — the core service (database, FAISS, CLIP) and
-the retrain scheduler — and each platform only connects, receives and stops.
+The runner owns what the platforms share — the services (database, FAISS, CLIP) and the
+retrain scheduler — and each platform only connects, receives and stops.
 """
 
 from __future__ import annotations
@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from bot.core import TasteService
-from bot.scheduler import start_scheduler
 from bot.settings import Settings
+
+if TYPE_CHECKING:  # importing the services loads torch; the runner is handed them
+    from bot.services import Services
 
 log = logging.getLogger("bot")
 
-OpenService = Callable[[], Awaitable[TasteService]]
+OpenService = Callable[[], Awaitable["Services"]]
 DRAIN_SECONDS = 4.0  # per wait; SIGTERM must end the process within a few seconds
 
 
@@ -29,8 +30,8 @@ class Platform(Protocol):
     async def connect(self) -> None:
         """Check the token (before CLIP loads, so a wrong token fails fast)."""
 
-    async def start(self, service: TasteService) -> Awaitable[None] | None:
-        """Attach the core and start receiving; may return what finishes if the platform dies."""
+    async def start(self, services: Services) -> Awaitable[None] | None:
+        """Attach the services and start receiving; may return what finishes if it dies."""
 
     async def stop(self) -> None:
         """Stop receiving and let handlers in flight finish."""
@@ -50,14 +51,14 @@ def _without_tokens(text: str, settings: Settings) -> str:
 
 
 class SharedService:
-    """Opens the core once, however many platforms ask for it."""
+    """Opens the services once, however many platforms ask for it."""
 
     def __init__(self, open_service: OpenService) -> None:
         self._open = open_service
         self._lock = asyncio.Lock()
-        self.service: TasteService | None = None
+        self.service: Services | None = None
 
-    async def get(self) -> TasteService:
+    async def get(self) -> Services:
         async with self._lock:
             if self.service is None:
                 self.service = await self._open()
@@ -70,7 +71,7 @@ async def serve(
     platforms: Sequence[Platform],
     stop: asyncio.Event,
 ) -> None:
-    """Connect every platform, open the core, start the scheduler, run until `stop`, shut down.
+    """Connect every platform, open the services, start the scheduler, run until `stop`, stop.
 
     A platform whose connection dies for good (a revoked token, a missing privileged
     intent) stops everything, and its error is raised; one that cannot connect at all
@@ -86,11 +87,13 @@ async def serve(
             except Exception as error:  # the adapters' own errors: httpx, PTB, discord.py
                 cause = _without_tokens(f"{type(error).__name__}: {error}", settings)
                 raise ConnectFailed(f"{platform.name}: could not connect ({cause})") from error
-        service = await shared.get()
-        scheduler = start_scheduler(service, settings)
+        from bot.scheduler import start_scheduler  # APScheduler, only once serving
+
+        services = await shared.get()
+        scheduler = start_scheduler(services, settings)
         watched: list[asyncio.Future[object]] = []
         for platform in platforms:
-            done = await platform.start(service)
+            done = await platform.start(services)
             if done is not None:
                 watched.append(asyncio.ensure_future(done))
             log.info("%s: receiving", platform.name)

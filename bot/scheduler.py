@@ -6,25 +6,25 @@ import logging
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bot.core import TasteService
 from bot.cron import crontab_trigger
+from bot.services import Services
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-async def retrain_tick(service: TasteService, min_new_votes: int) -> None:
+async def retrain_tick(services: Services, min_new_votes: int) -> None:
     """Retrain every person with enough new votes; the training itself runs off the loop."""
-    outcomes = await service.retrain_due_heads(min_new_votes, trigger="schedule")
+    outcomes = await services.retraining.retrain_due_heads(min_new_votes, trigger="schedule")
     if outcomes:
         promoted = sum(o.promoted for o in outcomes)
         log.info("scheduled retrain: %d trained, %d promoted", len(outcomes), promoted)
 
 
-async def finetune_tick(service: TasteService) -> None:
+async def finetune_tick(services: Services) -> None:
     """Fine-tune CLIP when enough votes with retained images have come in since the last time."""
-    tuner = service.backbone
-    if tuner is None or tuner.running:
+    tuner = services.backbone
+    if tuner.running:
         return
     why_not = await tuner.why_not_due()
     if why_not is not None:
@@ -34,13 +34,13 @@ async def finetune_tick(service: TasteService) -> None:
     log.info("scheduled fine-tune: %s", outcome.reason)
 
 
-def start_scheduler(service: TasteService, settings: Settings) -> AsyncIOScheduler:
+def start_scheduler(services: Services, settings: Settings) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler()
     scheduler.add_job(
         retrain_tick,
         "interval",
         minutes=settings.retrain_check_minutes,
-        args=(service, settings.retrain_min_new_votes),
+        args=(services, settings.retrain_min_new_votes),
         id="retrain_heads",
         # A tick that overlaps a slow previous one is skipped, not queued.
         max_instances=1,
@@ -50,7 +50,7 @@ def start_scheduler(service: TasteService, settings: Settings) -> AsyncIOSchedul
         scheduler.add_job(
             finetune_tick,
             crontab_trigger(settings.finetune_cron),
-            args=(service,),
+            args=(services,),
             id="finetune_backbone",
             max_instances=1,
             coalesce=True,

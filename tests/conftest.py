@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot.core import TasteService
+from bot.services import Services
 from bot.settings import Settings
 from learner.encoder import ClipImageEncoder
-from tests.tiny_clip import build_tiny_clip
+from testing.tiny_clip import build_tiny_clip
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +44,8 @@ def settings(tmp_path: Path, clip_dir: Path) -> Settings:
 
 
 @pytest.fixture
-async def service(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[TasteService]:
-    svc = await TasteService.open(settings, encoder)
+async def service(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[Services]:
+    svc = await Services.open(settings, encoder)
     yield svc
     await svc.close()
 

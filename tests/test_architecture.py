@@ -1,31 +1,129 @@
-"""The import direction of DESIGN.md, checked on the source (ast), not by convention."""
+"""The import direction of DESIGN.md, checked on the source (ast) and in a fresh
+interpreter, not by convention."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("bot", "domain", "learner", "storage", "testing")
+HEAVY = ("torch", "transformers", "faiss", "aiosqlite")
 
 FORBIDDEN = {
     "learner": {"telegram", "discord", "bot", "storage", "aiosqlite", "sqlite3"},
     "storage": {"telegram", "discord", "bot", "learner", "torch", "transformers"},
-    "bot/telegram_adapter": {"torch", "transformers", "faiss", "sqlite3", "aiosqlite"},
-    "bot/discord_adapter": {"torch", "transformers", "faiss", "sqlite3", "aiosqlite", "telegram"},
+    "bot/telegram_adapter": {"torch", "transformers", "faiss", "sqlite3", "aiosqlite", "storage"},
+    "bot/discord_adapter": {
+        "torch",
+        "transformers",
+        "faiss",
+        "sqlite3",
+        "aiosqlite",
+        "storage",
+        "telegram",
+    },
 }
 
 
+def _runtime_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement except those under ``if TYPE_CHECKING:`` (never executed)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and ast.unparse(node.test) in (
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        ):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
 def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    """Top-level names of what ``path`` imports at run time."""
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _runtime_imports(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif node.module and node.level == 0:
             names.add(node.module.split(".")[0])
     return names
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _our_modules() -> dict[str, Path]:
+    return {
+        _module_name(path): path for package in PACKAGES for path in (ROOT / package).rglob("*.py")
+    }
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the modules of ours it imports at run time (``from a import b`` counts as
+    importing ``a.b`` when that is a module, else ``a``)."""
+    modules = _our_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges: set[str] = set()
+        for node in _runtime_imports(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names if alias.name in modules)
+            elif node.module and node.level == 0 and node.module in modules:
+                for alias in node.names:
+                    child = f"{node.module}.{alias.name}"
+                    edges.add(child if child in modules else node.module)
+        graph[name] = edges - {name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return found
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -36,3 +134,43 @@ def test_import_direction(package: str) -> None:
         str(f.relative_to(ROOT)): sorted(imported_modules(f) & FORBIDDEN[package]) for f in files
     }
     assert {f: bad for f, bad in offenders.items() if bad} == {}
+
+
+def test_the_domain_needs_only_the_standard_library() -> None:
+    allowed = set(sys.stdlib_module_names) | {"domain", "__future__"}
+    offenders = {
+        str(f.relative_to(ROOT)): sorted(imported_modules(f) - allowed)
+        for f in (ROOT / "domain").rglob("*.py")
+    }
+    assert {f: bad for f, bad in offenders.items() if bad} == {}
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+ADAPTER_MODULES = sorted(
+    name
+    for name in _our_modules()
+    if name.startswith(("bot.telegram_adapter", "bot.discord_adapter"))
+    or name in ("bot.render", "bot.charts", "bot.runner", "bot.settings", "domain")
+)
+
+
+@pytest.mark.parametrize("module", ADAPTER_MODULES)
+def test_adapters_do_not_load_torch_faiss_or_sqlite(module: str) -> None:
+    """Transitively: a fresh interpreter imports the module and lists what came with it."""
+    probe = (
+        f"import importlib, sys; importlib.import_module({module!r}); "
+        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == []

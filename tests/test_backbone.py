@@ -14,15 +14,16 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPModel
 
 import bot.backbone
+import bot.backbone_compare
 from bot import render
 from bot.backbone import BackboneTuner
-from bot.core import IncomingImage, Person, Rollback, Scored, TasteService
+from bot.services import Services
 from bot.settings import Settings
+from domain import IncomingImage, Person, Rollback, Scored, Vote
 from learner.encoder import ClipImageEncoder
 from learner.finetune import FinetuneConfig, FinetuneExample, FinetuneProgress, FinetuneResult
 from learner.head import TasteHead
 from learner.training import is_holdout
-from storage.records import Vote
 
 FAST = FinetuneConfig(head_epochs=1, encoder_epochs=1, unfreeze_blocks=1, batch_size=8)
 PEOPLE = (Person("telegram", "1"), Person("telegram", "2"))
@@ -38,7 +39,7 @@ def coloured(seed: int, red: bool) -> bytes:
     return out.getvalue()
 
 
-async def vote_on_pictures(service: TasteService, n: int = 20) -> None:
+async def vote_on_pictures(service: Services, n: int = 20) -> None:
     """Person 1 likes red, person 2 likes blue; both vote on the same n pictures."""
     for seed in range(n):
         data = coloured(seed, red=seed % 2 == 0)
@@ -47,22 +48,22 @@ async def vote_on_pictures(service: TasteService, n: int = 20) -> None:
             return data
 
         for i, person in enumerate(PEOPLE):
-            out = await service.score_image(
+            out = await service.scoring.score_image(
                 IncomingImage(person, person.platform_user_id, str(seed), None, None), download
             )
             assert isinstance(out, Scored)
             likes = (seed % 2 == 0) == (i == 0)
-            await service.record_vote(
+            await service.votes.record_vote(
                 person, out.submission_id, Vote.LIKE if likes else Vote.DISLIKE
             )
 
 
 @pytest.fixture
-async def trained(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[TasteService]:
+async def trained(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[Services]:
     settings = settings.model_copy(update={"finetune_min_votes": 10})
-    service = await TasteService.open(settings, encoder)
+    service = await Services.open(settings, encoder)
     await vote_on_pictures(service)
-    outcomes = await service.retrain_due_heads(min_new_votes=1, trigger="test")
+    outcomes = await service.retraining.retrain_due_heads(min_new_votes=1, trigger="test")
     assert all(o.promoted for o in outcomes) and len(outcomes) == 2
     yield service
     await service.close()
@@ -98,7 +99,7 @@ def crashing_runner(
     raise RuntimeError("out of memory (pretend)")
 
 
-async def snapshot(service: TasteService) -> tuple[list[tuple[object, ...]], set[str]]:
+async def snapshot(service: Services) -> tuple[list[tuple[object, ...]], set[str]]:
     rows = await service.store.db.fetch_all(
         "SELECT id, owner_user_id, kind, version, status FROM model_versions ORDER BY id"
     )
@@ -106,14 +107,14 @@ async def snapshot(service: TasteService) -> tuple[list[tuple[object, ...]], set
     return [tuple(r) for r in rows], {r[0] for r in encoders}
 
 
-async def test_a_worse_encoder_is_not_promoted(trained: TasteService) -> None:
+async def test_a_worse_encoder_is_not_promoted(trained: Services) -> None:
     before = await snapshot(trained)
     messages: list[str] = []
 
     async def progress(text: str) -> None:
         messages.append(text)
 
-    tuner = BackboneTuner(trained, config=FAST, runner=degenerate_runner)
+    tuner = trained.make_backbone_tuner(config=FAST, runner=degenerate_runner)
     outcome = await tuner.run("test", on_progress=progress)
     assert outcome.version == 1 and not outcome.promoted, outcome
     assert outcome.new_auc is not None and outcome.old_auc is not None
@@ -122,7 +123,7 @@ async def test_a_worse_encoder_is_not_promoted(trained: TasteService) -> None:
     models, encoders = await snapshot(trained)
     # The rejected encoder is recorded; nothing active changed; its embeddings are gone.
     assert models == before[0] + [(models[-1][0], None, "backbone", 1, "rejected")]
-    assert encoders == before[1] == {trained.embedder.version}
+    assert encoders == before[1] == {trained.encoder.embedder.version}
     assert not (trained.data_dir.root / "models" / "backbones" / "v1").exists()
     runs = await trained.store.db.fetch_all(
         "SELECT outcome, detail FROM training_runs WHERE kind = 'backbone'"
@@ -130,9 +131,9 @@ async def test_a_worse_encoder_is_not_promoted(trained: TasteService) -> None:
     assert runs[0][0] == "rejected" and "kept the current encoder" in runs[0][1]
 
 
-async def test_a_crashing_run_is_recorded_failed_and_changes_nothing(trained: TasteService) -> None:
+async def test_a_crashing_run_is_recorded_failed_and_changes_nothing(trained: Services) -> None:
     before = await snapshot(trained)
-    outcome = await BackboneTuner(trained, config=FAST, runner=crashing_runner).run("test")
+    outcome = await trained.make_backbone_tuner(config=FAST, runner=crashing_runner).run("test")
     assert not outcome.promoted and "out of memory (pretend)" in outcome.reason
     assert await snapshot(trained) == before
     runs = await trained.store.db.fetch_all(
@@ -143,24 +144,24 @@ async def test_a_crashing_run_is_recorded_failed_and_changes_nothing(trained: Ta
 
 
 async def test_a_better_encoder_replaces_the_old_one_everywhere(
-    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+    trained: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real fine-tune in a child process; the comparison is forced to favour it, so
     this checks what promotion does: new heads, FAISS, embeddings, start-up model."""
-    real_weighted = bot.backbone._weighted
+    real_weighted = bot.backbone_compare.weighted
 
     def favour_new(comparisons: list) -> tuple[float | None, float | None, int]:  # type: ignore[type-arg]
         old, new, n = real_weighted(comparisons)
         assert old is not None and new is not None and n > 0
         return 0.5, 0.9, n
 
-    monkeypatch.setattr(bot.backbone, "_weighted", favour_new)
+    monkeypatch.setattr(bot.backbone_compare, "weighted", favour_new)
     for seed in (40, 41):  # person 1 sends two pictures without voting on them
         await _send_red(trained, f"unvoted{seed}", seed)
-    old_version = trained.embedder.version
-    outcome = await BackboneTuner(trained, config=FAST).run("test")
+    old_version = trained.encoder.embedder.version
+    outcome = await trained.make_backbone_tuner(config=FAST).run("test")
     assert outcome.promoted, outcome
-    new_version = trained.embedder.version
+    new_version = trained.encoder.embedder.version
     assert new_version != old_version and new_version.startswith("v1@")
     _, encoders = await snapshot(trained)
     assert encoders == {new_version}  # every retained image re-embedded; old vectors dropped
@@ -168,13 +169,13 @@ async def test_a_better_encoder_replaces_the_old_one_everywhere(
     n_vectors = await trained.store.db.fetch_all("SELECT COUNT(*) FROM embeddings")
     assert n_images[0][0] == n_vectors[0][0] == 22
     for user_id, unvoted in ((1, 2), (2, 0)):
-        head = await trained.store.active_model(user_id)
+        head = await trained.store.models.active_model(user_id)
         assert head is not None and head.encoder_version == new_version and head.version == 2
-        assert trained.liked_index.count(user_id) == 10  # FAISS rebuilt for the new encoder
+        assert trained.indexes.liked.count(user_id) == 10  # FAISS rebuilt for the new encoder
         # trained as a regular retrain is: the unvoted pictures are in its graph
         info = TasteHead.load(trained.data_dir.path(head.file_path)).info
         assert info["n_anchors"] == int(info["n_train"]) + unvoted, info
-    backbone = await trained.store.active_backbone()
+    backbone = await trained.store.models.active_backbone()
     assert backbone is not None and backbone.version == 1
     assert await bot.backbone.model_to_load(trained.settings) == str(
         trained.data_dir.path(backbone.file_path)
@@ -183,65 +184,69 @@ async def test_a_better_encoder_replaces_the_old_one_everywhere(
     async def download() -> bytes:
         return coloured(99, red=True)
 
-    scored = await trained.score_image(IncomingImage(PEOPLE[0], "1", "new", None, None), download)
+    scored = await trained.scoring.score_image(
+        IncomingImage(PEOPLE[0], "1", "new", None, None), download
+    )
     assert isinstance(scored, Scored) and scored.model_version == 2
 
 
-async def test_fine_tuning_needs_retained_images(trained: TasteService) -> None:
+async def test_fine_tuning_needs_retained_images(trained: Services) -> None:
     trained.settings = trained.settings.model_copy(update={"retain_images": False})
-    tuner = BackboneTuner(trained, config=FAST)
+    tuner = trained.make_backbone_tuner(config=FAST)
     outcome = await tuner.run("test")
     assert outcome.version is None and "RETAIN_IMAGES is off" in outcome.reason
 
 
-async def _send_red(service: TasteService, key: str, seed: int) -> Scored:
+async def _send_red(service: Services, key: str, seed: int) -> Scored:
     async def download() -> bytes:
         return coloured(seed, red=True)
 
-    out = await service.score_image(IncomingImage(PEOPLE[0], "1", key, None, None), download)
+    out = await service.scoring.score_image(
+        IncomingImage(PEOPLE[0], "1", key, None, None), download
+    )
     assert isinstance(out, Scored)
     return out
 
 
 async def test_an_image_sent_during_a_promoted_fine_tune_keeps_its_vote(
-    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+    trained: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_weighted = bot.backbone._weighted
-    monkeypatch.setattr(bot.backbone, "_weighted", lambda c: (0.5, 0.9, real_weighted(c)[2]))
+    real_weighted = bot.backbone_compare.weighted
+    monkeypatch.setattr(bot.backbone_compare, "weighted", lambda c: (0.5, 0.9, real_weighted(c)[2]))
     real_compare = BackboneTuner._compare
     sent: list[int] = []
 
     async def compare_while_person_1_votes(self, *args):  # type: ignore[no-untyped-def]
         out = await _send_red(trained, "during", 500)  # after the re-embedding pass
-        await trained.record_vote(PEOPLE[0], out.submission_id, Vote.SUPER_LIKE)
+        await trained.votes.record_vote(PEOPLE[0], out.submission_id, Vote.SUPER_LIKE)
         sent.append(out.submission_id)
         return await real_compare(self, *args)
 
     monkeypatch.setattr(BackboneTuner, "_compare", compare_while_person_1_votes)
-    before = len(await trained.store.labelled_embeddings(1, trained.embedder.version))
-    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    before = len(await trained.store.votes.labelled_embeddings(1, trained.encoder.embedder.version))
+    outcome = await trained.make_backbone_tuner(config=FAST, runner=degenerate_runner).run("test")
     assert outcome.promoted, outcome
-    after = await trained.store.labelled_embeddings(1, trained.embedder.version)
+    after = await trained.store.votes.labelled_embeddings(1, trained.encoder.embedder.version)
     assert len(after) == before + 1  # its vector under the new encoder: still trained on
-    assert await trained.score_for(PEOPLE[0], sent[0]) is not None
+    assert await trained.scoring.score_for(PEOPLE[0], sent[0]) is not None
 
 
 async def test_a_rejected_fine_tune_leaves_a_head_trained_right_after_it(
-    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+    trained: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = trained.store
-    real_drop = store.drop_embeddings
+    real_drop = store.images.drop_embeddings
 
     async def drop_then_retrain(version: str) -> int:
         n = await real_drop(version)
-        if version != trained.embedder.version:  # the rejected encoder's: the lock is free
+        if version != trained.encoder.embedder.version:  # the rejected encoder's: the lock is free
             out = await _send_red(trained, "x1", 600)
-            await trained.record_vote(PEOPLE[0], out.submission_id, Vote.LIKE)
-            await trained.retrain_user(1, "schedule")
+            await trained.votes.record_vote(PEOPLE[0], out.submission_id, Vote.LIKE)
+            await trained.retraining.retrain_user(1, "schedule")
         return n
 
-    monkeypatch.setattr(store, "drop_embeddings", drop_then_retrain)
-    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    monkeypatch.setattr(store.images, "drop_embeddings", drop_then_retrain)
+    outcome = await trained.make_backbone_tuner(config=FAST, runner=degenerate_runner).run("test")
     assert not outcome.promoted
     rows = await store.db.fetch_all(
         "SELECT file_path FROM model_versions WHERE owner_user_id = 1 AND kind = 'head'"
@@ -250,7 +255,7 @@ async def test_a_rejected_fine_tune_leaves_a_head_trained_right_after_it(
 
 
 async def test_a_shutdown_during_the_comparison_removes_what_the_run_made(
-    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+    trained: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncio
 
@@ -262,7 +267,7 @@ async def test_a_shutdown_during_the_comparison_removes_what_the_run_made(
 
     monkeypatch.setattr(BackboneTuner, "_compare", slow_compare)
     before = await snapshot(trained)
-    tuner = trained.backbone = BackboneTuner(trained, config=FAST, runner=degenerate_runner)
+    tuner = trained.backbone = trained.make_backbone_tuner(config=FAST, runner=degenerate_runner)
     run = asyncio.create_task(tuner.run("schedule"))
     await comparing.wait()  # re-embedded by now: the new encoder's vectors are stored
     assert len((await snapshot(trained))[1]) == 2
@@ -277,22 +282,24 @@ async def test_a_shutdown_during_the_comparison_removes_what_the_run_made(
 
 
 async def test_a_run_after_a_crash_removes_what_the_crashed_run_left(
-    trained: TasteService,
+    trained: Services,
 ) -> None:
     leftover = trained.data_dir.root / "models" / "backbones" / "v1"
     leftover.mkdir(parents=True)  # a run killed after its child finished
     (leftover / "config.json").write_text("{}")
-    await trained.store.put_embeddings("v1@dead", [(1, np.ones(16, np.float32).tobytes())], 16)
-    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    await trained.store.images.put_embeddings(
+        "v1@dead", [(1, np.ones(16, np.float32).tobytes())], 16
+    )
+    outcome = await trained.make_backbone_tuner(config=FAST, runner=degenerate_runner).run("test")
     assert outcome.version == 1 and not outcome.promoted, outcome  # not FileExistsError
     _, encoders = await snapshot(trained)
-    assert encoders == {trained.embedder.version}
+    assert encoders == {trained.encoder.embedder.version}
 
 
 def test_an_image_held_out_for_anyone_is_not_fine_tuned_on(tmp_path: Path) -> None:
+    from domain import RetainedVote
     from learner.training import is_holdout
     from storage.files import DataDir
-    from storage.records import RetainedVote
 
     held = next(i for i in range(1, 100) if is_holdout(i))
     kept = [i for i in range(1, 100) if not is_holdout(i)][:2]
@@ -301,11 +308,11 @@ def test_an_image_held_out_for_anyone_is_not_fine_tuned_on(tmp_path: Path) -> No
         RetainedVote(2, kept[0], Vote.LIKE, "images/meme.png"),  # Bob's, of the same picture
         RetainedVote(2, kept[1], Vote.DISLIKE, "images/cat.png"),
     ]
-    examples = bot.backbone.training_examples(votes, DataDir(tmp_path))
+    examples = bot.backbone_compare.training_examples(votes, DataDir(tmp_path))
     assert [(e.image_path.name, e.person) for e in examples] == [("cat.png", 2)]
 
 
-async def _head_files(service: TasteService) -> set[str]:
+async def _head_files(service: Services) -> set[str]:
     """Head files on disk; the comparison's new heads used to stay after a failed run, with
     no row naming them, so /forget missed them."""
     heads = service.data_dir.path("models/heads")
@@ -313,9 +320,9 @@ async def _head_files(service: TasteService) -> set[str]:
 
 
 async def test_a_comparison_that_fails_halfway_leaves_no_head_file(
-    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+    trained: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = bot.backbone.train_and_compare
+    real = bot.backbone_compare.train_and_compare
     calls: list[int] = []
 
     def fails_for_the_second_person(*args):  # type: ignore[no-untyped-def]
@@ -324,19 +331,19 @@ async def test_a_comparison_that_fails_halfway_leaves_no_head_file(
             raise np.linalg.LinAlgError("pretend")
         return real(*args)
 
-    monkeypatch.setattr(bot.backbone, "train_and_compare", fails_for_the_second_person)
-    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    monkeypatch.setattr(bot.backbone_compare, "train_and_compare", fails_for_the_second_person)
+    outcome = await trained.make_backbone_tuner(config=FAST, runner=degenerate_runner).run("test")
     assert not outcome.promoted and "pretend" in outcome.reason and len(calls) == 3
     assert await _head_files(trained) == {"models/heads/1/v1.npz", "models/heads/2/v1.npz"}
 
 
 def _favour_new(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_weighted = bot.backbone._weighted
-    monkeypatch.setattr(bot.backbone, "_weighted", lambda c: (0.5, 0.9, real_weighted(c)[2]))
+    real_weighted = bot.backbone_compare.weighted
+    monkeypatch.setattr(bot.backbone_compare, "weighted", lambda c: (0.5, 0.9, real_weighted(c)[2]))
 
 
 async def test_a_promotion_that_fails_in_the_switch_records_nothing_active(
-    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+    trained: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _favour_new(monkeypatch)
     before = await snapshot(trained)
@@ -344,8 +351,8 @@ async def test_a_promotion_that_fails_in_the_switch_records_nothing_active(
     async def broken(*args: object) -> list[tuple[int, str]]:
         raise OSError("disk I/O error")
 
-    monkeypatch.setattr(trained.store, "retained_images_missing", broken)
-    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    monkeypatch.setattr(trained.store.images, "retained_images_missing", broken)
+    outcome = await trained.make_backbone_tuner(config=FAST, runner=degenerate_runner).run("test")
     assert not outcome.promoted and "disk I/O error" in outcome.reason
     assert await snapshot(trained) == before  # the old encoder and heads, as served
     assert (await _send_red(trained, "after", 700)).model_version == 1  # its head, not the prior
@@ -353,53 +360,53 @@ async def test_a_promotion_that_fails_in_the_switch_records_nothing_active(
 
 
 async def test_a_cancel_while_the_promotion_commits_keeps_the_promoted_model(
-    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+    trained: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncio
 
     _favour_new(monkeypatch)
-    real_add = trained.store.add_backbone_version
+    real_add = trained.store.models.add_backbone_version
 
     async def committed_then_cancelled(*args: object, **kwargs: object) -> object:
         await real_add(*args, **kwargs)  # aiosqlite runs the COMMIT even if its awaiter
         raise asyncio.CancelledError  # was cancelled (drain at that moment)
 
-    monkeypatch.setattr(trained.store, "add_backbone_version", committed_then_cancelled)
+    monkeypatch.setattr(trained.store.models, "add_backbone_version", committed_then_cancelled)
     with pytest.raises(asyncio.CancelledError):
-        await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("schedule")
-    active = await trained.store.active_backbone()
+        await trained.make_backbone_tuner(config=FAST, runner=degenerate_runner).run("schedule")
+    active = await trained.store.models.active_backbone()
     assert active is not None and trained.data_dir.path(active.file_path).exists()
     # The next start serves it, with a vector for every image.
     _, encoders = await snapshot(trained)
     assert active.encoder_version in encoders
     assert (
-        await trained.store.retained_images_missing(
-            trained.embedder.version, active.encoder_version
+        await trained.store.images.retained_images_missing(
+            trained.encoder.embedder.version, active.encoder_version
         )
         == []
     )
 
 
 async def test_a_head_of_the_encoder_before_a_fine_tune_is_not_restored(
-    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+    trained: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Rollback used to say done: v1 then never scored (its encoder's embeddings are
     # dropped), so the person got the cold-start prior while /stats named v1.
     _favour_new(monkeypatch)
-    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    outcome = await trained.make_backbone_tuner(config=FAST, runner=degenerate_runner).run("test")
     assert outcome.promoted, outcome
-    listing = await trained.models_of("telegram", "1")
+    listing = await trained.admin.models_of("telegram", "1")
     assert listing is not None and listing.other_encoder == frozenset({1})
     lines = render.models_text("1", listing).split("\n")
     assert lines[1].startswith("v1 retired (other CLIP):") and lines[2].startswith("v2 active:")
-    assert await trained.rollback("telegram", "1", 1) is Rollback.OTHER_ENCODER
-    active = await trained.store.active_model(1)
+    assert await trained.admin.rollback("telegram", "1", 1) is Rollback.OTHER_ENCODER
+    active = await trained.store.models.active_model(1)
     assert active is not None and active.version == 2
     assert (await _send_red(trained, "after", 700)).model_version == 2
 
 
 async def test_a_person_whose_held_out_votes_cannot_rank_gets_a_head_on_the_new_encoder(
-    trained: TasteService, monkeypatch: pytest.MonkeyPatch
+    trained: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Their held-out votes are all likes, so they cannot take part in the comparison; a
     promotion used to leave them only a head of the old encoder, scored by the cold-start
@@ -411,17 +418,21 @@ async def test_a_person_whose_held_out_votes_cannot_rank_gets_a_head_on_the_new_
         async def download(data: bytes = coloured(seed, red)) -> bytes:
             return data
 
-        out = await trained.score_image(IncomingImage(third, "3", str(seed), None, None), download)
+        out = await trained.scoring.score_image(
+            IncomingImage(third, "3", str(seed), None, None), download
+        )
         assert isinstance(out, Scored)
         liked = red or is_holdout(out.submission_id)
-        await trained.record_vote(third, out.submission_id, Vote.LIKE if liked else Vote.DISLIKE)
-    [retrained] = await trained.retrain_due_heads(min_new_votes=1, trigger="test")
+        await trained.votes.record_vote(
+            third, out.submission_id, Vote.LIKE if liked else Vote.DISLIKE
+        )
+    [retrained] = await trained.retraining.retrain_due_heads(min_new_votes=1, trigger="test")
     assert retrained.promoted and retrained.user.id == 3
     _favour_new(monkeypatch)
-    outcome = await BackboneTuner(trained, config=FAST, runner=degenerate_runner).run("test")
+    outcome = await trained.make_backbone_tuner(config=FAST, runner=degenerate_runner).run("test")
     assert outcome.promoted and outcome.people == 2, outcome  # person 3 did not vote
-    active = await trained.store.active_model(3)
+    active = await trained.store.models.active_model(3)
     assert active is not None and active.version == 2, active
-    assert active.encoder_version == trained.embedder.version
+    assert active.encoder_version == trained.encoder.embedder.version
     assert active.holdout_size > 0 and active.train_size > 0
-    assert (await trained.store.active_model(1)) is not None
+    assert (await trained.store.models.active_model(1)) is not None

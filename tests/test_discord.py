@@ -21,16 +21,16 @@ import pytest
 from aiohttp import web
 from discord.webhook.async_ import AsyncWebhookAdapter
 
-from bot.core import TasteService
 from bot.discord_adapter.app import DiscordPlatform, TasteClient, build_client
 from bot.discord_adapter.views import encode_vote
 from bot.runner import SharedService, serve
+from bot.services import Services
 from bot.settings import Settings
 from bot.telegram_adapter.app import TelegramPlatform
+from domain import Vote
 from learner.encoder import ClipImageEncoder
-from storage.records import Vote
+from testing.fake_bot_api import FakeBotAPI
 from tests.conftest import image_bytes
-from tests.fake_bot_api import FakeBotAPI
 from tests.test_telegram import BAD_INPUT_IDS, BAD_INPUTS
 
 T = TypeVar("T")
@@ -198,7 +198,7 @@ class _suppress_timeout:
 class DiscordHarness:
     client: TasteClient
     api: FakeDiscord
-    service: TasteService
+    services: Services
     next_id: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     last_interaction: str = ""
 
@@ -407,7 +407,7 @@ def discord_settings(settings: Settings) -> Settings:
 
 
 async def start_discord(
-    settings: Settings, service: TasteService, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, service: Services, monkeypatch: pytest.MonkeyPatch
 ) -> DiscordHarness:
     client = build_client(discord_settings(settings))
     api = FakeDiscord()
@@ -419,7 +419,7 @@ async def start_discord(
 
 @pytest.fixture
 async def discord_bot(
-    settings: Settings, service: TasteService, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, service: Services, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[DiscordHarness]:
     bot = await start_discord(settings, service, monkeypatch)
     try:
@@ -459,14 +459,14 @@ async def test_attachment_is_scored_with_buttons_and_votes_are_recorded(
     response = await bot.press(ALICE, reply, Vote.LIKE)
     assert response["type"] == 7  # UPDATE_MESSAGE: acknowledges and edits in one call
     assert labels(response["data"]["components"]) == ["👎 Dislike", "✓ 👍 Like", "⭐ Super like"]
-    user = await bot.service.store.get_or_create_user("discord", str(ALICE))
-    counts = await bot.service.store.user_counts(user.id)
+    user = await bot.services.store.people.get_or_create_user("discord", str(ALICE))
+    counts = await bot.services.store.people.user_counts(user.id)
     assert (counts.images, counts.likes) == (1, 1)
 
     # A changed vote replaces the old one; pressing the same again changes nothing twice.
     await bot.press(ALICE, reply, Vote.SUPER_LIKE)
     await bot.press(ALICE, reply, Vote.SUPER_LIKE)
-    rows = await bot.service.store.db.fetch_all("SELECT vote, revision FROM feedback")
+    rows = await bot.services.store.db.fetch_all("SELECT vote, revision FROM feedback")
     assert [tuple(r) for r in rows] == [("super_like", 2)]
 
 
@@ -481,7 +481,7 @@ async def test_an_image_sent_again_shows_the_earlier_vote_and_changes_it(
     assert labels(again["components"]) == ["👎 Dislike", "👍 Like", "✓ ⭐ Super like"]
     assert submission_id(again) == submission_id(first)  # the buttons act on that vote
     await bot.press(ALICE, again, Vote.DISLIKE)
-    rows = await bot.service.store.db.fetch_all("SELECT submission_id, vote FROM feedback")
+    rows = await bot.services.store.db.fetch_all("SELECT submission_id, vote FROM feedback")
     assert [tuple(r) for r in rows] == [(submission_id(first), "dislike")]  # one image, one vote
 
 
@@ -502,7 +502,7 @@ async def test_server_channel_needs_a_mention_and_votes_are_per_presser(
     for response, text in ((alice, "Saved: 👍 Like"), (bob, "Saved: 👎 Dislike")):
         assert response["type"] == 4 and response["data"]["content"] == text
         assert response["data"]["flags"] == discord.MessageFlags(ephemeral=True).value
-    rows = await bot.service.store.db.fetch_all(
+    rows = await bot.services.store.db.fetch_all(
         "SELECT u.platform, u.platform_user_id, f.vote"
         " FROM feedback f JOIN users u ON u.id = f.user_id"
         " ORDER BY u.platform_user_id"
@@ -511,7 +511,7 @@ async def test_server_channel_needs_a_mention_and_votes_are_per_presser(
 
 
 async def test_configured_channel_scores_without_a_mention(
-    settings: Settings, service: TasteService, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, service: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = settings.model_copy(update={"discord_channel_ids": frozenset({CHANNEL})})
     bot = await start_discord(settings, service, monkeypatch)
@@ -574,7 +574,7 @@ async def test_bad_input_gets_one_sentence_and_stores_nothing(
     if claimed is not None or content_type == "application/pdf":
         assert bot.api.downloads == []  # refused before downloading
     for table in ("images", "embeddings", "submissions"):
-        rows = await bot.service.store.db.fetch_all(f"SELECT COUNT(*) FROM {table}")
+        rows = await bot.services.store.db.fetch_all(f"SELECT COUNT(*) FROM {table}")
         assert rows[0][0] == 0, table
     assert "Your score" in (await bot.send_image(ALICE, image_bytes(9)))["content"]
 
@@ -610,14 +610,14 @@ async def test_slow_commit_is_acknowledged_within_discords_3_seconds(
 ) -> None:
     bot = discord_bot
     reply = await bot.send_image(ALICE, image_bytes(7))
-    original = bot.service.record_vote
+    original = bot.services.votes.record_vote
     release = asyncio.Event()
 
     async def slow_vote(*args: Any, **kwargs: Any) -> Any:
         await release.wait()
         return await original(*args, **kwargs)
 
-    monkeypatch.setattr(bot.service, "record_vote", slow_vote)
+    monkeypatch.setattr(bot.services.votes, "record_vote", slow_vote)
     monkeypatch.setattr("bot.discord_adapter.handlers.ACK_WITHIN_S", 0.1)
     response = await bot.press(ALICE, reply, Vote.LIKE)
     assert response["type"] == 6  # DEFERRED_UPDATE_MESSAGE: acknowledged before the commit
@@ -629,8 +629,7 @@ async def test_slow_commit_is_acknowledged_within_discords_3_seconds(
 async def test_stats_and_retrain_are_slash_commands(discord_bot: DiscordHarness) -> None:
     bot = discord_bot
     assert "Model: cold start" in await bot.command(ALICE, "stats")
-    refusal = "Only the bot's admins can use /retrain, /models and /rollback."
-    assert await bot.command(ALICE, "retrain") == refusal
+    assert await bot.command(ALICE, "retrain") == "Only the bot's admins can use /retrain."
     assert "Nobody has new votes" in await bot.command(ADMIN, "retrain")
     assert "All users: " in await bot.command(ADMIN, "stats")
     assert "Send me an image" in await bot.command(ALICE, "help")
@@ -647,11 +646,11 @@ async def test_admin_lists_and_rolls_back_a_discord_persons_models(
     for reply in replies[:6]:  # flip the first six votes: something new to learn
         await bot.press(ALICE, reply, Vote.SUPER_LIKE)
     assert "v2" in await bot.command(ADMIN, "retrain")
-    alice = await bot.service.store.find_user("discord", str(ALICE))
+    alice = await bot.services.store.people.find_user("discord", str(ALICE))
     assert alice is not None
 
     async def active_version() -> int | None:
-        active = await bot.service.store.active_model(alice.id)
+        active = await bot.services.store.models.active_model(alice.id)
         return None if active is None else active.version
 
     listing = await bot.slash(ADMIN, "models", user=str(ALICE))
@@ -681,32 +680,34 @@ async def test_admin_lists_and_rolls_back_a_discord_persons_models(
 
 async def test_models_and_rollback_refuse_non_admins(discord_bot: DiscordHarness) -> None:
     bot = discord_bot
-    refusal = "Only the bot's admins can use /retrain, /models and /rollback."
+    refusal = "Only the bot's admins can use /{}."
     replies = [await bot.send_image(ALICE, image_bytes(seed)) for seed in range(1, 13)]
     for n, reply in enumerate(replies):
         await bot.press(ALICE, reply, Vote.LIKE if n % 2 == 0 else Vote.DISLIKE)
     assert "v1 promoted" in await bot.command(ADMIN, "retrain")
     listing = await bot.slash(ALICE, "models", user=str(ALICE))
-    assert listing["content"] == refusal and listing["flags"] & 64
-    assert await bot.command(BOB, "rollback", user=str(ALICE), version=1) == refusal
-    assert await bot.command(ALICE, "models", user=str(ALICE), channel_id=CHANNEL) == refusal
-    alice = await bot.service.store.find_user("discord", str(ALICE))
+    assert listing["content"] == refusal.format("models") and listing["flags"] & 64
+    rollback = await bot.command(BOB, "rollback", user=str(ALICE), version=1)
+    assert rollback == refusal.format("rollback")
+    models = await bot.command(ALICE, "models", user=str(ALICE), channel_id=CHANNEL)
+    assert models == refusal.format("models")
+    alice = await bot.services.store.people.find_user("discord", str(ALICE))
     assert alice is not None
-    versions = await bot.service.store.model_versions(alice.id)
+    versions = await bot.services.store.models.model_versions(alice.id)
     assert [(m.version, m.status) for m in versions] == [(1, "active")]
 
 
 async def test_buttons_keep_working_after_a_restart(
     settings: Settings, encoder: ClipImageEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first_service = await TasteService.open(settings, encoder)
+    first_service = await Services.open(settings, encoder)
     first = await start_discord(settings, first_service, monkeypatch)
     reply = await first.send_image(ALICE, image_bytes(8))
     await first.client.close()
     await first_service.close()
 
     # A new process: a new client and service over the same data; the old message's button.
-    second_service = await TasteService.open(settings, encoder)
+    second_service = await Services.open(settings, encoder)
     second = await start_discord(settings, second_service, monkeypatch)
     try:
         response = await second.press(ALICE, reply, Vote.DISLIKE)
@@ -742,10 +743,10 @@ async def test_discord_and_telegram_fill_the_same_tables_and_retrain_the_same_wa
             ),
             timeout=30,
         )
-        telegram_tables = await dump_tables(tg.service)
+        telegram_tables = await dump_tables(tg.services)
 
     dc_settings = settings.model_copy(update={"data_dir": tmp_path / "discord"})
-    dc_service = await TasteService.open(dc_settings, encoder)
+    dc_service = await Services.open(dc_settings, encoder)
     dc = await start_discord(dc_settings, dc_service, monkeypatch)
     try:
         for seed, vote in zip(seeds, votes, strict=True):
@@ -765,7 +766,7 @@ async def test_discord_and_telegram_fill_the_same_tables_and_retrain_the_same_wa
     assert discord_tables["model_versions"][0][:2] == (1, "active")
 
 
-async def dump_tables(service: TasteService) -> dict[str, list[tuple[Any, ...]]]:
+async def dump_tables(service: Services) -> dict[str, list[tuple[Any, ...]]]:
     queries = {
         "users": "SELECT platform, platform_user_id FROM users ORDER BY id",
         "submissions": "SELECT id, user_id, image_id, score, model_version_id"
@@ -796,10 +797,10 @@ async def test_both_platforms_run_in_one_loop_on_one_core(
             "telegram_api_url": "http://fake-telegram",
         }
     )
-    opened: list[TasteService] = []
+    opened: list[Services] = []
 
-    async def open_service() -> TasteService:
-        opened.append(await TasteService.open(both, encoder))
+    async def open_service() -> Services:
+        opened.append(await Services.open(both, encoder))
         return opened[-1]
 
     shared = SharedService(open_service)
@@ -827,7 +828,7 @@ async def test_both_platforms_run_in_one_loop_on_one_core(
             lambda: m[-1] if len(m := telegram_api.sent_messages(chat_id=ALICE)) > before else None
         )
         assert "Your score" in tg_reply["text"]
-        assert set(service.notifiers) == {"telegram", "discord"}
+        assert service.notifications.platforms() == {"telegram", "discord"}
         rows = await service.store.db.fetch_all(
             "SELECT platform, platform_user_id FROM users ORDER BY platform"
         )
@@ -871,7 +872,7 @@ async def test_stats_chart_export_and_forget(discord_bot: DiscordHarness) -> Non
     )
     done = await bot.api.wait_for(lambda: bot.api.calls_to(f"/interactions/{pressed}/"))
     assert done[0].body["data"]["content"].startswith("Deleted: 1 images you sent, 1 votes")
-    rows = await bot.service.store.db.fetch_all(
+    rows = await bot.services.store.db.fetch_all(
         "SELECT COUNT(*) FROM users WHERE platform = 'discord'"
     )
     assert rows[0][0] == 0

@@ -14,7 +14,7 @@ from transformers import CLIPImageProcessorPil
 
 from learner.encoder import ClipImageEncoder
 from learner.images import decode_image
-from tests.tiny_clip import build_tiny_clip
+from testing.tiny_clip import build_tiny_clip
 
 # The preprocessor_config.json that openai/clip-vit-base-patch32 ships (legacy int sizes).
 HUB_PREPROCESSOR_CONFIG = {

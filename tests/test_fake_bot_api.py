@@ -1,4 +1,4 @@
-"""Tests for tests/fake_bot_api.py, driving a real python-telegram-bot Application against it."""
+"""Tests for testing/fake_bot_api.py, driving a real python-telegram-bot Application against it."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from telegram.ext import (
     filters,
 )
 
-from tests.fake_bot_api import FakeBotAPI, parse_request_body
+from testing.fake_bot_api import FakeBotAPI, parse_request_body
 
 USER = 7
 KEYBOARD = InlineKeyboardMarkup(

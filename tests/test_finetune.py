@@ -30,9 +30,8 @@ from learner.finetune import (
     FinetuneResult,
     finetune,
     partial_dir,
-    supcon_loss,
 )
-from learner.head import DISLIKE, LIKE, SUPER_LIKE
+from learner.finetune_trainer import supcon_loss
 
 if TYPE_CHECKING:
     from learner.encoder import ClipImageEncoder
@@ -52,8 +51,8 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> list[FinetuneExample]:
     for seed in range(10):
         path = folder / f"{seed}.jpg"
         path.write_bytes(image_bytes(seed))
-        out.append(FinetuneExample(path, 7, LIKE if seed % 2 == 0 else DISLIKE))
-        out.append(FinetuneExample(path, 9, SUPER_LIKE if seed % 2 else DISLIKE))
+        out.append(FinetuneExample(path, 7, seed % 2 == 0))
+        out.append(FinetuneExample(path, 9, seed % 2 == 1, 2.0 if seed % 2 else 1.0))
     return out
 
 
@@ -144,7 +143,7 @@ def test_unreadable_images_are_skipped_and_none_at_all_is_an_error(
 ) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
-    bad = [FinetuneExample(broken, 7, LIKE), FinetuneExample(tmp_path / "gone.jpg", 9, LIKE)]
+    bad = [FinetuneExample(broken, 7, True), FinetuneExample(tmp_path / "gone.jpg", 9, True)]
     config = FinetuneConfig(head_epochs=1, encoder_epochs=0, batch_size=4, device="cpu")
     result = finetune(str(clip_dir), examples[:4] + bad, tmp_path / "a", config)
     assert (result.n_examples, result.n_skipped) == (4, 2)

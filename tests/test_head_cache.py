@@ -6,12 +6,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-import bot.core
-from bot.core import Rollback, TasteService
+import bot.retraining
 from bot.head_cache import HeadCache
+from bot.services import Services
+from domain import Rollback
 from learner.head import train_head
 from learner.training import HeadTrainingResult, train_and_compare
-from tests.test_core import score, vote_even_liked
+from tests.test_services import score, vote_even_liked
 
 
 def _head(seed: int):
@@ -41,7 +42,7 @@ def test_one_head_per_person_and_least_recently_used_go_first() -> None:
 
 
 async def test_retrains_and_rollback_keep_only_the_active_head_in_memory(
-    service: TasteService, monkeypatch: pytest.MonkeyPatch
+    service: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before the cache, every version ever trained (rejected ones too) stayed in memory.
     # The promotion decision is set here: on a dozen votes that are random with respect to
@@ -51,22 +52,22 @@ async def test_retrains_and_rollback_keep_only_the_active_head_in_memory(
         result = train_and_compare(*args)
         return replace(result, promote=not reject, reason="test")
 
-    monkeypatch.setattr(bot.core, "train_and_compare", rejected_in_round_3)
-    alice = await service.store.get_or_create_user("telegram", "1", "Alice")
+    monkeypatch.setattr(bot.retraining, "train_and_compare", rejected_in_round_3)
+    alice = await service.store.people.get_or_create_user("telegram", "1", "Alice")
     active_ids = []
     for round_, seeds in enumerate((range(1, 13), range(13, 19), range(19, 25)), start=1):
         reject = round_ == 3
         await vote_even_liked(service, seeds)
-        [outcome] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+        [outcome] = await service.retraining.retrain_due_heads(min_new_votes=3, trigger="test")
         assert outcome.version == round_ and outcome.promoted == (round_ < 3)
-        active = await service.store.active_model(alice.id)
+        active = await service.store.models.active_model(alice.id)
         assert active is not None
         active_ids.append(active.id)
-        assert service.heads.model_ids() == {alice.id: active.id}
+        assert service.heads.cache.model_ids() == {alice.id: active.id}
     assert active_ids[2] == active_ids[1]  # v3 was rejected: v2 still scores, from memory
 
-    assert await service.rollback("telegram", "1", 1) is Rollback.DONE
+    assert await service.admin.rollback("telegram", "1", 1) is Rollback.DONE
     after = await score(service, 500)
     assert after.model_version == 1
-    [v1] = [m for m in await service.store.model_versions(alice.id) if m.version == 1]
-    assert service.heads.model_ids() == {alice.id: v1.id}
+    [v1] = [m for m in await service.store.models.model_versions(alice.id) if m.version == 1]
+    assert service.heads.cache.model_ids() == {alice.id: v1.id}

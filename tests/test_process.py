@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from bot.telegram_adapter.callback_data import encode_vote
-from storage.records import Vote
+from domain import Vote
+from testing.fake_bot_api import FakeBotAPI
 from tests.conftest import image_bytes
-from tests.fake_bot_api import FakeBotAPI
 
 USER = 7
 

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from bot.core import RetrainOutcome
 from bot.render import retrain_text
-from storage.records import User
+from domain import RetrainOutcome, User
 
 
 def _outcome(i: int) -> RetrainOutcome:

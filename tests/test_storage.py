@@ -42,7 +42,7 @@ async def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
         async with store.db.transaction() as conn:
             await conn.execute("INSERT INTO users (platform, platform_user_id) VALUES ('t', '1')")
             1 / 0  # noqa: B018
-    assert (await store.totals()).users == 0
+    assert (await store.people.totals()).users == 0
     await store.db.close()
 
 
@@ -53,20 +53,22 @@ async def test_a_write_cancelled_while_it_waits_to_begin_leaves_no_transaction_o
 
     store = Store(await Database.open(tmp_path / "t.sqlite3"))
     try:
-        task = asyncio.create_task(store.get_or_create_user("t", "cancelled"))
+        task = asyncio.create_task(store.people.get_or_create_user("t", "cancelled"))
         await asyncio.sleep(0)  # now awaiting BEGIN IMMEDIATE on aiosqlite's thread
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await store.get_or_create_user("t", "next")  # raised "transaction within a transaction"
-        assert (await store.totals()).users in (1, 2)
+        await store.people.get_or_create_user(
+            "t", "next"
+        )  # raised "transaction within a transaction"
+        assert (await store.people.totals()).users in (1, 2)
     finally:
         await store.db.close()
 
 
 async def _vote_fixture(store: Store) -> tuple[int, int]:
-    user = await store.get_or_create_user("telegram", "1")
+    user = await store.people.get_or_create_user("telegram", "1")
     vector = np.ones(4, np.float32) / 2
-    submission = await store.record_submission(
+    submission = await store.submissions.record_submission(
         user_id=user.id,
         chat_id="1",
         message_id="10",
@@ -91,12 +93,12 @@ async def test_votes_survive_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "t.sqlite3"
     store = Store(await Database.open(path))
     user_id, submission_id = await _vote_fixture(store)
-    from storage.records import Vote
+    from domain import Vote
 
-    await store.upsert_vote(user_id, submission_id, Vote.LIKE)
+    await store.votes.upsert_vote(user_id, submission_id, Vote.LIKE)
     # No close(): a fresh connection, as after kill -9, sees the committed vote.
     other = Store(await Database.open(path))
-    counts = await other.user_counts(user_id)
+    counts = await other.people.user_counts(user_id)
     assert (counts.images, counts.likes) == (1, 1)
     await other.db.close()
     await store.db.close()
@@ -169,32 +171,32 @@ def test_liked_index_add_remove_no_duplicates(tmp_path: Path) -> None:
 
 
 async def test_a_vote_after_the_newest_was_undone_counts_as_new(tmp_path: Path) -> None:
-    from storage.records import NewModel, Vote
+    from domain import NewModel, Vote
 
     store = Store(await Database.open(tmp_path / "t.sqlite3"))
     try:
         user_id, first = await _vote_fixture(store)
         later = []
         for n in (1, 2):
-            sub = await store.record_submission(
+            sub = await store.submissions.record_submission(
                 user_id=user_id, chat_id="1", message_id=f"1{n}", caption=None,
                 sha256=f"{n:02d}" * 32, byte_size=10, width=2, height=2, image_format="PNG",
                 file_path=None, encoder_version="enc", vector=np.ones(4, np.float32).tobytes(),
                 dim=4, score=0.5, model_version_id=None,
             )  # fmt: skip
             later.append(sub.id)
-        await store.upsert_vote(user_id, first, Vote.LIKE)
-        await store.upsert_vote(user_id, later[0], Vote.DISLIKE)
-        through = await store.latest_revision(user_id)
+        await store.votes.upsert_vote(user_id, first, Vote.LIKE)
+        await store.votes.upsert_vote(user_id, later[0], Vote.DISLIKE)
+        through = await store.votes.latest_revision(user_id)
         model = NewModel(user_id, "head", 1, "h.npz", "enc", 2, 0, {}, through)
-        await store.add_model_version(model, promote=True)
-        assert await store.users_with_new_votes(1) == []
-        assert await store.new_votes(user_id) == 0
-        await store.delete_vote(user_id, later[0])  # /undo of the newest vote
-        await store.upsert_vote(user_id, later[1], Vote.LIKE)  # a new vote, after training
-        assert await store.users_with_new_votes(1) == [(user_id, 1)]
-        assert await store.new_votes(user_id) == 1  # counted alike: a round re-checks with it
-        assert await store.votes_after(through) == 1
+        await store.models.add_model_version(model, promote=True)
+        assert await store.votes.users_with_new_votes(1) == []
+        assert await store.votes.new_votes(user_id) == 0
+        await store.votes.delete_vote(user_id, later[0])  # /undo of the newest vote
+        await store.votes.upsert_vote(user_id, later[1], Vote.LIKE)  # a new vote, after training
+        assert await store.votes.users_with_new_votes(1) == [(user_id, 1)]
+        assert await store.votes.new_votes(user_id) == 1  # counted alike: a round re-checks with it
+        assert await store.votes.votes_after(through) == 1
     finally:
         await store.db.close()
 
@@ -203,7 +205,7 @@ async def test_the_revision_counter_starts_past_every_revision_of_an_older_datab
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import storage.db
-    from storage.records import Vote
+    from domain import Vote
 
     monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS[:2])  # a database from before 3
     store = Store(await Database.open(tmp_path / "t.sqlite3"))
@@ -218,7 +220,7 @@ async def test_the_revision_counter_starts_past_every_revision_of_an_older_datab
     monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS)
     store = Store(await Database.open(tmp_path / "t.sqlite3"))  # migration 3 runs here
     try:
-        await store.upsert_vote(user_id, submission_id, Vote.DISLIKE)
-        assert await store.latest_revision(user_id) == 42
+        await store.votes.upsert_vote(user_id, submission_id, Vote.DISLIKE)
+        assert await store.votes.latest_revision(user_id) == 42
     finally:
         await store.db.close()

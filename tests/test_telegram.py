@@ -12,15 +12,15 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from bot.core import TasteService
 from bot.runner import ConnectFailed, SharedService, serve
+from bot.services import Services
 from bot.settings import Settings
 from bot.telegram_adapter.app import TelegramPlatform
 from bot.telegram_adapter.callback_data import decode_vote, encode_vote
+from domain import Vote
 from learner.encoder import ClipImageEncoder
-from storage.records import Vote
+from testing.fake_bot_api import FakeBotAPI
 from tests.conftest import image_bytes
-from tests.fake_bot_api import FakeBotAPI
 from tests.test_images import png_header_only
 
 ADMIN = 1000
@@ -30,7 +30,7 @@ ALICE = 1
 @dataclass
 class Harness:
     api: FakeBotAPI
-    service: TasteService
+    services: Services
 
     async def send_photo(self, user_id: int, data: bytes, **kwargs: object) -> dict:
         """Send a photo and return the bot's reply to it."""
@@ -116,8 +116,8 @@ async def running_bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIte
         }
     )
 
-    async def open_service() -> TasteService:
-        return await TasteService.open(settings, encoder)
+    async def open_service() -> Services:
+        return await Services.open(settings, encoder)
 
     shared = SharedService(open_service)
     platform = TelegramPlatform(settings, httpx_kwargs={"transport": api.transport()})
@@ -145,7 +145,7 @@ async def test_a_refused_token_stops_startup_with_one_line_before_clip_loads(
     )
     opened: list[bool] = []
 
-    async def open_service() -> TasteService:
+    async def open_service() -> Services:
         opened.append(True)
         raise AssertionError("CLIP must not load for a token that was refused")
 
@@ -204,8 +204,8 @@ async def test_document_image_and_changed_vote(bot: Harness) -> None:
     assert (await bot.vote(ALICE, reply, Vote.LIKE)).startswith("Saved")
     assert (await bot.vote(ALICE, reply, Vote.SUPER_LIKE)).startswith("Saved")
     assert (await bot.vote(ALICE, reply, Vote.SUPER_LIKE)).startswith("Already saved")
-    user = await bot.service.store.get_or_create_user("telegram", str(ALICE))
-    counts = await bot.service.store.user_counts(user.id)
+    user = await bot.services.store.people.get_or_create_user("telegram", str(ALICE))
+    counts = await bot.services.store.people.user_counts(user.id)
     assert (counts.likes, counts.super_likes) == (0, 1)
 
 
@@ -244,7 +244,7 @@ async def test_bad_input_gets_one_sentence_and_stores_nothing(
     if claimed is not None:
         assert bot.api.calls_to("getFile") == []  # refused before downloading
     for table in ("images", "embeddings", "submissions"):
-        rows = await bot.service.store.db.fetch_all(f"SELECT COUNT(*) FROM {table}")
+        rows = await bot.services.store.db.fetch_all(f"SELECT COUNT(*) FROM {table}")
         assert rows[0][0] == 0, table
     # …and the bot is still working.
     assert "Your score" in (await bot.send_photo(ALICE, image_bytes(9)))["text"]
@@ -268,7 +268,7 @@ async def test_duplicate_updates_change_nothing_twice(bot: Harness) -> None:
     await bot.api.wait_for(lambda: not bot.api.pending_updates)
     await asyncio.sleep(0.2)
     assert len(bot.api.sent_messages(chat_id=ALICE)) == 1  # one reply, not two
-    rows = await bot.service.store.db.fetch_all("SELECT COUNT(*), MAX(revision) FROM feedback")
+    rows = await bot.services.store.db.fetch_all("SELECT COUNT(*), MAX(revision) FROM feedback")
     assert tuple(rows[0]) == (1, 1)
     assert len(bot.api.calls_to("editMessageReplyMarkup")) == 1
 
@@ -292,14 +292,14 @@ async def test_foreign_callback_data_is_answered(bot: Harness) -> None:
 async def test_slow_image_does_not_hold_up_button_taps(bot: Harness) -> None:
     reply = await bot.send_photo(ALICE, image_bytes(8))
     release = asyncio.Event()
-    original = bot.service.embedder.embed
+    original = bot.services.encoder.embedder.embed
 
     def slow_embed(images):  # type: ignore[no-untyped-def]
         asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=10)
         return original(images)
 
     loop = asyncio.get_running_loop()
-    bot.service.embedder.embed = slow_embed  # type: ignore[method-assign]
+    bot.services.encoder.embedder.embed = slow_embed  # type: ignore[method-assign]
     try:
         bot.api.send_photo(2, image_bytes(99))  # another person's photo is stuck in CLIP
         await asyncio.sleep(0.2)
@@ -308,7 +308,7 @@ async def test_slow_image_does_not_hold_up_button_taps(bot: Harness) -> None:
     finally:
         release.set()
     await bot.api.wait_for(lambda: bot.api.sent_messages(chat_id=2))
-    bot.service.embedder.embed = original  # type: ignore[method-assign]
+    bot.services.encoder.embedder.embed = original  # type: ignore[method-assign]
 
 
 async def test_scheduled_retrain_tells_the_person(
@@ -328,6 +328,6 @@ async def test_scheduled_retrain_tells_the_person(
             timeout=30,
         )
         assert len(ready) == 1
-        runs = await bot.service.store.db.fetch_all("SELECT trigger, outcome FROM training_runs")
+        runs = await bot.services.store.db.fetch_all("SELECT trigger, outcome FROM training_runs")
         assert tuple(runs[0]) == ("schedule", "promoted")  # more votes may have trained v2 after
         assert {r[0] for r in runs} == {"schedule"}

@@ -12,9 +12,9 @@ from PIL import Image
 
 from bot.settings import Settings
 from bot.telegram_adapter.callback_data import encode_submission_action
+from domain import NewModel, Vote
 from learner.encoder import ClipImageEncoder
 from learner.head import train_head
-from storage.records import NewModel, Vote
 from tests.conftest import image_bytes
 from tests.test_telegram import ADMIN, ALICE, Harness, _submission_id, bot, running_bot
 
@@ -101,11 +101,11 @@ async def test_undo_removes_the_last_vote(bot: Harness) -> None:
     assert await bot.command(ALICE, "/undo") == (
         "Removed your last vote (👍 Like). That image is unrated again."
     )
-    rows = await bot.service.store.db.fetch_all("SELECT COUNT(*) FROM feedback")
+    rows = await bot.services.store.db.fetch_all("SELECT COUNT(*) FROM feedback")
     assert rows[0][0] == 0
     buttons = bot.api.message(ALICE, reply["message_id"])["reply_markup"]["inline_keyboard"][0]
     assert not any(b["text"].startswith("✓") for b in buttons)
-    assert bot.service.liked_index.count(1) == 0
+    assert bot.services.indexes.liked.count(1) == 0
     assert await bot.command(ALICE, "/undo") == "You have no vote to undo."
 
 
@@ -142,12 +142,12 @@ async def test_forget_deletes_everything_of_that_person_only(bot: Harness) -> No
     ready = [m for m in bot.api.sent_messages(chat_id=ALICE) if m["text"].startswith("Your model")]
     assert [m["text"][:24] for m in ready] == ["Your model v1 is ready: "]
     assert not [m for m in bot.api.sent_messages(chat_id=BOB) if "Your model" in m["text"]]
-    data_dir = bot.service.data_dir.root
-    alice = await bot.service.store.find_user("telegram", str(ALICE))
+    data_dir = bot.services.data_dir.root
+    alice = await bot.services.store.people.find_user("telegram", str(ALICE))
     assert alice is not None
     assert list((data_dir / "models" / "heads" / str(alice.id)).glob("*.npz"))
-    bot.service.liked_index.flush()
-    assert (bot.service.liked_index.directory / f"liked-{alice.id}.faiss").exists()
+    bot.services.indexes.liked.flush()
+    assert (bot.services.indexes.liked.directory / f"liked-{alice.id}.faiss").exists()
 
     prompt = await bot.command(ALICE, "/forget")
     assert "cannot be undone" in prompt
@@ -160,7 +160,7 @@ async def test_forget_deletes_everything_of_that_person_only(bot: Harness) -> No
     text = bot.api.message(ALICE, message["message_id"])["text"]
     assert text.startswith("Deleted: 12 images you sent, 12 votes, 1 models")
 
-    db = bot.service.store.db
+    db = bot.services.store.db
     for table, column in (
         ("submissions", "user_id"),
         ("feedback", "user_id"),
@@ -169,7 +169,7 @@ async def test_forget_deletes_everything_of_that_person_only(bot: Harness) -> No
     ):
         rows = await db.fetch_all(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (alice.id,))
         assert rows[0][0] == 0, table
-    assert await bot.service.store.find_user("telegram", str(ALICE)) is None
+    assert await bot.services.store.people.find_user("telegram", str(ALICE)) is None
     # Images only Alice sent are gone with their files; the two Bob also sent stay.
     images = await db.fetch_all("SELECT sha256, file_path FROM images")
     assert len(images) == 4
@@ -179,10 +179,10 @@ async def test_forget_deletes_everything_of_that_person_only(bot: Harness) -> No
     assert not (data_dir / "models" / "heads" / str(alice.id)).exists() or not list(
         (data_dir / "models" / "heads" / str(alice.id)).iterdir()
     )
-    assert not (bot.service.liked_index.directory / f"liked-{alice.id}.faiss").exists()
-    assert bot.service.liked_index.count(alice.id) == 0
-    bob = await bot.service.store.find_user("telegram", str(BOB))
-    assert bob is not None and (await bot.service.store.user_counts(bob.id)).votes == 4
+    assert not (bot.services.indexes.liked.directory / f"liked-{alice.id}.faiss").exists()
+    assert bot.services.indexes.liked.count(alice.id) == 0
+    bob = await bot.services.store.people.find_user("telegram", str(BOB))
+    assert bob is not None and (await bot.services.store.people.user_counts(bob.id)).votes == 4
 
 
 async def test_forget_can_be_cancelled(bot: Harness) -> None:
@@ -193,7 +193,7 @@ async def test_forget_can_be_cancelled(bot: Harness) -> None:
     await bot.api.wait_for(
         lambda: bot.api.message(ALICE, message["message_id"]).get("text") == "Nothing was deleted."
     )
-    rows = await bot.service.store.db.fetch_all("SELECT COUNT(*) FROM feedback")
+    rows = await bot.services.store.db.fetch_all("SELECT COUNT(*) FROM feedback")
     assert rows[0][0] == 2
 
 
@@ -268,11 +268,11 @@ async def test_group_chat_keeps_each_members_data_private(bot: Harness) -> None:
     assert (
         alert.get("show_alert") and "· model v1" in alert["text"]
     )  # Alice's own model scored it, only for her
-    alice = await bot.service.store.find_user("telegram", str(ALICE))
-    bob = await bot.service.store.find_user("telegram", str(BOB))
+    alice = await bot.services.store.people.find_user("telegram", str(ALICE))
+    bob = await bot.services.store.people.find_user("telegram", str(BOB))
     assert alice is not None and bob is not None
-    assert (await bot.service.store.user_counts(alice.id)).likes == 7  # her vote, her model
-    assert (await bot.service.store.user_counts(bob.id)).votes == 0
+    assert (await bot.services.store.people.user_counts(alice.id)).likes == 7  # her vote, her model
+    assert (await bot.services.store.people.user_counts(bob.id)).votes == 0
     bot.api.send_text(BOB, "/stats", chat_id=GROUP)
     notice = await bot.api.wait_for(
         lambda: [
@@ -297,7 +297,7 @@ async def test_admin_models_and_rollback(bot: Harness) -> None:
     usage = "Usage: /rollback <telegram user id> <version>"
     for version in ("²", "v²", "v", "-1", "1.0"):  # "²" used to crash the handler (int("²"))
         assert await bot.command(ADMIN, f"/rollback {ALICE} {version}") == usage, version
-    active = await bot.service.store.active_model(1)
+    active = await bot.services.store.models.active_model(1)
     assert active is not None and active.version == 1
     assert "· model v1" in (await bot.send_photo(ALICE, image_bytes(50)))["text"]
     assert await bot.command(ADMIN, f"/rollback {ALICE} 9") == f"User {ALICE} has no model v9."
@@ -312,21 +312,25 @@ async def test_hundreds_of_versions_fit_in_models_and_stats_messages(bot: Harnes
     # A person retrained every few votes has hundreds of versions; Telegram refuses a text
     # over 4096 characters and a caption over 1024 (the fake does too).
     await _vote_many(bot, ALICE, range(1, 9))
-    user = await bot.service.store.get_or_create_user("telegram", str(ALICE), "Alice")
-    x = np.random.default_rng(0).normal(size=(8, bot.service.embedder.dim)).astype(np.float32)
+    user = await bot.services.store.people.get_or_create_user("telegram", str(ALICE), "Alice")
+    x = (
+        np.random.default_rng(0)
+        .normal(size=(8, bot.services.encoder.embedder.dim))
+        .astype(np.float32)
+    )
     head = train_head(x / np.linalg.norm(x, axis=1, keepdims=True), np.array([0, 1] * 4))
     for version in range(1, 301):
         if version == 2 or version > 290:  # the others' files are gone (HEAD_FILES_KEPT)
-            path = bot.service.data_dir.path(f"models/heads/{user.id}/v{version}.npz")
+            path = bot.services.data_dir.path(f"models/heads/{user.id}/v{version}.npz")
             path.parent.mkdir(parents=True, exist_ok=True)
             head.save(path)  # a rollback reads it
-        await bot.service.store.add_model_version(
+        await bot.services.store.models.add_model_version(
             NewModel(
                 user.id,
                 "head",
                 version,
                 f"models/heads/{user.id}/v{version}.npz",
-                bot.service.embedder.version,
+                bot.services.encoder.embedder.version,
                 8,
                 2,
                 {"auc": 0.5 + version / 1000, "ece": 0.05},
@@ -334,7 +338,7 @@ async def test_hundreds_of_versions_fit_in_models_and_stats_messages(bot: Harnes
             ),
             promote=True,
         )
-    assert await bot.service.store.activate_model_version(user.id, 2)  # rolled far back
+    assert await bot.services.store.models.activate_model_version(user.id, 2)  # rolled far back
 
     models = await bot.command(ADMIN, f"/models {ALICE}")
     lines = models.split("\n")
@@ -385,7 +389,7 @@ async def test_retrain_full_fine_tunes_with_progress_in_chat(
         edits = [c.params["text"] for c in bot.api.calls_to("editMessageText")]
         assert any(e.startswith("Fine-tuning CLIP v1 on ") for e in edits)
         assert any(e.startswith("Re-embedding images: 16/16") for e in edits)
-        runs = await bot.service.store.db.fetch_all(
+        runs = await bot.services.store.db.fetch_all(
             "SELECT outcome FROM training_runs WHERE kind = 'backbone'"
         )
         assert runs[0][0] in ("promoted", "rejected")

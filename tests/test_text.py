@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, CLIPTextConfig, CLIPTokenizer
 
 from learner.encoder import ClipImageEncoder
 from learner.text import ClipTextEncoder, combine
-from tests.tiny_clip import TINY_VOCAB_SIZE, build_tiny_clip, save_byte_tokenizer
+from testing.tiny_clip import TINY_VOCAB_SIZE, build_tiny_clip, save_byte_tokenizer
 
 CAPTIONS = ["a photo of a cat", "Anna, 27 · loves hiking", "", "🙂 ok", "a photo of a dog"]
 

@@ -11,22 +11,24 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from bot.core import IncomingImage, Person, Scored, TasteService
+from bot.services import Services
 from bot.settings import Settings
+from domain import IncomingImage, Person, Scored, Vote
 from learner.encoder import ClipImageEncoder
 from learner.ocr import ocr_available
 from learner.text import ClipTextEncoder, combine
-from storage.records import Vote
 from tests.conftest import image_bytes
 
 ALICE = Person("telegram", "1", "Alice")
 
 
-async def send(service: TasteService, seed: int, caption: str | None, data: bytes | None = None):
+async def send(service: Services, seed: int, caption: str | None, data: bytes | None = None):
     async def download() -> bytes:
         return data if data is not None else image_bytes(seed)
 
-    out = await service.score_image(IncomingImage(ALICE, "1", str(seed), caption, None), download)
+    out = await service.scoring.score_image(
+        IncomingImage(ALICE, "1", str(seed), caption, None), download
+    )
     assert isinstance(out, Scored)
     return out
 
@@ -34,10 +36,10 @@ async def send(service: TasteService, seed: int, caption: str | None, data: byte
 @pytest.fixture
 async def texty(
     settings: Settings, encoder: ClipImageEncoder, clip_dir: Path
-) -> AsyncIterator[TasteService]:
+) -> AsyncIterator[Services]:
     text = ClipTextEncoder.from_pretrained(str(clip_dir), model=encoder.model)
     assert text is not None
-    service = await TasteService.open(
+    service = await Services.open(
         settings.model_copy(update={"text_weight": 0.5, "ocr": False}), encoder, text
     )
     yield service
@@ -45,22 +47,22 @@ async def texty(
 
 
 async def test_text_off_by_default_stores_no_text(
-    service: TasteService, encoder: ClipImageEncoder, clip_dir: Path
+    service: Services, encoder: ClipImageEncoder, clip_dir: Path
 ) -> None:
-    assert service.settings.text_weight == 0 and service.text_encoder is None
+    assert service.settings.text_weight == 0 and service.text.text_encoder is None
     await send(service, 1, "a sunny beach")
     rows = await service.store.db.fetch_all("SELECT COUNT(*) FROM submission_texts")
     assert rows[0][0] == 0
 
 
 async def test_captions_are_embedded_and_mixed_into_training_and_scoring(
-    texty: TasteService,
+    texty: Services,
 ) -> None:
-    assert texty.text_encoder is not None
+    assert texty.text.text_encoder is not None
     for seed in range(1, 13):
         caption = "a cat" if seed % 2 == 0 else ("" if seed % 3 else "a dog")
         out = await send(texty, seed, caption or None)
-        await texty.record_vote(
+        await texty.votes.record_vote(
             ALICE, out.submission_id, Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
         )
     rows = await texty.store.db.fetch_all(
@@ -69,8 +71,8 @@ async def test_captions_are_embedded_and_mixed_into_training_and_scoring(
     assert {int(r[0]): r[1] for r in rows} == {
         s: ("a cat" if s % 2 == 0 else "a dog") for s in range(1, 13) if s % 2 == 0 or s % 3 == 0
     }
-    labelled = await texty.store.labelled_embeddings(1, texty.embedder.version)
-    mixed = await texty.training_vectors(labelled)
+    labelled = await texty.store.votes.labelled_embeddings(1, texty.encoder.embedder.version)
+    mixed = await texty.text.training_vectors(labelled)
     images = np.stack([np.frombuffer(v.vector, np.float32) for v in labelled])
     # Rows with text moved; rows without stay the (unit) image embedding.
     moved = ~np.isclose((mixed * images).sum(axis=1), 1.0, atol=1e-5)
@@ -78,7 +80,7 @@ async def test_captions_are_embedded_and_mixed_into_training_and_scoring(
     assert (moved == has_text).all() and has_text.any() and not has_text.all()
     assert np.allclose(np.linalg.norm(mixed, axis=1), 1.0, atol=1e-5)
 
-    [outcome] = await texty.retrain_due_heads(min_new_votes=1, trigger="test")
+    [outcome] = await texty.retraining.retrain_due_heads(min_new_votes=1, trigger="test")
     assert outcome.promoted
     # The same picture scores differently with different captions: the head sees the text.
     with_cat = await send(texty, 100, "a cat", data=image_bytes(50))
@@ -89,16 +91,16 @@ async def test_captions_are_embedded_and_mixed_into_training_and_scoring(
 
 
 async def test_unvoted_images_are_mixed_with_their_text_as_voted_ones_are(
-    texty: TasteService,
+    texty: Services,
 ) -> None:
     """The graph a head spreads votes over must be in the space the votes and the scored
     images are in; unvoted images used to enter it image-only."""
     await send(texty, 1, "a cat")
     await send(texty, 2, None)
-    rows = await texty.store.unlabelled_vectors(1, texty.embedder.version)
+    rows = await texty.store.submissions.unlabelled_vectors(1, texty.encoder.embedder.version)
     assert len(rows) == 2
     images = np.stack([np.frombuffer(v, np.float32) for _, v in rows])
-    mixed = await texty.unvoted_vectors(1, texty.embedder.version)
+    mixed = await texty.text.unvoted_vectors(1, texty.encoder.embedder.version)
     assert mixed is not None and mixed.shape == images.shape
     cosines = (mixed * images).sum(axis=1)
     assert cosines[0] < 1.0 - 1e-4 and np.isclose(cosines[1], 1.0, atol=1e-5), cosines
@@ -116,7 +118,7 @@ async def test_text_in_the_image_is_read_after_the_reply(
     settings: Settings, encoder: ClipImageEncoder, clip_dir: Path
 ) -> None:
     text = ClipTextEncoder.from_pretrained(str(clip_dir), model=encoder.model)
-    service = await TasteService.open(
+    service = await Services.open(
         settings.model_copy(update={"text_weight": 0.5, "ocr": True}), encoder, text
     )
     try:

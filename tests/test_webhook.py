@@ -9,12 +9,12 @@ import socket
 import httpx
 from pydantic import SecretStr
 
-from bot.core import TasteService
 from bot.runner import SharedService, serve
+from bot.services import Services
 from bot.settings import Settings
 from bot.telegram_adapter.app import TelegramPlatform
 from learner.encoder import ClipImageEncoder
-from tests.fake_bot_api import FakeBotAPI
+from testing.fake_bot_api import FakeBotAPI
 
 
 def free_port() -> int:
@@ -40,8 +40,8 @@ async def test_webhook_checks_the_secret_on_every_request(
         }
     )
 
-    async def open_service() -> TasteService:
-        return await TasteService.open(settings, encoder)
+    async def open_service() -> Services:
+        return await Services.open(settings, encoder)
 
     platform = TelegramPlatform(settings, httpx_kwargs={"transport": api.transport()})
     stop = asyncio.Event()

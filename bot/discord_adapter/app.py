@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
 from discord import app_commands
 
-from bot.core import TasteService
+from bot import render
 from bot.discord_adapter import handlers
 from bot.discord_adapter.handlers import PLATFORM
 from bot.discord_adapter.views import VoteButton
 from bot.settings import Settings
-from storage.records import User
+from domain import User, Vote
+
+if TYPE_CHECKING:  # the services load torch, FAISS and SQLite; the adapter only calls them
+    from bot.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def intents() -> discord.Intents:
 
 
 class TasteClient(discord.Client):
-    """A discord.Client with the core service injected (`attach`) once it is open."""
+    """A discord.Client with the services injected (`attach`) once they are open."""
 
     def __init__(self, settings: Settings, *, sync_commands: bool = True) -> None:
         super().__init__(
@@ -47,24 +50,24 @@ class TasteClient(discord.Client):
         self.tree = app_commands.CommandTree(self)
         self.tree.on_error = on_command_error  # type: ignore[method-assign]
         self.sync_commands = sync_commands
-        self._service: TasteService | None = None
+        self._services: Services | None = None
         self._downloads: aiohttp.ClientSession | None = None
         add_commands(self.tree)
 
     @property
-    def service(self) -> TasteService:
-        assert self._service is not None, "the service is attached before connecting"
-        return self._service
+    def services(self) -> Services:
+        assert self._services is not None, "the services are attached before connecting"
+        return self._services
 
-    def attach(self, service: TasteService) -> None:
-        """Give the handlers the core, and the core a way to message a person here."""
-        self._service = service
+    def attach(self, services: Services) -> None:
+        """Give the handlers the services, and the services a way to message a person here."""
+        self._services = services
 
         async def notify(user: User, text: str) -> None:
             target = await self.fetch_user(int(user.platform_user_id))
             await target.send(text)
 
-        service.notifiers[PLATFORM] = notify
+        services.notifications.register(PLATFORM, notify)
 
     async def setup_hook(self) -> None:
         # Buttons of any earlier run keep working: their custom_ids match VoteButton's template.
@@ -74,6 +77,12 @@ class TasteClient(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         await handlers.on_message(self, message)
+
+    async def on_vote_button(
+        self, interaction: discord.Interaction[Any], submission_id: int, vote: Vote
+    ) -> None:
+        """VoteButton's callback lands here, so views.py needs no handler import."""
+        await handlers.on_vote(interaction, submission_id, vote)
 
     async def download(self, url: str, *, limit: int) -> bytes:
         """At most limit + 1 bytes of `url`, never more in memory; the core refuses the +1."""
@@ -118,9 +127,9 @@ async def on_command_error(
     """Log the details; tell the person one sentence."""
     log.error("error in /%s", interaction.command and interaction.command.name, exc_info=error)
     if interaction.response.is_done():
-        await interaction.followup.send(handlers.SOMETHING_WRONG, ephemeral=True)
+        await interaction.followup.send(render.SOMETHING_WRONG, ephemeral=True)
     else:
-        await interaction.response.send_message(handlers.SOMETHING_WRONG, ephemeral=True)
+        await interaction.response.send_message(render.SOMETHING_WRONG, ephemeral=True)
 
 
 def build_client(settings: Settings, **kwargs: Any) -> TasteClient:
@@ -139,8 +148,8 @@ class DiscordPlatform:
     async def connect(self) -> None:
         await self.client.login(self.token)  # checks the token, registers buttons and commands
 
-    async def start(self, service: TasteService) -> asyncio.Task[None]:
-        self.client.attach(service)
+    async def start(self, services: Services) -> asyncio.Task[None]:
+        self.client.attach(services)
         self.task = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
         return self.task
 

@@ -1,10 +1,9 @@
-"""Discord handlers: parse the event, make one core call, render the answer (bot/render.py)."""
+"""Discord handlers: parse the event, make one service call, render the answer (bot/render.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import re
 from pathlib import PurePosixPath
@@ -16,9 +15,8 @@ from discord import app_commands
 
 from bot import render
 from bot.charts import learning_curve_png
-from bot.core import AlreadyAnswered, IncomingImage, Person, Refused
 from bot.discord_adapter.views import vote_view
-from storage.records import Vote
+from domain import AlreadyAnswered, IncomingImage, Person, Refused, Vote
 
 if TYPE_CHECKING:
     from bot.discord_adapter.app import TasteClient
@@ -33,11 +31,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 # Only images uploaded to Discord are fetched from embeds: never an arbitrary URL.
 DISCORD_CDN_HOSTS = {"cdn.discordapp.com", "media.discordapp.net"}
 
-NOT_AN_IMAGE = "That file is not an image; send a photo or an image file (JPEG, PNG, WebP, GIF)."
-SEND_AN_IMAGE = "Send me an image and I'll score it for you. /help"
-NOT_ADMIN = "Only the bot's admins can use /retrain, /models and /rollback."
 USER_USAGE = "Give a Discord user: pick one, or paste their user id."
-SOMETHING_WRONG = "Something went wrong on my side; please try again."
 
 
 # A user option typed as text: a mention (<@123>, <@!123>) or a bare id; ASCII digits only.
@@ -83,7 +77,9 @@ async def on_message(client: TasteClient, message: discord.Message) -> None:
     others = [a for a in message.attachments if not is_image_attachment(a)]
     embeds = uploaded_image_urls(message)
     if others:
-        await message.reply(NOT_AN_IMAGE, mention_author=False)  # refused without downloading
+        await message.reply(
+            render.NOT_AN_IMAGE, mention_author=False
+        )  # refused without downloading
     for attachment in images:
         await score_and_reply(
             client, message, f"{message.id}:{attachment.id}", attachment.url, attachment.size
@@ -94,7 +90,7 @@ async def on_message(client: TasteClient, message: discord.Message) -> None:
         isinstance(message.channel, discord.DMChannel)
         or (client.user is not None and client.user in message.mentions)
     ):
-        await message.reply(SEND_AN_IMAGE, mention_author=False)
+        await message.reply(render.SEND_AN_IMAGE, mention_author=False)
 
 
 async def score_and_reply(
@@ -112,17 +108,17 @@ async def score_and_reply(
     async def download() -> bytes:
         return await client.download(url, limit=client.settings.max_image_bytes)
 
-    outcome = await client.service.score_image(incoming, download)
+    outcome = await client.services.scoring.score_image(incoming, download)
     if isinstance(outcome, AlreadyAnswered):
         return  # a message event seen twice (gateway resume)
     if isinstance(outcome, Refused):
-        await message.reply(outcome.message, mention_author=False)
+        await message.reply(render.refusal_text(outcome), mention_author=False)
         return
     # The buttons act on the person's earlier vote on this image, if any, so that one image
     # never gets two votes (as on Telegram).
     view = vote_view(outcome.vote_target, chosen=outcome.rated_before)
     reply = await message.reply(render.score_text(outcome), view=view, mention_author=False)
-    await client.service.reply_sent(outcome.submission_id, str(reply.id))
+    await client.services.scoring.reply_sent(outcome.submission_id, str(reply.id))
 
 
 async def on_vote(
@@ -131,7 +127,9 @@ async def on_vote(
     """A vote button: commit the presser's vote, acknowledge within 3 s, show the choice."""
     try:
         commit = asyncio.ensure_future(
-            interaction.client.service.record_vote(person(interaction.user), submission_id, vote)
+            interaction.client.services.votes.record_vote(
+                person(interaction.user), submission_id, vote
+            )
         )
         try:
             outcome = await asyncio.wait_for(asyncio.shield(commit), ACK_WITHIN_S)
@@ -140,7 +138,7 @@ async def on_vote(
             await interaction.response.defer()
             outcome = await commit
         if outcome is None:
-            await _answer(interaction, text="I no longer know this image.")
+            await _answer(interaction, text=render.UNKNOWN_IMAGE)
         elif isinstance(interaction.channel, discord.DMChannel):
             # A DM is the presser's own: the buttons show the choice.
             await _answer(interaction, view=vote_view(submission_id, chosen=vote))
@@ -150,9 +148,7 @@ async def on_vote(
     except Exception:
         log.exception("error while handling a vote")
         if not interaction.response.is_done():
-            await interaction.response.send_message(
-                "Something went wrong; please tap again.", ephemeral=True
-            )
+            await interaction.response.send_message(render.TAP_AGAIN, ephemeral=True)
 
 
 async def _answer(
@@ -178,6 +174,14 @@ def is_admin(interaction: discord.Interaction[TasteClient]) -> bool:
     return interaction.user.id in interaction.client.settings.discord_admin_ids
 
 
+async def require_admin(interaction: discord.Interaction[TasteClient], command: str) -> bool:
+    """True for an admin; anyone else is told, privately, the command is not theirs."""
+    if is_admin(interaction):
+        return True
+    await interaction.response.send_message(render.admins_only(command), ephemeral=True)
+    return False
+
+
 async def cmd_help(interaction: discord.Interaction[TasteClient]) -> None:
     """/help: what to do."""
     text = render.help_text(interaction.client.settings.head_min_votes)
@@ -188,8 +192,8 @@ async def cmd_stats(interaction: discord.Interaction[TasteClient]) -> None:
     """/stats: the person's counts and model, with the learning-curve chart; totals for admins."""
     client = interaction.client
     who = person(interaction.user)
-    stats = await client.service.stats(who, include_totals=is_admin(interaction))
-    curve = await client.service.learning_curve(who)
+    stats = await client.services.people.stats(who, include_totals=is_admin(interaction))
+    curve = await client.services.people.learning_curve(who)
     caption = render.curve_caption(stats, curve, client.settings.head_min_votes, limit=MAX_MESSAGE)
     if not curve.versions and not curve.votes:
         await interaction.response.send_message(caption, ephemeral=True)
@@ -202,11 +206,10 @@ async def cmd_stats(interaction: discord.Interaction[TasteClient]) -> None:
 
 async def cmd_export(interaction: discord.Interaction[TasteClient]) -> None:
     """/export: the person's own data as a JSON file, shown only to them."""
-    rows = await interaction.client.service.export(person(interaction.user))
-    data = json.dumps({"submissions": rows}, ensure_ascii=False, indent=1).encode()
+    export = await interaction.client.services.people.export(person(interaction.user))
     await interaction.response.send_message(
-        f"Your data: {len(rows)} images.",
-        file=discord.File(io.BytesIO(data), filename="tastebot-export.json"),
+        render.export_caption(export),
+        file=discord.File(io.BytesIO(export.data), filename=export.filename),
         ephemeral=True,
     )
 
@@ -219,12 +222,12 @@ class ForgetConfirm(discord.ui.View):
 
     @discord.ui.button(label="Delete everything", style=discord.ButtonStyle.danger)
     async def yes(self, interaction: discord.Interaction[TasteClient], _: Any) -> None:
-        report = await interaction.client.service.forget(person(interaction.user))
+        report = await interaction.client.services.people.forget(person(interaction.user))
         await interaction.response.edit_message(content=render.forget_report(report), view=None)
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
     async def no(self, interaction: discord.Interaction[TasteClient], _: Any) -> None:
-        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
+        await interaction.response.edit_message(content=render.NOTHING_DELETED, view=None)
 
 
 async def cmd_forget(interaction: discord.Interaction[TasteClient]) -> None:
@@ -236,12 +239,13 @@ async def cmd_forget(interaction: discord.Interaction[TasteClient]) -> None:
 
 async def cmd_retrain(interaction: discord.Interaction[TasteClient]) -> None:
     """/retrain (admins): retrain everyone with new votes now."""
-    if not is_admin(interaction):
-        await interaction.response.send_message(NOT_ADMIN, ephemeral=True)
+    if not await require_admin(interaction, "/retrain"):
         return
     # Training takes longer than Discord's 3 s: acknowledge first ("thinking…"), answer after.
     await interaction.response.defer(ephemeral=True, thinking=True)
-    outcomes = await interaction.client.service.retrain_due_heads(min_new_votes=1, trigger="admin")
+    outcomes = await interaction.client.services.retraining.retrain_due_heads(
+        min_new_votes=1, trigger="admin"
+    )
     await interaction.followup.send(
         render.retrain_text(outcomes, limit=MAX_MESSAGE), ephemeral=True
     )
@@ -253,11 +257,12 @@ def user_id_of(text: str) -> str | None:
     return None if match is None else match.group(1) or match.group(2)
 
 
-async def _admin_target(interaction: discord.Interaction[TasteClient], user: str) -> str | None:
+async def _admin_target(
+    interaction: discord.Interaction[TasteClient], command: str, user: str
+) -> str | None:
     """The Discord user id an admin command names, or None once the refusal (not an admin)
     or the usage line (not a user) has been sent."""
-    if not is_admin(interaction):
-        await interaction.response.send_message(NOT_ADMIN, ephemeral=True)
+    if not await require_admin(interaction, command):
         return None
     target = user_id_of(user)
     if target is None:
@@ -268,10 +273,10 @@ async def _admin_target(interaction: discord.Interaction[TasteClient], user: str
 @app_commands.describe(user="A Discord user: a mention or their user id")
 async def cmd_models(interaction: discord.Interaction[TasteClient], user: str) -> None:
     """/models user (admins): every model version of a Discord person, with metrics."""
-    target = await _admin_target(interaction, user)
+    target = await _admin_target(interaction, "/models", user)
     if target is None:
         return
-    listing = await interaction.client.service.models_of(PLATFORM, target)
+    listing = await interaction.client.services.admin.models_of(PLATFORM, target)
     await interaction.response.send_message(
         render.models_text(target, listing, limit=MAX_MESSAGE), ephemeral=True
     )
@@ -285,13 +290,13 @@ async def cmd_rollback(
     interaction: discord.Interaction[TasteClient], user: str, version: int
 ) -> None:
     """/rollback user version (admins): make an earlier model of a Discord person the active one."""
-    target = await _admin_target(interaction, user)
+    target = await _admin_target(interaction, "/rollback", user)
     if target is None:
         return
     # A rollback waits for a running retrain (the training lock): acknowledge within 3 s first.
     await interaction.response.defer(ephemeral=True, thinking=True)
     client = interaction.client
-    outcome = await client.service.rollback(PLATFORM, target, version)
+    outcome = await client.services.admin.rollback(PLATFORM, target, version)
     await interaction.followup.send(
         render.rollback_text(target, version, outcome, client.settings.head_files_kept),
         ephemeral=True,

@@ -13,18 +13,15 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import render
-from storage.records import Vote
+from domain import Vote
 
 if TYPE_CHECKING:
     from bot.discord_adapter.app import TasteClient
 
-_CODES = {Vote.DISLIKE: "d", Vote.LIKE: "l", Vote.SUPER_LIKE: "s"}
-_VOTES = {code: vote for vote, code in _CODES.items()}
-
 
 def encode_vote(submission_id: int, vote: Vote) -> str:
     """`tastebot:v:<submission id>:<d|l|s>`, well under Discord's 100 characters."""
-    return f"tastebot:v:{submission_id}:{_CODES[vote]}"
+    return f"tastebot:v:{submission_id}:{vote.letter}"
 
 
 class VoteButton(
@@ -50,12 +47,12 @@ class VoteButton(
         match: re.Match[str],
         /,
     ) -> VoteButton:
-        return cls(int(match["submission"]), _VOTES[match["vote"]])
+        vote = Vote.from_letter(match["vote"])
+        assert vote is not None, "the template admits only d, l and s"
+        return cls(int(match["submission"]), vote)
 
     async def callback(self, interaction: discord.Interaction[TasteClient]) -> None:  # type: ignore[override]
-        from bot.discord_adapter.handlers import on_vote
-
-        await on_vote(interaction, self.submission_id, self.vote)
+        await interaction.client.on_vote_button(interaction, self.submission_id, self.vote)
 
 
 def vote_view(submission_id: int, chosen: Vote | None = None) -> discord.ui.View:

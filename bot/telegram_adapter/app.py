@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from telegram import BotCommand
@@ -19,12 +19,14 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
-from bot.core import TasteService
 from bot.settings import Settings
-from bot.telegram_adapter import handlers
+from bot.telegram_adapter import admin, buttons, commands, images
 from bot.telegram_adapter.callback_data import FORGET_PATTERN, MY_SCORE_PATTERN, SIMILAR_PATTERN
-from bot.telegram_adapter.handlers import PLATFORM, BotState, TasteApplication, TasteContext
-from storage.records import User
+from bot.telegram_adapter.context import PLATFORM, BotState, TasteApplication, TasteContext
+from domain import User
+
+if TYPE_CHECKING:  # the services load torch, FAISS and SQLite; the adapter only calls them
+    from bot.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ COMMANDS = [
 def build_application(
     settings: Settings, *, httpx_kwargs: dict[str, Any] | None = None
 ) -> TasteApplication:
-    """The Application with every handler. The core is attached by `TelegramPlatform.start`."""
+    """The Application with every handler. The services are attached by `TelegramPlatform.start`."""
 
     def request(read_timeout: float) -> HTTPXRequest:
         return HTTPXRequest(
@@ -73,36 +75,36 @@ def build_application(
 
 
 def add_handlers(app: TasteApplication) -> None:
-    app.add_handler(CommandHandler("start", handlers.on_start))
-    app.add_handler(CommandHandler("help", handlers.on_help))
-    app.add_handler(CommandHandler("stats", handlers.cmd_stats))
-    app.add_handler(CommandHandler("undo", handlers.cmd_undo))
-    app.add_handler(CommandHandler("forget", handlers.cmd_forget))
-    app.add_handler(CommandHandler("export", handlers.cmd_export))
-    app.add_handler(CommandHandler("retrain", handlers.cmd_retrain))
-    app.add_handler(CommandHandler("models", handlers.cmd_models))
-    app.add_handler(CommandHandler("rollback", handlers.cmd_rollback))
-    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, handlers.on_image))
-    app.add_handler(MessageHandler(filters.Document.ALL, handlers.on_other_document))
+    app.add_handler(CommandHandler("start", commands.on_start))
+    app.add_handler(CommandHandler("help", commands.on_help))
+    app.add_handler(CommandHandler("stats", commands.cmd_stats))
+    app.add_handler(CommandHandler("undo", commands.cmd_undo))
+    app.add_handler(CommandHandler("forget", commands.cmd_forget))
+    app.add_handler(CommandHandler("export", commands.cmd_export))
+    app.add_handler(CommandHandler("retrain", admin.cmd_retrain))
+    app.add_handler(CommandHandler("models", admin.cmd_models))
+    app.add_handler(CommandHandler("rollback", admin.cmd_rollback))
+    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, images.on_image))
+    app.add_handler(MessageHandler(filters.Document.ALL, images.on_other_document))
     app.add_handler(
-        MessageHandler(filters.ChatType.PRIVATE & filters.TEXT & ~filters.COMMAND, handlers.on_text)
+        MessageHandler(filters.ChatType.PRIVATE & filters.TEXT & ~filters.COMMAND, commands.on_text)
     )
-    app.add_handler(CallbackQueryHandler(handlers.on_similar, pattern=SIMILAR_PATTERN))
-    app.add_handler(CallbackQueryHandler(handlers.on_my_score, pattern=MY_SCORE_PATTERN))
-    app.add_handler(CallbackQueryHandler(handlers.on_forget_confirm, pattern=FORGET_PATTERN))
+    app.add_handler(CallbackQueryHandler(buttons.on_similar, pattern=SIMILAR_PATTERN))
+    app.add_handler(CallbackQueryHandler(buttons.on_my_score, pattern=MY_SCORE_PATTERN))
+    app.add_handler(CallbackQueryHandler(buttons.on_forget_confirm, pattern=FORGET_PATTERN))
     # Last: votes, and anything else gets "this button is not mine".
-    app.add_handler(CallbackQueryHandler(handlers.on_vote))
-    app.add_error_handler(handlers.on_error)
+    app.add_handler(CallbackQueryHandler(buttons.on_vote))
+    app.add_error_handler(commands.on_error)
 
 
-async def attach_service(app: TasteApplication, service: TasteService) -> None:
-    """Give the handlers the core, and the core a way to message Telegram users."""
-    app.bot_data.service = service
+async def attach_services(app: TasteApplication, services: Services) -> None:
+    """Give the handlers the services, and the services a way to message Telegram users."""
+    app.bot_data.services = services
 
     async def notify(user: User, text: str) -> None:
         await app.bot.send_message(chat_id=int(user.platform_user_id), text=text)
 
-    service.notifiers[PLATFORM] = notify
+    services.notifications.register(PLATFORM, notify)
     await app.bot.set_my_commands(COMMANDS)
 
 
@@ -121,8 +123,8 @@ class TelegramPlatform:
     async def connect(self) -> None:
         await self.app.initialize()  # getMe: checks the token before CLIP loads
 
-    async def start(self, service: TasteService) -> None:
-        await attach_service(self.app, service)
+    async def start(self, services: Services) -> None:
+        await attach_services(self.app, services)
         await self.app.start()
         assert self.app.updater is not None
         updates = ["message", "callback_query"]

@@ -8,10 +8,7 @@ f:<y|n>                     confirm or cancel /forget
 
 from __future__ import annotations
 
-from storage.records import Vote
-
-_CODES = {Vote.DISLIKE: "d", Vote.LIKE: "l", Vote.SUPER_LIKE: "s"}
-_VOTES = {code: vote for vote, code in _CODES.items()}
+from domain import Vote
 
 SIMILAR_PATTERN = r"^s:"
 MY_SCORE_PATTERN = r"^m:"
@@ -23,15 +20,16 @@ def is_id(text: str) -> bool:
 
 
 def encode_vote(submission_id: int, vote: Vote) -> str:
-    return f"v:{submission_id}:{_CODES[vote]}"
+    return f"v:{submission_id}:{vote.letter}"
 
 
 def decode_vote(data: str | None) -> tuple[int, Vote] | None:
     """(submission id, vote), or None for anything this bot did not make."""
     parts = (data or "").split(":")
-    if len(parts) != 3 or parts[0] != "v" or parts[2] not in _VOTES or not is_id(parts[1]):
+    if len(parts) != 3 or parts[0] != "v" or not is_id(parts[1]):
         return None
-    return int(parts[1]), _VOTES[parts[2]]
+    vote = Vote.from_letter(parts[2])
+    return None if vote is None else (int(parts[1]), vote)
 
 
 def encode_submission_action(action: str, submission_id: int) -> str:

@@ -14,7 +14,7 @@ from bot.telegram_adapter.callback_data import (
     encode_submission_action,
     encode_vote,
 )
-from storage.records import Vote
+from domain import Vote
 
 CHECK = "✓ "
 

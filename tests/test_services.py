@@ -7,8 +7,8 @@ import sqlite3
 
 import numpy as np
 
-from bot.core import AlreadyAnswered, IncomingImage, Person, Refused, Scored, TasteService
-from storage.records import User, Vote
+from bot.services import Services
+from domain import AlreadyAnswered, IncomingImage, Person, Refused, Scored, User, Vote
 from tests.conftest import image_bytes
 
 ALICE = Person("telegram", "1", "Alice")
@@ -31,21 +31,23 @@ def fetch(data: bytes):
     return download
 
 
-async def score(service: TasteService, seed: int, message_id: int | None = None) -> Scored:
-    outcome = await service.score_image(incoming(message_id or seed), fetch(image_bytes(seed)))
+async def score(service: Services, seed: int, message_id: int | None = None) -> Scored:
+    outcome = await service.scoring.score_image(
+        incoming(message_id or seed), fetch(image_bytes(seed))
+    )
     assert isinstance(outcome, Scored), outcome
     return outcome
 
 
-async def vote_even_liked(service: TasteService, seeds: range) -> None:
+async def vote_even_liked(service: Services, seeds: range) -> None:
     """Alice sends the pictures ``seeds`` and votes: even seeds liked, odd disliked."""
     for seed in seeds:
         scored = await score(service, seed)
         vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
-        await service.record_vote(ALICE, scored.submission_id, vote)
+        await service.votes.record_vote(ALICE, scored.submission_id, vote)
 
 
-async def test_cold_start_then_first_model(service: TasteService) -> None:
+async def test_cold_start_then_first_model(service: Services) -> None:
     first = await score(service, 1)
     assert first.model_version is None and first.score == 0.5  # no votes: the prior says 50 %
     assert first.closest_liked is None
@@ -54,10 +56,10 @@ async def test_cold_start_then_first_model(service: TasteService) -> None:
     for seed in range(1, 13):
         scored = first if seed == 1 else await score(service, seed)
         vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
-        result = await service.record_vote(ALICE, scored.submission_id, vote)
+        result = await service.votes.record_vote(ALICE, scored.submission_id, vote)
         assert result is not None and result.changed
 
-    [outcome] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    [outcome] = await service.retraining.retrain_due_heads(min_new_votes=3, trigger="test")
     assert outcome.version == 1 and outcome.promoted, outcome.reason
 
     later = await score(service, 100)
@@ -66,10 +68,10 @@ async def test_cold_start_then_first_model(service: TasteService) -> None:
     assert later.closest_liked is not None  # six liked images in this person's FAISS index
 
     # Nothing new since v1: nobody is due.
-    assert await service.retrain_due_heads(min_new_votes=1, trigger="test") == []
+    assert await service.retraining.retrain_due_heads(min_new_votes=1, trigger="test") == []
 
 
-async def test_same_content_embedded_once_and_redelivery(service: TasteService) -> None:
+async def test_same_content_embedded_once_and_redelivery(service: Services) -> None:
     a = await score(service, 7, message_id=1)
     b = await score(service, 7, message_id=2)  # same bytes, new message
     assert a.submission_id != b.submission_id
@@ -78,44 +80,44 @@ async def test_same_content_embedded_once_and_redelivery(service: TasteService) 
     # The first message delivered again: same submission, and once replied, not answered again.
     again = await score(service, 7, message_id=1)
     assert again.submission_id == a.submission_id
-    await service.reply_sent(a.submission_id, "55")
-    outcome = await service.score_image(incoming(1), fetch(image_bytes(7)))
+    await service.scoring.reply_sent(a.submission_id, "55")
+    outcome = await service.scoring.score_image(incoming(1), fetch(image_bytes(7)))
     assert outcome == AlreadyAnswered(a.submission_id)
 
 
-async def test_repeated_vote_changes_nothing_twice(service: TasteService) -> None:
+async def test_repeated_vote_changes_nothing_twice(service: Services) -> None:
     s = await score(service, 3)
-    first = await service.record_vote(ALICE, s.submission_id, Vote.LIKE)
-    again = await service.record_vote(ALICE, s.submission_id, Vote.LIKE)
+    first = await service.votes.record_vote(ALICE, s.submission_id, Vote.LIKE)
+    again = await service.votes.record_vote(ALICE, s.submission_id, Vote.LIKE)
     assert first is not None and first.changed
     assert again is not None and not again.changed
-    user = await service.store.get_or_create_user("telegram", "1")
-    revision = await service.store.latest_revision(user.id)
-    changed = await service.record_vote(ALICE, s.submission_id, Vote.DISLIKE)
+    user = await service.store.people.get_or_create_user("telegram", "1")
+    revision = await service.store.votes.latest_revision(user.id)
+    changed = await service.votes.record_vote(ALICE, s.submission_id, Vote.DISLIKE)
     assert changed is not None and changed.changed
-    assert await service.store.latest_revision(user.id) == revision + 1
-    counts = await service.store.user_counts(user.id)
+    assert await service.store.votes.latest_revision(user.id) == revision + 1
+    counts = await service.store.people.user_counts(user.id)
     assert (counts.likes, counts.dislikes) == (0, 1)
-    assert service.liked_index.count(user.id) == 0  # un-liked: gone from FAISS
+    assert service.indexes.liked.count(user.id) == 0  # un-liked: gone from FAISS
 
 
-async def test_unknown_submission_vote(service: TasteService) -> None:
-    assert await service.record_vote(ALICE, 999, Vote.LIKE) is None
+async def test_unknown_submission_vote(service: Services) -> None:
+    assert await service.votes.record_vote(ALICE, 999, Vote.LIKE) is None
 
 
-async def test_refusals_store_nothing(service: TasteService) -> None:
+async def test_refusals_store_nothing(service: Services) -> None:
     downloads = []
 
     async def never() -> bytes:
         downloads.append(1)
         return b""
 
-    big = await service.score_image(incoming(1, claimed=25 * 1024 * 1024), never)
+    big = await service.scoring.score_image(incoming(1, claimed=25 * 1024 * 1024), never)
     assert isinstance(big, Refused) and big.reason == "too_large_bytes"
     assert downloads == []  # refused before downloading
 
     for message_id, data in enumerate([b"%PDF-1.4 not an image", image_bytes(1)[:300], b""], 2):
-        outcome = await service.score_image(incoming(message_id), fetch(data))
+        outcome = await service.scoring.score_image(incoming(message_id), fetch(data))
         assert isinstance(outcome, Refused), outcome
     for table in ("images", "embeddings", "submissions"):
         rows = await service.store.db.fetch_all(f"SELECT COUNT(*) FROM {table}")
@@ -123,21 +125,26 @@ async def test_refusals_store_nothing(service: TasteService) -> None:
     assert not (service.data_dir.root / "images").exists()
 
 
-async def test_people_are_scored_by_their_own_models(service: TasteService) -> None:
+async def test_people_are_scored_by_their_own_models(service: Services) -> None:
     bob = Person("telegram", "2", "Bob")
     # Alice likes even seeds, Bob likes odd ones: their heads must disagree on new images.
     for seed in range(1, 21):
         for person, liked in ((ALICE, seed % 2 == 0), (bob, seed % 2 == 1)):
-            out = await service.score_image(incoming(seed, person), fetch(image_bytes(seed)))
+            out = await service.scoring.score_image(
+                incoming(seed, person), fetch(image_bytes(seed))
+            )
             assert isinstance(out, Scored)
-            await service.record_vote(
+            await service.votes.record_vote(
                 person, out.submission_id, Vote.LIKE if liked else Vote.DISLIKE
             )
-    outcomes = await service.retrain_due_heads(min_new_votes=1, trigger="test")
+    outcomes = await service.retraining.retrain_due_heads(min_new_votes=1, trigger="test")
     assert sorted(o.user.platform_user_id for o in outcomes if o.promoted) == ["1", "2"]
-    a = [await service.score_image(incoming(200 + s), fetch(image_bytes(s))) for s in range(1, 9)]
+    a = [
+        await service.scoring.score_image(incoming(200 + s), fetch(image_bytes(s)))
+        for s in range(1, 9)
+    ]
     b = [
-        await service.score_image(incoming(200 + s, bob), fetch(image_bytes(s)))
+        await service.scoring.score_image(incoming(200 + s, bob), fetch(image_bytes(s)))
         for s in range(1, 9)
     ]
     a_scores = np.array([o.score for o in a if isinstance(o, Scored)])
@@ -146,13 +153,15 @@ async def test_people_are_scored_by_their_own_models(service: TasteService) -> N
     assert np.corrcoef(a_scores, b_scores)[0, 1] < 0
 
 
-async def test_drain_stops_a_retrain_round_between_two_people(service: TasteService) -> None:
+async def test_drain_stops_a_retrain_round_between_two_people(service: Services) -> None:
     bob = Person("telegram", "2", "Bob")
     for person in (ALICE, bob):
         for seed in range(1, 13):
-            out = await service.score_image(incoming(seed, person), fetch(image_bytes(seed)))
+            out = await service.scoring.score_image(
+                incoming(seed, person), fetch(image_bytes(seed))
+            )
             assert isinstance(out, Scored)
-            await service.record_vote(
+            await service.votes.record_vote(
                 person, out.submission_id, Vote.LIKE if seed % 2 else Vote.DISLIKE
             )
     platform_closed = asyncio.Event()
@@ -163,8 +172,10 @@ async def test_drain_stops_a_retrain_round_between_two_people(service: TasteServ
         await platform_closed.wait()  # a send stuck behind Telegram's rate limit
         raise ConnectionError("the platform has shut down")
 
-    service.notifiers["telegram"] = slow_notifier  # type: ignore[assignment]
-    round_ = asyncio.create_task(service.retrain_due_heads(min_new_votes=1, trigger="test"))
+    service.notifications.register("telegram", slow_notifier)
+    round_ = asyncio.create_task(
+        service.retraining.retrain_due_heads(min_new_votes=1, trigger="test")
+    )
     while not told:
         await asyncio.sleep(0.01)
     await service.drain(timeout=0.1)  # stuck in the send: still running
@@ -173,24 +184,26 @@ async def test_drain_stops_a_retrain_round_between_two_people(service: TasteServ
     await service.drain(timeout=5)
     outcomes = round_.result()
     assert [o.user.platform_user_id for o in outcomes] == ["1"]  # Bob waits for the restart
-    bob_user = await service.store.find_user("telegram", "2")
-    assert bob_user is not None and await service.store.active_model(bob_user.id) is None
-    assert await service.store.active_model(1) is not None
+    bob_user = await service.store.people.find_user("telegram", "2")
+    assert bob_user is not None and await service.store.models.active_model(bob_user.id) is None
+    assert await service.store.models.active_model(1) is not None
 
 
 async def test_one_person_failing_to_train_does_not_stop_the_round(
-    service: TasteService, monkeypatch
+    service: Services, monkeypatch
 ) -> None:
-    import bot.core
+    import bot.retraining
 
     bob = Person("telegram", "2", "Bob")
     for seed in range(1, 13):
         for person in (ALICE, bob):
-            out = await service.score_image(incoming(seed, person), fetch(image_bytes(seed)))
+            out = await service.scoring.score_image(
+                incoming(seed, person), fetch(image_bytes(seed))
+            )
             assert isinstance(out, Scored)
             vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
-            await service.record_vote(person, out.submission_id, vote)
-    real = bot.core.train_and_compare
+            await service.votes.record_vote(person, out.submission_id, vote)
+    real = bot.retraining.train_and_compare
     calls: list[int] = []
 
     def first_call_fails(*args):
@@ -199,38 +212,38 @@ async def test_one_person_failing_to_train_does_not_stop_the_round(
             raise np.linalg.LinAlgError("pretend her data breaks training")
         return real(*args)
 
-    monkeypatch.setattr(bot.core, "train_and_compare", first_call_fails)
-    alice_out, bob_out = await service.retrain_due_heads(min_new_votes=1, trigger="test")
+    monkeypatch.setattr(bot.retraining, "train_and_compare", first_call_fails)
+    alice_out, bob_out = await service.retraining.retrain_due_heads(min_new_votes=1, trigger="test")
     assert alice_out.user.platform_user_id == "1" and alice_out.version is None
     assert "LinAlgError" in alice_out.reason
     assert bob_out.user.platform_user_id == "2" and bob_out.promoted
     # Alice is due again at the next round, and trains then.
-    monkeypatch.setattr(bot.core, "train_and_compare", real)
-    [again] = await service.retrain_due_heads(min_new_votes=1, trigger="test")
+    monkeypatch.setattr(bot.retraining, "train_and_compare", real)
+    [again] = await service.retraining.retrain_due_heads(min_new_votes=1, trigger="test")
     assert again.user.platform_user_id == "1" and again.promoted
 
 
 async def test_an_unreadable_head_file_falls_back_to_the_prior_until_the_next_retrain(
-    service: TasteService,
+    service: Services,
 ) -> None:
     await vote_even_liked(service, range(1, 13))
-    [first] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    [first] = await service.retraining.retrain_due_heads(min_new_votes=3, trigger="test")
     assert first.promoted
-    user = await service.store.get_or_create_user("telegram", "1")
-    active = await service.store.active_model(user.id)
+    user = await service.store.people.get_or_create_user("telegram", "1")
+    active = await service.store.models.active_model(user.id)
     assert active is not None
     service.data_dir.path(active.file_path).write_bytes(b"not a head file")
-    service.heads.clear()  # as after a restart: the head must be read from its file
+    service.heads.cache.clear()  # as after a restart: the head must be read from its file
     scored = await score(service, 50)
     assert scored.model_version is None  # the prior, not an error
     await vote_even_liked(service, range(13, 16))
-    [second] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    [second] = await service.retraining.retrain_due_heads(min_new_votes=3, trigger="test")
     assert second.promoted and second.version == first.version + 1
     assert (await score(service, 51)).model_version == second.version
 
 
 async def test_switching_encoders_waits_for_the_images_being_scored(
-    service: TasteService,
+    service: Services,
 ) -> None:
     release = asyncio.Event()
     stored_at_switch: list[int] = []
@@ -243,11 +256,11 @@ async def test_switching_encoders_waits_for_the_images_being_scored(
         rows = await service.store.db.fetch_all("SELECT COUNT(*) FROM submissions")
         stored_at_switch.append(rows[0][0])
 
-    scoring = asyncio.create_task(service.score_image(incoming(1), slow_download))
+    scoring = asyncio.create_task(service.scoring.score_image(incoming(1), slow_download))
     await asyncio.sleep(0.05)
-    switching = asyncio.create_task(service.switch_encoder(service.embedder, before_switch))
+    switching = asyncio.create_task(service.switch_encoder(service.encoder.embedder, before_switch))
     await asyncio.sleep(0.05)
-    later = asyncio.create_task(service.score_image(incoming(2), fetch(image_bytes(2))))
+    later = asyncio.create_task(service.scoring.score_image(incoming(2), fetch(image_bytes(2))))
     await asyncio.sleep(0.05)
     assert stored_at_switch == [] and not later.done()  # the switch waits; new images wait
     release.set()
@@ -257,31 +270,33 @@ async def test_switching_encoders_waits_for_the_images_being_scored(
 
 
 async def test_forgetting_a_person_takes_others_votes_on_their_images_out_of_faiss_too(
-    service: TasteService,
+    service: Services,
 ) -> None:
     bob = Person("telegram", "2", "Bob")
     group_image = IncomingImage(
         bob, chat_id="-100", message_id="1", caption=None, claimed_bytes=None
     )
-    bobs = await service.score_image(group_image, fetch(image_bytes(5)))
+    bobs = await service.scoring.score_image(group_image, fetch(image_bytes(5)))
     assert isinstance(bobs, Scored)
-    await service.record_vote(ALICE, bobs.submission_id, Vote.LIKE)  # Alice, on Bob's image
-    alice = await service.store.get_or_create_user("telegram", "1")
-    assert service.liked_index.count(alice.id) == 1
-    report = await service.forget(bob)
+    await service.votes.record_vote(ALICE, bobs.submission_id, Vote.LIKE)  # Alice, on Bob's image
+    alice = await service.store.people.get_or_create_user("telegram", "1")
+    assert service.indexes.liked.count(alice.id) == 1
+    report = await service.people.forget(bob)
     assert report is not None and report.others_votes == [(alice.id, 1)]
-    assert service.liked_index.count(alice.id) == 0  # the image is gone from her index
-    assert (await service.store.user_counts(alice.id)).likes == 0
+    assert service.indexes.liked.count(alice.id) == 0  # the image is gone from her index
+    assert (await service.store.people.user_counts(alice.id)).likes == 0
 
 
 async def test_a_redelivered_image_does_not_count_against_the_rate_limit(settings, encoder) -> None:
-    service = await TasteService.open(settings.model_copy(update={"images_per_minute": 1}), encoder)
+    service = await Services.open(settings.model_copy(update={"images_per_minute": 1}), encoder)
     try:
         first = await score(service, 1)
-        await service.reply_sent(first.submission_id, "10")
-        again = await service.score_image(incoming(1), fetch(image_bytes(1)))  # after a restart
+        await service.scoring.reply_sent(first.submission_id, "10")
+        again = await service.scoring.score_image(
+            incoming(1), fetch(image_bytes(1))
+        )  # after a restart
         assert again == AlreadyAnswered(first.submission_id)
-        refused = await service.score_image(incoming(2), fetch(image_bytes(2)))
+        refused = await service.scoring.score_image(incoming(2), fetch(image_bytes(2)))
         assert isinstance(refused, Refused) and refused.reason == "rate_limited"
     finally:
         await service.close()
@@ -295,32 +310,32 @@ async def test_the_promotion_message_compares_both_models_on_the_same_held_out_v
     # "AUC 0.86, was 1.00".
     from tests.test_backbone import coloured
 
-    service = await TasteService.open(
-        settings.model_copy(update={"images_per_minute": 1000}), encoder
-    )
+    service = await Services.open(settings.model_copy(update={"images_per_minute": 1000}), encoder)
 
     async def reds_liked(seeds: range, flip: frozenset[int] = frozenset()) -> None:
         for seed in seeds:
-            out = await service.score_image(incoming(seed), fetch(coloured(seed, seed % 2 == 0)))
+            out = await service.scoring.score_image(
+                incoming(seed), fetch(coloured(seed, seed % 2 == 0))
+            )
             assert isinstance(out, Scored)
             liked = (seed % 2 == 0) != (seed in flip)  # some inconsistent votes
-            await service.record_vote(
+            await service.votes.record_vote(
                 ALICE, out.submission_id, Vote.LIKE if liked else Vote.DISLIKE
             )
 
     try:
         await reds_liked(range(12))
-        [first] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+        [first] = await service.retraining.retrain_due_heads(min_new_votes=3, trigger="test")
         assert first.promoted and first.previous_auc is None  # nothing to compare with
         sent: list[str] = []
 
         async def notifier(user: object, text: str) -> None:
             sent.append(text)
 
-        service.notifiers["telegram"] = notifier  # type: ignore[assignment]
+        service.notifications.register("telegram", notifier)
         await reds_liked(range(12, 60), flip=frozenset({13, 20, 31, 44, 50, 57}))
-        [second] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
-        v1, v2 = await service.store.model_versions(1)
+        [second] = await service.retraining.retrain_due_heads(min_new_votes=3, trigger="test")
+        v1, v2 = await service.store.models.model_versions(1)
         same_votes = v2.metrics["active_auc"]
         assert same_votes is not None and same_votes != v1.metrics["auc"]
         assert second.promoted and second.previous_auc == same_votes
@@ -331,7 +346,7 @@ async def test_the_promotion_message_compares_both_models_on_the_same_held_out_v
 
 
 async def test_an_admin_retrain_of_one_person_tells_them_of_their_new_model(
-    service: TasteService,
+    service: Services,
 ) -> None:
     # /retrain <user id> used to skip the message a scheduled round sends.
     sent: list[tuple[str, str]] = []
@@ -339,52 +354,55 @@ async def test_an_admin_retrain_of_one_person_tells_them_of_their_new_model(
     async def notifier(user: User, text: str) -> None:
         sent.append((user.platform_user_id, text))
 
-    service.notifiers["telegram"] = notifier
+    service.notifications.register("telegram", notifier)
     await vote_even_liked(service, range(1, 13))
-    outcome = await service.retrain_person("telegram", "1", trigger="admin")
+    outcome = await service.retraining.retrain_person("telegram", "1", trigger="admin")
     assert outcome is not None and outcome.promoted and outcome.auc is not None
     assert sent == [("1", f"Your model v1 is ready: AUC {outcome.auc:.2f}.")]
 
 
 async def test_a_forget_during_a_retrain_round_skips_that_person_only(
-    service: TasteService,
+    service: Services,
 ) -> None:
     # The round takes its list at the start; Bob's turn, after his /forget, used to hit
     # `assert user is not None` (and so did the error handler), ending the round there.
     bob, carol = Person("telegram", "2", "Bob"), Person("telegram", "3", "Carol")
     for person in (ALICE, bob, carol):
         for seed in range(1, 13):
-            out = await service.score_image(incoming(seed, person), fetch(image_bytes(seed)))
+            out = await service.scoring.score_image(
+                incoming(seed, person), fetch(image_bytes(seed))
+            )
             assert isinstance(out, Scored)
             vote = Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE
-            await service.record_vote(person, out.submission_id, vote)
+            await service.votes.record_vote(person, out.submission_id, vote)
     progress: list[tuple[int, int]] = []
 
     async def on_progress(done: int, total: int) -> None:
         progress.append((done, total))
         if done == 1:  # Alice's turn is over; Bob's is next
-            await service.forget(bob)
+            await service.people.forget(bob)
 
-    outcomes = await service.retrain_due_heads(1, "admin", on_progress=on_progress)
+    outcomes = await service.retraining.retrain_due_heads(1, "admin", on_progress=on_progress)
     assert [(o.user.platform_user_id, o.promoted) for o in outcomes] == [("1", True), ("3", True)]
     assert progress == [(1, 3), (2, 3), (3, 3)]
-    assert await service.store.find_user("telegram", "2") is None
-    assert await service.retrain_person("telegram", "2", trigger="admin") is None
+    assert await service.store.people.find_user("telegram", "2") is None
+    assert await service.retraining.retrain_person("telegram", "2", trigger="admin") is None
 
 
-async def test_two_overlapping_rounds_train_a_person_once(service: TasteService) -> None:
+async def test_two_overlapping_rounds_train_a_person_once(service: Services) -> None:
     # Both rounds took Alice as due at their start; the second used to train her again, at
     # its turn, on the same votes (a scheduled tick during /retrain all, or two of those).
     await vote_even_liked(service, range(1, 13))
     scheduled, admin = await asyncio.gather(
-        service.retrain_due_heads(3, "schedule"), service.retrain_due_heads(1, "admin")
+        service.retraining.retrain_due_heads(3, "schedule"),
+        service.retraining.retrain_due_heads(1, "admin"),
     )
     assert [(o.version, o.promoted) for o in scheduled + admin] == [(1, True)]
-    assert [m.version for m in await service.store.model_versions(1)] == [1]
+    assert [m.version for m in await service.store.models.model_versions(1)] == [1]
 
 
 async def test_a_head_file_whose_recording_failed_is_deleted(
-    service: TasteService, monkeypatch
+    service: Services, monkeypatch
 ) -> None:
     # The file is written before its row; when recording failed it stayed, and /forget,
     # which deletes the files rows name, left it: the person's image vectors are in it.
@@ -393,17 +411,17 @@ async def test_a_head_file_whose_recording_failed_is_deleted(
     async def disk_full(*args: object, **kwargs: object) -> None:
         raise sqlite3.OperationalError("database or disk is full (pretend)")
 
-    monkeypatch.setattr(service.store, "add_model_version", disk_full)
-    [failed] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    monkeypatch.setattr(service.store.models, "add_model_version", disk_full)
+    [failed] = await service.retraining.retrain_due_heads(min_new_votes=3, trigger="test")
     assert failed.version is None and "OperationalError" in failed.reason
     assert list(service.data_dir.path("models/heads").rglob("*.npz")) == []
 
 
-async def test_forget_removes_head_files_no_row_names(service: TasteService) -> None:
+async def test_forget_removes_head_files_no_row_names(service: Services) -> None:
     await vote_even_liked(service, range(1, 13))
-    [trained] = await service.retrain_due_heads(min_new_votes=3, trigger="test")
+    [trained] = await service.retraining.retrain_due_heads(min_new_votes=3, trigger="test")
     assert trained.version == 1
     heads = service.data_dir.path(f"models/heads/{trained.user.id}")
     (heads / "v2.npz").write_bytes(b"written, then the bot was killed before its row")
-    await service.forget(ALICE)
+    await service.people.forget(ALICE)
     assert not heads.exists()

@@ -1,21 +1,10 @@
-"""Plain records returned by the store: nouns, no behaviour."""
+"""What the store keeps and returns: plain nouns, no behaviour beyond derived values."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import dataclass, field
-from enum import StrEnum
 
-
-class Vote(StrEnum):
-    DISLIKE = "dislike"
-    LIKE = "like"
-    SUPER_LIKE = "super_like"
-
-    @property
-    def is_liked(self) -> bool:
-        return self is not Vote.DISLIKE
+from domain.votes import Vote
 
 
 @dataclass(frozen=True)
@@ -70,22 +59,21 @@ class ModelVersion:
     created_at: str
     metrics: dict[str, float | None] = field(default_factory=dict)
 
-    @classmethod
-    def from_row(cls, r: sqlite3.Row) -> ModelVersion:
-        return cls(
-            id=r["id"],
-            owner_user_id=r["owner_user_id"],
-            kind=r["kind"],
-            version=r["version"],
-            file_path=r["file_path"],
-            encoder_version=r["encoder_version"],
-            train_size=r["train_size"],
-            holdout_size=r["holdout_size"],
-            trained_through=r["trained_through"],
-            status=r["status"],
-            created_at=r["created_at"],
-            metrics=json.loads(r["metrics_json"]),
-        )
+
+@dataclass(frozen=True)
+class NewModel:
+    """A trained model about to be recorded in model_versions."""
+
+    owner_user_id: int | None  # None = global (a backbone)
+    kind: str  # 'head' or 'backbone'
+    version: int
+    file_path: str
+    encoder_version: str
+    train_size: int
+    holdout_size: int
+    metrics: dict[str, float | None]
+    trained_through: int  # feedback.revision it has seen up to
+    parent_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,19 +124,3 @@ class RetainedVote:
     submission_id: int
     vote: Vote
     file_path: str  # relative to DATA_DIR
-
-
-@dataclass(frozen=True)
-class NewModel:
-    """A trained model about to be recorded in model_versions."""
-
-    owner_user_id: int | None  # None = global (a backbone)
-    kind: str  # 'head' or 'backbone'
-    version: int
-    file_path: str
-    encoder_version: str
-    train_size: int
-    holdout_size: int
-    metrics: dict[str, float | None]
-    trained_through: int  # feedback.revision it has seen up to
-    parent_id: int | None = None

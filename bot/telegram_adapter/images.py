@@ -1,0 +1,122 @@
+"""Photos, image files and albums: score each one and reply with vote buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from telegram import Document, Message, PhotoSize, Update
+
+from bot import render
+from bot.telegram_adapter.context import (
+    Album,
+    TasteContext,
+    in_group,
+    person_of,
+)
+from bot.telegram_adapter.keyboards import (
+    album_keyboard,
+    score_keyboard,
+)
+from domain import AlreadyAnswered, IncomingImage, Person, Refused, Scored, ScoreOutcome
+
+log = logging.getLogger(__name__)
+
+
+def _incoming(message: Message, person: Person) -> tuple[IncomingImage, PhotoSize | Document]:
+    media: PhotoSize | Document
+    if message.photo:
+        media = message.photo[-1]  # sizes come smallest first
+    else:
+        assert message.document is not None
+        media = message.document
+    incoming = IncomingImage(
+        person=person,
+        chat_id=str(message.chat_id),
+        message_id=str(message.message_id),
+        caption=message.caption,
+        claimed_bytes=media.file_size,
+    )
+    return incoming, media
+
+
+async def _score(message: Message, person: Person, context: TasteContext) -> ScoreOutcome:
+    incoming, media = _incoming(message, person)
+
+    async def download() -> bytes:
+        telegram_file = await context.bot.get_file(media.file_id)
+        return bytes(await telegram_file.download_as_bytearray())
+
+    return await context.services.scoring.score_image(incoming, download)
+
+
+async def on_image(update: Update, context: TasteContext) -> None:
+    """A photo (largest size) or an image sent as a file → score + vote buttons."""
+    message = update.effective_message
+    assert message is not None
+    if message.media_group_id and not in_group(update):
+        await _collect_album(message, person_of(update), context)
+        return
+    outcome = await _score(message, person_of(update), context)
+    if isinstance(outcome, AlreadyAnswered):
+        return  # a redelivered update we already answered
+    if isinstance(outcome, Refused):
+        await message.reply_text(render.refusal_text(outcome), do_quote=True)
+        return
+    group = in_group(update)
+    # Quoted: with several images in flight, each score sits under its own image.
+    reply = await message.reply_text(
+        render.GROUP_PROMPT if group else render.score_text(outcome),
+        reply_markup=score_keyboard(outcome.vote_target, group=group, chosen=outcome.rated_before),
+        do_quote=True,
+    )
+    await context.services.scoring.reply_sent(outcome.submission_id, str(reply.message_id))
+
+
+async def _collect_album(message: Message, person: Person, context: TasteContext) -> None:
+    """Albums arrive as one update per image. The first image's handler waits until no
+    more have arrived for ALBUM_WAIT_SECONDS, then answers the whole album once."""
+    loop = asyncio.get_running_loop()
+    assert message.media_group_id is not None
+    key = (message.chat_id, message.media_group_id)
+    albums = context.bot_data.albums
+    first = key not in albums
+    album = albums.setdefault(key, Album())
+    album.messages.append(message)
+    album.last_arrival = loop.time()
+    if not first:
+        return
+    wait = context.settings.album_wait_seconds
+    while (quiet := loop.time() - album.last_arrival) < wait:
+        await asyncio.sleep(wait - quiet)
+    del albums[key]
+    messages = sorted(album.messages, key=lambda m: m.message_id)
+    outcomes = await asyncio.gather(*(_score(m, person, context) for m in messages))
+    if all(isinstance(o, AlreadyAnswered) for o in outcomes):
+        return
+    scored = [(pos, o) for pos, o in enumerate(outcomes, 1) if isinstance(o, Scored)]
+    scored.sort(key=lambda item: item[1].score, reverse=True)
+    lines = [render.album_text(scored)] if scored else []
+    lines += [
+        f"Image {pos}: {render.refusal_text(o)}"
+        for pos, o in enumerate(outcomes, 1)
+        if isinstance(o, Refused)
+    ]
+    reply = await messages[0].reply_text(
+        "\n".join(lines),
+        reply_markup=album_keyboard([(o.vote_target, o.rated_before) for _, o in scored])
+        if scored
+        else None,
+        do_quote=True,
+    )
+    for _, o in scored:
+        await context.services.scoring.reply_sent(o.submission_id, str(reply.message_id))
+
+
+async def on_other_document(update: Update, context: TasteContext) -> None:
+    """A file that does not claim to be an image: refused without downloading it."""
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(
+        render.NOT_AN_IMAGE,
+        do_quote=True,
+    )

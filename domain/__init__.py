@@ -1,0 +1,66 @@
+"""Tastebot's nouns, shared by every layer: people, images, votes, scores, refusals and
+outcomes, as plain dataclasses and enums. Standard library only (no torch, no SQL, no chat
+platform), so anything may import it and importing it costs nothing."""
+
+from domain.outcomes import (
+    AlreadyAnswered,
+    BackboneOutcome,
+    Export,
+    IncomingImage,
+    LearningCurve,
+    ModelList,
+    Person,
+    Refused,
+    RetrainOutcome,
+    Rollback,
+    Scored,
+    ScoreOutcome,
+    Stats,
+    Undone,
+    VoteOutcome,
+)
+from domain.records import (
+    ForgetReport,
+    LabelledEmbedding,
+    ModelVersion,
+    NewModel,
+    RetainedVote,
+    Submission,
+    Totals,
+    User,
+    UserCounts,
+    UserSummary,
+    VoteChange,
+)
+from domain.votes import SUPER_LIKE_WEIGHT, Vote
+
+__all__ = [
+    "SUPER_LIKE_WEIGHT",
+    "AlreadyAnswered",
+    "BackboneOutcome",
+    "Export",
+    "ForgetReport",
+    "IncomingImage",
+    "LabelledEmbedding",
+    "LearningCurve",
+    "ModelList",
+    "ModelVersion",
+    "NewModel",
+    "Person",
+    "Refused",
+    "RetainedVote",
+    "RetrainOutcome",
+    "Rollback",
+    "ScoreOutcome",
+    "Scored",
+    "Stats",
+    "Submission",
+    "Totals",
+    "Undone",
+    "User",
+    "UserCounts",
+    "UserSummary",
+    "Vote",
+    "VoteChange",
+    "VoteOutcome",
+]

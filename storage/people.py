@@ -1,0 +1,154 @@
+"""People: who they are, what they have sent and voted, and forgetting them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from domain.records import (
+    ForgetReport,
+    Totals,
+    User,
+    UserCounts,
+    UserSummary,
+)
+from storage.db import Database
+
+
+class PeopleStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get_or_create_user(
+        self, platform: str, platform_user_id: str, display_name: str | None = None
+    ) -> User:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO users (platform, platform_user_id, display_name) VALUES (?, ?, ?)"
+                " ON CONFLICT (platform, platform_user_id)"
+                " DO UPDATE SET display_name = excluded.display_name",
+                (platform, platform_user_id, display_name),
+            )
+            async with conn.execute(
+                "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?",
+                (platform, platform_user_id),
+            ) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return User(id=row["id"], platform=platform, platform_user_id=platform_user_id)
+
+    async def get_user(self, user_id: int) -> User | None:
+        row = await self.db.fetch_one(
+            "SELECT id, platform, platform_user_id FROM users WHERE id = ?", (user_id,)
+        )
+        if row is None:
+            return None
+        return User(row["id"], row["platform"], row["platform_user_id"])
+
+    async def find_user(self, platform: str, platform_user_id: str) -> User | None:
+        row = await self.db.fetch_one(
+            "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?",
+            (platform, platform_user_id),
+        )
+        return None if row is None else User(int(row[0]), platform, platform_user_id)
+
+    async def user_counts(self, user_id: int) -> UserCounts:
+        row = await self.db.fetch_one(
+            "SELECT (SELECT COUNT(DISTINCT image_id) FROM submissions WHERE user_id = ?1),"
+            " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'like'),"
+            " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'super_like'),"
+            " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'dislike')",
+            (user_id,),
+        )
+        assert row is not None
+        return UserCounts(images=row[0], likes=row[1], super_likes=row[2], dislikes=row[3])
+
+    async def user_summaries(self) -> list[UserSummary]:
+        rows = await self.db.fetch_all(
+            "SELECT u.platform, u.platform_user_id,"
+            " (SELECT COUNT(*) FROM feedback f WHERE f.user_id = u.id) AS votes,"
+            " m.version, m.metrics_json"
+            " FROM users u LEFT JOIN model_versions m"
+            "  ON m.owner_user_id = u.id AND m.kind = 'head' AND m.status = 'active'"
+            " ORDER BY u.id"
+        )
+        return [
+            UserSummary(
+                platform=r[0],
+                platform_user_id=r[1],
+                votes=int(r[2]),
+                active_version=r[3],
+                active_auc=None if r[4] is None else json.loads(r[4]).get("auc"),
+            )
+            for r in rows
+        ]
+
+    async def totals(self) -> Totals:
+        row = await self.db.fetch_one(
+            "SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM images),"
+            " (SELECT COUNT(*) FROM submissions), (SELECT COUNT(*) FROM feedback),"
+            " (SELECT COUNT(*) FROM model_versions WHERE status = 'active')"
+        )
+        assert row is not None
+        return Totals(*(int(v) for v in row))
+
+    async def export_rows(self, user_id: int) -> list[dict[str, object]]:
+        """Everything a person sent and said, one row per submission."""
+        rows = await self.db.fetch_all(
+            "SELECT i.sha256, s.caption, f.vote, s.score, m.version AS model_version,"
+            " s.created_at AS submitted_at, f.updated_at AS voted_at"
+            " FROM submissions s JOIN images i ON i.id = s.image_id"
+            " LEFT JOIN feedback f ON f.submission_id = s.id AND f.user_id = s.user_id"
+            " LEFT JOIN model_versions m ON m.id = s.model_version_id"
+            " WHERE s.user_id = ? ORDER BY s.id",
+            (user_id,),
+        )
+        return [dict(r) for r in rows]
+
+    async def forget_user(self, user_id: int) -> ForgetReport:
+        """Delete the person and everything of theirs, in one transaction. Images another
+        person also sent stay (they are that person's too); other people's votes on this
+        person's submissions (in a group) go with them. The caller deletes the files."""
+        async with self.db.transaction() as conn:
+
+            async def scalar_list(sql: str) -> list[Any]:
+                async with conn.execute(sql, (user_id,)) as cur:
+                    return [r[0] for r in await cur.fetchall()]
+
+            model_files = await scalar_list(
+                "SELECT file_path FROM model_versions WHERE owner_user_id = ?"
+            )
+            image_ids = await scalar_list(
+                "SELECT DISTINCT image_id FROM submissions WHERE user_id = ?"
+            )
+            [submissions] = await scalar_list("SELECT COUNT(*) FROM submissions WHERE user_id = ?")
+            [votes] = await scalar_list("SELECT COUNT(*) FROM feedback WHERE user_id = ?")
+            async with conn.execute(
+                "SELECT DISTINCT f.user_id, s.image_id FROM feedback f"
+                " JOIN submissions s ON s.id = f.submission_id"
+                " WHERE s.user_id = ?1 AND f.user_id != ?1",
+                (user_id,),
+            ) as cur:
+                others_votes = [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
+            await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))  # cascades
+            image_files: list[str] = []
+            deleted_images = 0
+            for image_id in image_ids:
+                async with conn.execute(
+                    "DELETE FROM images WHERE id = ? AND NOT EXISTS"
+                    " (SELECT 1 FROM submissions WHERE image_id = images.id) RETURNING file_path",
+                    (image_id,),
+                ) as cur:
+                    gone = await cur.fetchone()
+                if gone is not None:
+                    deleted_images += 1
+                    if gone[0]:
+                        image_files.append(str(gone[0]))
+        return ForgetReport(
+            submissions=int(submissions),
+            votes=int(votes),
+            models=len(model_files),
+            images=deleted_images,
+            files=[str(f) for f in model_files] + image_files,
+            others_votes=others_votes,
+        )

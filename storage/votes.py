@@ -1,0 +1,176 @@
+"""Votes (the feedback table) and what they label."""
+
+from __future__ import annotations
+
+from domain.records import (
+    LabelledEmbedding,
+    RetainedVote,
+    Submission,
+    VoteChange,
+)
+from domain.votes import Vote
+from storage.db import Database
+from storage.rows import (
+    NEW_VOTE,
+    SUBMISSION_COLUMNS,
+    get_submission,
+    submission_from_row,
+)
+
+
+class VoteStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def upsert_vote(self, user_id: int, submission_id: int, vote: Vote) -> VoteChange | None:
+        """Record `user_id`'s vote on a submission; None if the submission does not exist.
+
+        The revision is bumped only when the vote actually changes, so a repeated
+        tap or a redelivered callback changes nothing twice.
+        """
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                f"SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?", (submission_id,)
+            ) as cur:
+                sub_row = await cur.fetchone()
+            if sub_row is None:
+                return None
+            async with conn.execute(
+                "SELECT vote FROM feedback WHERE user_id = ? AND submission_id = ?",
+                (user_id, submission_id),
+            ) as cur:
+                old = await cur.fetchone()
+            previous = None if old is None else Vote(old[0])
+            if previous is not vote:
+                await conn.execute("UPDATE revision_counter SET value = value + 1")
+                await conn.execute(
+                    "INSERT INTO feedback (user_id, submission_id, vote, revision)"
+                    " VALUES (?, ?, ?, (SELECT value FROM revision_counter))"
+                    " ON CONFLICT (user_id, submission_id) DO UPDATE SET"
+                    "  vote = excluded.vote, revision = excluded.revision,"
+                    "  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                    (user_id, submission_id, vote.value),
+                )
+        return VoteChange(
+            submission_from_row(sub_row), vote, previous, changed=previous is not vote
+        )
+
+    async def voted_image_vectors(
+        self, user_id: int, encoder_version: str, *, liked: bool
+    ) -> dict[int, bytes]:
+        """image_id → vector for every image this person liked (or disliked)."""
+        rows = await self.db.fetch_all(
+            "SELECT DISTINCT s.image_id, e.vector FROM feedback f"
+            " JOIN submissions s ON s.id = f.submission_id"
+            " JOIN embeddings e ON e.image_id = s.image_id"
+            "  AND e.encoder_version = ? AND e.kind = 'image'"
+            f" WHERE f.user_id = ? AND f.vote {'!=' if liked else '='} 'dislike'",
+            (encoder_version, user_id),
+        )
+        return {int(r[0]): r[1] for r in rows}
+
+    async def image_vote(self, user_id: int, image_id: int) -> tuple[int, Vote] | None:
+        """(submission id, vote) of this person's latest vote on this image content."""
+        row = await self.db.fetch_one(
+            "SELECT f.submission_id, f.vote FROM feedback f"
+            " JOIN submissions s ON s.id = f.submission_id"
+            " WHERE f.user_id = ? AND s.image_id = ? ORDER BY f.revision DESC LIMIT 1",
+            (user_id, image_id),
+        )
+        return None if row is None else (int(row[0]), Vote(row[1]))
+
+    async def image_has_vote(self, user_id: int, image_id: int, *, liked: bool) -> bool:
+        row = await self.db.fetch_one(
+            "SELECT 1 FROM feedback f JOIN submissions s ON s.id = f.submission_id"
+            f" WHERE f.user_id = ? AND s.image_id = ? AND f.vote {'!=' if liked else '='} 'dislike'",
+            (user_id, image_id),
+        )
+        return row is not None
+
+    async def users_with_votes(self) -> list[int]:
+        rows = await self.db.fetch_all("SELECT DISTINCT user_id FROM feedback")
+        return [int(r[0]) for r in rows]
+
+    async def last_vote(self, user_id: int) -> tuple[Submission, Vote] | None:
+        row = await self.db.fetch_one(
+            "SELECT f.submission_id, f.vote FROM feedback f WHERE f.user_id = ?"
+            " ORDER BY f.revision DESC LIMIT 1",
+            (user_id,),
+        )
+        if row is None:
+            return None
+        submission = await get_submission(self.db, int(row[0]))
+        assert submission is not None  # feedback → submission is a foreign key
+        return submission, Vote(row[1])
+
+    async def delete_vote(self, user_id: int, submission_id: int) -> bool:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "DELETE FROM feedback WHERE user_id = ? AND submission_id = ?",
+                (user_id, submission_id),
+            )
+            return cur.rowcount > 0
+
+    async def labelled_embeddings(
+        self, user_id: int, encoder_version: str
+    ) -> list[LabelledEmbedding]:
+        rows = await self.db.fetch_all(
+            "SELECT f.submission_id, s.image_id, f.vote, e.vector FROM feedback f"
+            " JOIN submissions s ON s.id = f.submission_id"
+            " JOIN embeddings e ON e.image_id = s.image_id"
+            "  AND e.encoder_version = ? AND e.kind = 'image'"
+            " WHERE f.user_id = ? ORDER BY f.revision",
+            (encoder_version, user_id),
+        )
+        return [LabelledEmbedding(r[0], r[1], Vote(r[2]), r[3]) for r in rows]
+
+    async def latest_revision(self, user_id: int) -> int:
+        row = await self.db.fetch_one(
+            "SELECT IFNULL(MAX(revision), 0) FROM feedback WHERE user_id = ?", (user_id,)
+        )
+        return int(row[0]) if row else 0
+
+    async def users_with_new_votes(self, min_new_votes: int) -> list[tuple[int, int]]:
+        """(user_id, n) for everyone with ≥ min_new_votes votes changed since their newest head
+        (any status: a rejected candidate also consumed the votes it was trained on)."""
+        rows = await self.db.fetch_all(
+            f"SELECT f.user_id, COUNT(*) FROM feedback f WHERE {NEW_VOTE}"
+            " GROUP BY f.user_id HAVING COUNT(*) >= ? ORDER BY f.user_id",
+            (min_new_votes,),
+        )
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    async def new_votes(self, user_id: int) -> int:
+        """The person's votes changed since their newest head, as users_with_new_votes counts."""
+        row = await self.db.fetch_one(
+            f"SELECT COUNT(*) FROM feedback f WHERE f.user_id = ? AND {NEW_VOTE}", (user_id,)
+        )
+        return int(row[0]) if row else 0
+
+    async def vote_history(self, user_id: int) -> list[tuple[str, Vote]]:
+        """(time, vote) of every current vote, oldest first, for the learning-curve chart."""
+        rows = await self.db.fetch_all(
+            "SELECT created_at, vote FROM feedback WHERE user_id = ? ORDER BY created_at",
+            (user_id,),
+        )
+        return [(r[0], Vote(r[1])) for r in rows]
+
+    async def retained_votes(self) -> list[RetainedVote]:
+        """Every vote whose image file is still on disk: what fine-tuning learns from."""
+        rows = await self.db.fetch_all(
+            "SELECT f.user_id, f.submission_id, f.vote, i.file_path FROM feedback f"
+            " JOIN submissions s ON s.id = f.submission_id"
+            " JOIN images i ON i.id = s.image_id"
+            " WHERE i.file_path IS NOT NULL ORDER BY f.revision"
+        )
+        return [RetainedVote(int(r[0]), int(r[1]), Vote(r[2]), str(r[3])) for r in rows]
+
+    async def latest_revision_overall(self) -> int:
+        row = await self.db.fetch_one("SELECT IFNULL(MAX(revision), 0) FROM feedback")
+        return int(row[0]) if row else 0
+
+    async def votes_after(self, revision: int) -> int:
+        row = await self.db.fetch_one(
+            "SELECT COUNT(*) FROM feedback WHERE revision > ?", (revision,)
+        )
+        return int(row[0]) if row else 0
