@@ -63,7 +63,8 @@ def learning_curve_png(curve: LearningCurve, *, votes_needed: int | None = None)
 
 def learning_curve_figure(curve: LearningCurve, *, votes_needed: int | None = None) -> Figure:
     """Models (left) and votes (right). ``votes_needed``: how many more votes the first model
-    needs, said on the left while there is none (None: not said)."""
+    needs, said on the left while there is none (0: enough, it is being trained; None: not
+    said)."""
     fig = Figure(figsize=(9, 3.8), dpi=100, layout="constrained")
     models, votes = fig.subplots(1, 2, width_ratios=(1.15, 1))
     _draw_models(models, [_point(m) for m in curve.versions], votes_needed)
@@ -79,8 +80,12 @@ def _point(m: ModelVersion) -> _Point:
 def _draw_models(ax: Axes, points: Sequence[_Point], votes_needed: int | None) -> None:
     ax.set_title(TITLE_MODELS, loc="left", fontsize=11)
     if not points:
-        needs = "" if votes_needed is None else f"\nIt comes after {_more_votes(votes_needed)}."
-        _message(ax, f"{NO_MODEL}.{needs}\nKeep voting: each vote teaches it your taste.")
+        if votes_needed is None:
+            _message(ax, f"{NO_MODEL}.\nKeep voting: each vote teaches it your taste.")
+        elif votes_needed > 0:
+            _message(ax, f"{NO_MODEL}.\nIt comes after {_more_votes(votes_needed)}.")
+        else:
+            _message(ax, f"{NO_MODEL}.\nYou have voted enough: it is on its way.")
         return
 
     ax.set_xlim(0, max(p.votes for p in points) * 1.1 + 1)

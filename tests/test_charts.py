@@ -152,6 +152,8 @@ def test_before_the_first_model_a_message_instead_of_an_empty_panel() -> None:
     assert NO_MODEL in message and "3 more votes" in message
     _, models, _ = drawn(LearningCurve([], ONE_AFTERNOON), votes_needed=1)
     assert "1 more vote." in " ".join(t.get_text() for t in models.texts)
+    _, models, _ = drawn(LearningCurve([], ONE_AFTERNOON), votes_needed=0)  # due, not there yet
+    assert "on its way" in " ".join(t.get_text() for t in models.texts)
     assert NO_MODEL in " ".join(
         t.get_text() for t in drawn(LearningCurve([], ONE_AFTERNOON))[1].texts
     )
