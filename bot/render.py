@@ -25,8 +25,8 @@ from domain import (
 VOTE_LABELS = {Vote.DISLIKE: "👎 Dislike", Vote.LIKE: "👍 Like", Vote.SUPER_LIKE: "⭐ Super like"}
 VOTE_EMOJI = {Vote.DISLIKE: "👎", Vote.LIKE: "👍", Vote.SUPER_LIKE: "⭐"}
 VOTE_ORDER = (Vote.DISLIKE, Vote.LIKE, Vote.SUPER_LIKE)
-NOT_AN_IMAGE = "That file is not an image; send a photo or an image file (JPEG, PNG, WebP, GIF)."
 SEND_AN_IMAGE = "Send me an image and I'll score it for you. /help"
+STICKER = "I don't score stickers; send me a photo, a screenshot or a meme instead."
 SOMETHING_WRONG = "Something went wrong on my side; please try again."
 TAP_AGAIN = "Something went wrong; please tap again."
 UNKNOWN_IMAGE = "I no longer know this image."
@@ -318,35 +318,58 @@ def promotion_text(outcome: RetrainOutcome) -> str:
     return f"Your model v{outcome.version} is ready: AUC {auc}{was}."
 
 
-def refusal_text(refused: Refused) -> str:
-    """One sentence for the person whose image was not scored."""
-    if refused.reason == "too_large_bytes" and refused.limit is not None:
-        return f"That file is over {_human_bytes(refused.limit)}; please send a smaller image."
-    if refused.reason == "too_large_pixels" and refused.limit is not None:
-        return (
-            f"That image is too large (over {refused.limit / 1e6:g} megapixels) for me to process."
-        )
-    return _REFUSALS.get(refused.reason, "I couldn't read that image.")
-
-
-_REFUSALS = {
-    "empty": "That file is empty.",
-    "not_image": "That file is not an image I can read.",
-    "corrupt": "That image seems to be damaged or incomplete, so I can't read it.",
-    "too_large_pixels": "That image is too large for me to process.",
-    "too_large_bytes": "That file is too big for me to process.",
-    "rate_limited": (
-        "You're sending images faster than I can learn from them; "
-        "please wait a minute and send that one again."
-    ),
+# The formats a person is told to use: the everyday ones the decoder accepts (it also takes
+# BMP, TIFF and AVIF, which nobody needs to be told about). tests/test_images.py decodes each.
+FORMATS_NAMED = ("JPEG", "PNG", "WebP", "HEIC", "GIF")
+_FORMAT_LIST = ", ".join(FORMATS_NAMED[:-1]) + " or " + FORMATS_NAMED[-1]
+# What a file the decoder recognises but never opens is called in a sentence.
+_KIND_NAMES = {
+    "avif": "AVIF",
+    "jxl": "JPEG XL",
+    "jp2": "JPEG 2000",
+    "psd": "Photoshop",
+    "ico": "icon",
+    "svg": "SVG",
 }
 
 
+def refusal_text(refused: Refused) -> str:
+    """One friendly sentence saying why the file was not scored and what to send instead."""
+    limit = refused.limit
+    match refused.reason:
+        case "empty":
+            return "That file is empty; please send the picture again."
+        case "too_large_bytes":
+            over = "" if limit is None else f" (over {_human_bytes(limit)})"
+            return f"That file is too big for me{over}; please send a smaller copy."
+        case "too_large_pixels":
+            over = "" if limit is None else f" (over {limit / 1e6:g} million pixels)"
+            return f"That picture is too big for me{over}; please send a smaller copy."
+        case "not_image":
+            return f"That file is not an image I can read; please send a photo or a {_FORMAT_LIST} file."
+        case "unsupported_format":
+            name = _KIND_NAMES.get(refused.kind or "", "that kind of")
+            return f"I can't open {name} files; please save it as {_FORMAT_LIST} and send it again."
+        case "video":
+            return "That's a video, and I only score pictures; please send a photo or a screenshot of it."
+        case "corrupt":
+            return (
+                "That picture seems damaged or cut off, so I can't read it; please send it again."
+            )
+        case "rate_limited":
+            return (
+                "You're sending images faster than I can learn from them; "
+                "please wait a minute and send that one again."
+            )
+    return "I couldn't read that file; please send a photo instead."
+
+
 def _human_bytes(n: int) -> str:
-    for unit, size in (("MB", 1024 * 1024), ("KB", 1024)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n} bytes"
+    """Bytes as people count them on a phone: MB, or whole KB below one MB."""
+    mb = n / (1024 * 1024)
+    if mb >= 1:
+        return f"{mb:.3g} MB"
+    return f"{max(1, round(n / 1024))} KB"
 
 
 def export_caption(export: Export) -> str:
@@ -359,3 +382,7 @@ def admins_only(command: str) -> str:
 
 def private_only(command: str) -> str:
     return f"{command} is about your own data; send it to me in a private chat."
+
+
+def unknown_command(command: str) -> str:
+    return f"I don't know {command}. /help lists what I can do."

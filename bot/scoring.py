@@ -103,7 +103,7 @@ class ScoringService:
                 decoded, prepared = await self.encoder.decode_and_prepare(data)
             except ImageRejected as rejected:
                 log.info("refused image from user %d: %s (%s)", user.id, rejected.reason, rejected)
-                return self._refusal(rejected)
+                return refusal_of(rejected)
         stored = await self._embed_score_and_store(
             incoming, user, data, sha256, known, decoded, prepared
         )
@@ -111,13 +111,6 @@ class ScoringService:
         await self.text.record(submission_id, incoming.caption, text_vector, data)
         with timing.stage("explain"):  # FAISS neighbours and earlier votes
             return await self._explain(user, submission_id, image_id, vector, score, active)
-
-    def _refusal(self, rejected: ImageRejected) -> Refused:
-        limits = {
-            "too_large_bytes": self.settings.max_image_bytes,
-            "too_large_pixels": self.settings.max_image_pixels,
-        }
-        return Refused(rejected.reason, rejected.detail, limits.get(rejected.reason))
 
     async def _embed_score_and_store(
         self,
@@ -259,3 +252,9 @@ class ScoringService:
         return await self.store.people.get_or_create_user(
             person.platform, person.platform_user_id, person.display_name
         )
+
+
+def refusal_of(rejected: ImageRejected) -> Refused:
+    """The decoder's refusal as a domain value: its reason, limit and what the file is."""
+    limit = rejected.max_bytes if rejected.max_bytes is not None else rejected.max_pixels
+    return Refused(rejected.reason.value, rejected.detail, limit, rejected.kind)

@@ -49,9 +49,13 @@ class Scored:
 
 @dataclass(frozen=True)
 class Refused:
-    reason: str  # a code (the decoder's, 'rate_limited', ...); the text module words it
+    """An image that was not scored. The reason is a code (the decoder's RejectReason
+    values, or 'rate_limited'); bot/render.py words it for the person."""
+
+    reason: str
     detail: str = ""  # for the log, not the person
-    limit: int | None = None  # the limit that was exceeded, where there is one
+    limit: int | None = None  # the limit that was exceeded (bytes or pixels), where one was
+    kind: str | None = None  # what the file's bytes say it is (e.g. "mp4", "psd"), if known
 
 
 @dataclass(frozen=True)

@@ -541,6 +541,82 @@ class FakeBotAPI:
             message = self._user_message(user_id, chat_id, document=document, caption=caption)
             return self.queue_update({"message": message})
 
+    def _photo_size(self, data: bytes, folder: str) -> dict[str, Any]:
+        file_id = self.add_file(data)
+        stored = self.files[file_id]
+        stored.file_path = f"{folder}/file_{file_id}.jpg"
+        width, height = _image_dimensions(data)
+        return {
+            "file_id": file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": stored.file_size,
+            "width": width,
+            "height": height,
+        }
+
+    def send_video(
+        self,
+        user_id: int,
+        data: bytes,
+        *,
+        kind: str = "animation",
+        thumbnail: bytes | None = None,
+        mime_type: str = "video/mp4",
+        chat_id: int | None = None,
+        caption: str | None = None,
+    ) -> dict[str, Any]:
+        """A user sends a GIF (``kind="animation"``: Telegram converts GIFs to MP4 and sends the
+        message with both ``animation`` and ``document``), a ``video`` or a ``video_note``.
+        ``thumbnail`` is the small JPEG Telegram makes of the first frame."""
+        if kind not in ("animation", "video", "video_note"):
+            raise ValueError(f"unknown video kind {kind!r}")
+        with self._lock:
+            file_id = self.add_file(data)
+            stored = self.files[file_id]
+            stored.file_path = f"{kind}s/file_{file_id}.mp4"
+            media: dict[str, Any] = {
+                "file_id": file_id,
+                "file_unique_id": stored.file_unique_id,
+                "file_size": stored.file_size,
+                "duration": 3,
+            }
+            if kind == "video_note":
+                media["length"] = 240
+            else:
+                media.update(width=320, height=240, mime_type=mime_type)
+            if thumbnail is not None:
+                media["thumbnail"] = self._photo_size(thumbnail, "thumbnails")
+            content: dict[str, Any] = {kind: media, "caption": caption}
+            if kind == "animation":
+                content["document"] = {
+                    k: v for k, v in media.items() if k not in ("width", "height", "duration")
+                } | {"file_name": "animation.gif.mp4"}
+            message = self._user_message(user_id, chat_id, **content)
+            return self.queue_update({"message": message})
+
+    def send_sticker(
+        self, user_id: int, data: bytes, *, chat_id: int | None = None
+    ) -> dict[str, Any]:
+        """A user sends a (static, WebP) sticker."""
+        with self._lock:
+            size = self._photo_size(data, "stickers")
+            sticker = size | {
+                "type": "regular",
+                "is_animated": False,
+                "is_video": False,
+                "emoji": "🙂",
+            }
+            message = self._user_message(user_id, chat_id, sticker=sticker)
+            return self.queue_update({"message": message})
+
+    def send_raw_message(
+        self, user_id: int, *, chat_id: int | None = None, **content: Any
+    ) -> dict[str, Any]:
+        """A message with arbitrary content fields (a location, a poll; none at all)."""
+        with self._lock:
+            message = self._user_message(user_id, chat_id, **content)
+            return self.queue_update({"message": message})
+
     def press_button(
         self, user_id: int, message: dict[str, Any], callback_data: str, *, strict: bool = True
     ) -> dict[str, Any]:

@@ -261,9 +261,15 @@ class DiscordHarness:
 
     async def send_image(self, user_id: int, data: bytes, **kw: Any) -> dict[str, Any]:
         """Send one image attachment; return the bot's reply."""
+        return await self.send_attachments(user_id, [self.attachment(data)], **kw)
+
+    async def send_attachments(
+        self, user_id: int, attachments: list[dict[str, Any]], **kw: Any
+    ) -> dict[str, Any]:
+        """Send a message with these attachments; return the bot's (first new) reply."""
         channel = kw.get("channel_id") or dm_channel(user_id)
         before = len(self.api.sent(channel))
-        self.message_event(user_id, attachments=[self.attachment(data)], **kw)
+        self.message_event(user_id, attachments=attachments, **kw)
         return (
             await self.api.wait_for(
                 lambda: m if len(m := self.api.sent(channel)) > before else None
@@ -552,6 +558,21 @@ async def test_several_images_in_one_message_each_get_a_reply(discord_bot: Disco
     assert len({submission_id(r) for r in replies}) == 2
 
 
+async def test_files_are_scored_by_their_bytes_and_videos_refused_in_words(
+    discord_bot: DiscordHarness,
+) -> None:
+    bot = discord_bot
+    for content_type in ("application/octet-stream", None):
+        attachment = bot.attachment(image_bytes(21), content_type=content_type, filename="IMG_1")
+        reply = await bot.send_attachments(ALICE, [attachment])
+        assert "Your score" in reply["content"], (content_type, reply["content"])
+    downloads = len(bot.api.downloads)
+    video = bot.attachment(b"\x00\x00\x00\x18ftypmp42", content_type="video/mp4", filename="a.mp4")
+    reply = await bot.send_attachments(ALICE, [video])
+    assert "video" in reply["content"] and not reply["components"]
+    assert len(bot.api.downloads) == downloads  # refused without downloading it
+
+
 @pytest.mark.parametrize(
     ("data", "content_type", "name", "claimed", "expected"), BAD_INPUTS, ids=BAD_INPUT_IDS
 )
@@ -571,7 +592,7 @@ async def test_bad_input_gets_one_sentence_and_stores_nothing(
     replies = await bot.api.wait_for(lambda: bot.api.sent(dm_channel(ALICE)))
     assert expected in replies[0]["content"], replies[0]["content"]
     assert not replies[0]["components"]
-    if claimed is not None or content_type == "application/pdf":
+    if claimed is not None:
         assert bot.api.downloads == []  # refused before downloading
     for table in ("images", "embeddings", "submissions"):
         rows = await bot.services.store.db.fetch_all(f"SELECT COUNT(*) FROM {table}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -331,3 +331,56 @@ async def test_scheduled_retrain_tells_the_person(
         runs = await bot.services.store.db.fetch_all("SELECT trigger, outcome FROM training_runs")
         assert tuple(runs[0]) == ("schedule", "promoted")  # more votes may have trained v2 after
         assert {r[0] for r in runs} == {"schedule"}
+
+
+def big_phone_jpeg() -> bytes:
+    """A 9000x6000 (54 MP) baseline JPEG, as a phone original sent as a file: one flat colour
+    with a gradient compresses to well under the 20 MB download limit."""
+    image = Image.linear_gradient("L").resize((9000, 6000)).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=70)
+    return out.getvalue()
+
+
+async def test_everyday_files_are_scored_by_their_bytes(bot: Harness) -> None:
+    """An octet-stream JPEG, a GIF as Telegram sends it (an MP4 animation with a thumbnail),
+    a video, and a 54-megapixel phone JPEG: each gets a score."""
+    jpeg = image_bytes(11)
+    reply = await _send_document(bot, jpeg, "application/octet-stream", "IMG_0001")
+    assert "Your score" in reply["text"], reply["text"]
+    for kind in ("animation", "video", "video_note"):
+        update = bot.api.send_video(ALICE, b"\x00\x00\x00\x18ftypmp42", kind=kind, thumbnail=jpeg)
+        reply = await bot.reply_to(update["message"])
+        assert "Your score" in reply["text"], (kind, reply["text"])
+    # The MP4 itself is never downloaded: only the thumbnail is.
+    downloaded = {call.params.get("file_id") for call in bot.api.calls_to("getFile")}
+    mp4s = {f.file_id for f in bot.api.files.values() if f.file_path.endswith(".mp4")}
+    assert downloaded and not downloaded & mp4s
+    reply = await _send_document(bot, big_phone_jpeg(), "image/jpeg", "PXL_20261206.jpg")
+    assert "Your score" in reply["text"], reply["text"]
+
+
+async def test_a_video_without_a_thumbnail_is_refused_in_words(bot: Harness) -> None:
+    update = bot.api.send_video(ALICE, b"\x00\x00\x00\x18ftypmp42", kind="video")
+    reply = await bot.reply_to(update["message"])
+    assert "video" in reply["text"] and "Your score" not in reply["text"]
+
+
+async def _answer(bot: Harness, send: Callable[[], object]) -> str:
+    """The bot's next message to Alice after ``send()``."""
+    before = len(bot.api.sent_messages(chat_id=ALICE))
+    send()
+    messages = await bot.api.wait_for(
+        lambda: m if len(m := bot.api.sent_messages(chat_id=ALICE)) > before else None
+    )
+    return str(messages[-1].get("text"))
+
+
+async def test_every_private_message_gets_an_answer(bot: Harness) -> None:
+    assert "I don't know /foo" in await bot.command(ALICE, "/foo")
+    sticker = image_bytes(12, fmt="WEBP")
+    assert "stickers" in await _answer(bot, lambda: bot.api.send_sticker(ALICE, sticker))
+    location = {"latitude": 1.0, "longitude": 2.0}
+    sent = await _answer(bot, lambda: bot.api.send_raw_message(ALICE, location=location))
+    assert "Send me an image" in sent
+    assert "Send me an image" in await _answer(bot, lambda: bot.api.send_text(ALICE, "hello"))

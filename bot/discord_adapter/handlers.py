@@ -27,7 +27,7 @@ PLATFORM = "discord"
 MAX_MESSAGE = 2000  # Discord's limit on a message's characters
 # Discord drops an interaction that is not acknowledged within 3 s; leave room for the round trip.
 ACK_WITHIN_S = 2.0
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
 # Only images uploaded to Discord are fetched from embeds: never an arbitrary URL.
 DISCORD_CDN_HOSTS = {"cdn.discordapp.com", "media.discordapp.net"}
 
@@ -42,10 +42,12 @@ def person(user: discord.User | discord.Member) -> Person:
     return Person(PLATFORM, str(user.id), user.display_name)
 
 
-def is_image_attachment(attachment: discord.Attachment) -> bool:
+def is_video_attachment(attachment: discord.Attachment) -> bool:
+    """Videos are refused without downloading them; every other file is fetched and its
+    bytes decide (clients send JPEGs as application/octet-stream, or with no type at all)."""
     if attachment.content_type:
-        return attachment.content_type.split(";")[0].strip().startswith("image/")
-    return PurePosixPath(attachment.filename).suffix.lower() in IMAGE_SUFFIXES
+        return attachment.content_type.split(";")[0].strip().startswith("video/")
+    return PurePosixPath(attachment.filename).suffix.lower() in VIDEO_SUFFIXES
 
 
 def uploaded_image_urls(message: discord.Message) -> list[str]:
@@ -70,23 +72,21 @@ def addressed_to_bot(client: TasteClient, message: discord.Message) -> bool:
 
 
 async def on_message(client: TasteClient, message: discord.Message) -> None:
-    """Image attachments and uploaded-image embeds → a score and vote buttons, one reply each."""
+    """Attachments and uploaded-image embeds → a score and vote buttons, one reply each."""
     if message.author.bot or not addressed_to_bot(client, message):
         return
-    images = [a for a in message.attachments if is_image_attachment(a)]
-    others = [a for a in message.attachments if not is_image_attachment(a)]
+    images = [a for a in message.attachments if not is_video_attachment(a)]
+    videos = [a for a in message.attachments if is_video_attachment(a)]
     embeds = uploaded_image_urls(message)
-    if others:
-        await message.reply(
-            render.NOT_AN_IMAGE, mention_author=False
-        )  # refused without downloading
+    if videos:
+        await message.reply(render.refusal_text(Refused("video")), mention_author=False)
     for attachment in images:
         await score_and_reply(
             client, message, f"{message.id}:{attachment.id}", attachment.url, attachment.size
         )
     for n, url in enumerate(embeds):
         await score_and_reply(client, message, f"{message.id}:embed{n}", url, None)
-    if not (images or others or embeds) and (
+    if not (images or videos or embeds) and (
         isinstance(message.channel, discord.DMChannel)
         or (client.user is not None and client.user in message.mentions)
     ):

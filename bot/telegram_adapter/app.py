@@ -84,11 +84,20 @@ def add_handlers(app: TasteApplication) -> None:
     app.add_handler(CommandHandler("retrain", admin.cmd_retrain))
     app.add_handler(CommandHandler("models", admin.cmd_models))
     app.add_handler(CommandHandler("rollback", admin.cmd_rollback))
-    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, images.on_image))
-    app.add_handler(MessageHandler(filters.Document.ALL, images.on_other_document))
-    app.add_handler(
-        MessageHandler(filters.ChatType.PRIVATE & filters.TEXT & ~filters.COMMAND, commands.on_text)
+    pictures = (
+        filters.PHOTO
+        | filters.Document.ALL
+        | filters.ANIMATION
+        | filters.VIDEO
+        | filters.VIDEO_NOTE
     )
+    app.add_handler(MessageHandler(pictures, images.on_image))
+    # In private chats every message gets an answer; in groups the bot speaks only when
+    # addressed (other members' stickers and other bots' commands are not for it).
+    private = filters.ChatType.PRIVATE
+    app.add_handler(MessageHandler(private & filters.COMMAND, commands.on_unknown_command))
+    app.add_handler(MessageHandler(private & filters.Sticker.ALL, commands.on_sticker))
+    app.add_handler(MessageHandler(private, commands.on_other_message))
     app.add_handler(CallbackQueryHandler(buttons.on_similar, pattern=SIMILAR_PATTERN))
     app.add_handler(CallbackQueryHandler(buttons.on_my_score, pattern=MY_SCORE_PATTERN))
     app.add_handler(CallbackQueryHandler(buttons.on_forget_confirm, pattern=FORGET_PATTERN))

@@ -111,8 +111,22 @@ async def cmd_export(update: Update, context: TasteContext) -> None:
     )
 
 
-async def on_text(update: Update, context: TasteContext) -> None:
-    """Plain text in a private chat: point at what the bot does."""
+async def on_unknown_command(update: Update, context: TasteContext) -> None:
+    """A /command this bot does not have."""
+    message = update.effective_message
+    assert message is not None and message.text is not None
+    command = message.text.split(maxsplit=1)[0].split("@")[0]
+    await message.reply_text(render.unknown_command(command))
+
+
+async def on_sticker(update: Update, context: TasteContext) -> None:
+    """A sticker: not something to score."""
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(render.STICKER)
+
+
+async def on_other_message(update: Update, context: TasteContext) -> None:
+    """Text, a voice note, a location, anything else in a private chat: say what to send."""
     assert update.effective_message is not None
     await update.effective_message.reply_text(render.SEND_AN_IMAGE)
 

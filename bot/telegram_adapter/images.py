@@ -1,4 +1,10 @@
-"""Photos, image files and albums: score each one and reply with vote buttons."""
+"""Photos, files, GIFs, videos and albums: score each one and reply with vote buttons.
+
+What is scored: a photo's largest size; a file of any claimed type (its bytes decide, so a
+JPEG sent as application/octet-stream is scored); for a GIF (which Telegram sends as an MP4
+animation), a video or a round video note, the JPEG thumbnail Telegram makes of its first
+frame. A video without a thumbnail is refused in one sentence.
+"""
 
 from __future__ import annotations
 
@@ -23,25 +29,32 @@ from domain import AlreadyAnswered, IncomingImage, Person, Refused, Scored, Scor
 log = logging.getLogger(__name__)
 
 
-def _incoming(message: Message, person: Person) -> tuple[IncomingImage, PhotoSize | Document]:
-    media: PhotoSize | Document
+def _media(message: Message) -> PhotoSize | Document | None:
+    """What to download and score; None for a video Telegram made no thumbnail of."""
     if message.photo:
-        media = message.photo[-1]  # sizes come smallest first
-    else:
-        assert message.document is not None
-        media = message.document
-    incoming = IncomingImage(
+        return message.photo[-1]  # sizes come smallest first
+    # Before the document: an animation message carries its MP4 as a document too.
+    video = message.animation or message.video or message.video_note
+    if video is not None:
+        return video.thumbnail
+    return message.document
+
+
+def _incoming(message: Message, person: Person, media: PhotoSize | Document) -> IncomingImage:
+    return IncomingImage(
         person=person,
         chat_id=str(message.chat_id),
         message_id=str(message.message_id),
         caption=message.caption,
         claimed_bytes=media.file_size,
     )
-    return incoming, media
 
 
 async def _score(message: Message, person: Person, context: TasteContext) -> ScoreOutcome:
-    incoming, media = _incoming(message, person)
+    media = _media(message)
+    if media is None:
+        return Refused("video", "a video without a thumbnail")
+    incoming = _incoming(message, person, media)
 
     async def download() -> bytes:
         telegram_file = await context.bot.get_file(media.file_id)
@@ -51,7 +64,7 @@ async def _score(message: Message, person: Person, context: TasteContext) -> Sco
 
 
 async def on_image(update: Update, context: TasteContext) -> None:
-    """A photo (largest size) or an image sent as a file → score + vote buttons."""
+    """A photo, a file, a GIF or a video → score + vote buttons (see the module docstring)."""
     message = update.effective_message
     assert message is not None
     if message.media_group_id and not in_group(update):
@@ -111,12 +124,3 @@ async def _collect_album(message: Message, person: Person, context: TasteContext
     )
     for _, o in scored:
         await context.services.scoring.reply_sent(o.submission_id, str(reply.message_id))
-
-
-async def on_other_document(update: Update, context: TasteContext) -> None:
-    """A file that does not claim to be an image: refused without downloading it."""
-    assert update.effective_message is not None
-    await update.effective_message.reply_text(
-        render.NOT_AN_IMAGE,
-        do_quote=True,
-    )
