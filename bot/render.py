@@ -35,30 +35,63 @@ TEXT_LIMIT = 4096  # Telegram's limit on a message (Discord's, 2000, is passed i
 CAPTION_LIMIT = 1024  # Telegram's limit on a photo caption
 
 HELP = (
-    "Send me an image — a photo, a screenshot, a meme — and I'll guess how much *you* "
+    "Send me an image — a photo, a screenshot, a meme, a GIF — and I'll guess how much you "
     "will like it. Then tell me with the buttons: 👎 dislike, 👍 like, ⭐ super like.\n\n"
-    "Every vote trains your own model; after about {min_votes} votes (some likes, some "
-    "dislikes) you get a first model, and it is retrained as you vote more.\n\n"
-    "/stats — your votes, your model and its learning curve\n"
+    "Every vote teaches your own taste model. After {first} (some likes, some dislikes) "
+    "your first model is trained straight away, and it keeps learning as you vote.\n\n"
+    "/stats — your votes and how well your model knows you\n"
     "/undo — take back your last vote\n"
     "/export — your data as a file\n"
     "/forget — delete everything I know about you\n"
     "/help — this message"
 )
 
+# Telegram's admin commands; Discord's slash commands describe their own options.
+TELEGRAM_ADMIN_HELP = (
+    "\n\nAdmin commands (only you and the other admins see them work):\n"
+    "/stats all — everyone's votes and models\n"
+    "/retrain — retrain everyone with new votes now; /retrain <user> for one person, "
+    "/retrain full to fine-tune CLIP, /retrain cancel to stop that\n"
+    "/models <user> — a person's model versions\n"
+    "/rollback <user> <version> — make an earlier version theirs again\n"
+    "<user> is a user id or an @username I have seen."
+)
+DISCORD_ADMIN_HELP = (
+    "\n\nAdmin commands: /retrain (everyone with new votes), /models user, "
+    "/rollback user version; /stats also shows everyone's totals."
+)
 
-def help_text(min_votes: int) -> str:
-    return HELP.format(min_votes=min_votes)
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """ "1 vote", "2 votes" ("1 person", "3 people" with ``many``)."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"
 
 
-def onboarding_text(min_votes: int, votes: int, has_model: bool) -> str:
-    text = help_text(min_votes)
+def help_text(min_votes: int, admin_help: str = "") -> str:
+    return HELP.format(first=plural(min_votes, "vote")) + admin_help
+
+
+def onboarding_text(min_votes: int, votes: int, has_model: bool, admin_help: str = "") -> str:
+    text = help_text(min_votes, admin_help)
     if has_model:
-        return text + "\n\nYou already have a model; every vote keeps improving it."
-    missing = max(min_votes - votes, 0)
-    start = "Rate about 10 images to get started: " if votes == 0 else ""
-    need = f"{missing} more votes" if missing else "one more retrain (it runs every few minutes)"
-    return text + f"\n\n{start}your first model needs {need} (some likes, some dislikes)."
+        return text + "\n\nYou already have a taste model; every vote keeps improving it."
+    return text + "\n\n" + first_model_progress(min_votes, votes)
+
+
+def first_model_progress(min_votes: int, votes: int) -> str:
+    """How far a person without a model is from their first one."""
+    if votes == 0:
+        return (
+            f"Your first model needs {plural(min_votes, 'vote')} (some likes, some dislikes): "
+            "send me a few images to get started."
+        )
+    missing = min_votes - votes
+    if missing > 0:
+        return f"Your first model needs {plural(missing, 'more vote')} (some likes, some dislikes)."
+    return (
+        "You have voted enough: your first model is on its way (it needs at least one like "
+        "and one dislike)."
+    )
 
 
 def forget_prompt() -> str:
@@ -72,8 +105,9 @@ def forget_report(report: ForgetReport | None) -> str:
     if report is None:
         return "I had nothing stored about you."
     return (
-        f"Deleted: {report.submissions} images you sent, {report.votes} votes, "
-        f"{report.models} models, {len(report.files)} files. I no longer know anything about you."
+        f"Deleted: {plural(report.submissions, 'image')} you sent, {plural(report.votes, 'vote')}, "
+        f"{plural(report.models, 'model')}, {plural(len(report.files), 'file')}. "
+        "I no longer know anything about you."
     )
 
 
@@ -164,16 +198,17 @@ def rollback_text(platform_user_id: str, version: int, outcome: Rollback, kept: 
 def curve_caption(
     stats: Stats, curve: LearningCurve, min_votes: int, limit: int = CAPTION_LIMIT
 ) -> str:
-    """The /stats text and the holdout AUC of each version, the newest that fit in ``limit``."""
+    """The /stats text and how often each version got the person right (the chart's left
+    panel, in numbers), the newest that fit in ``limit``."""
     text = stats_text(stats, min_votes)
     points = [
-        f"v{m.version} {m.metrics['auc']:.2f}"
+        f"v{m.version} {m.metrics['auc']:.0%}"
         for m in curve.versions
         if m.metrics.get("auc") is not None
     ]
     if not points:
         return text[:limit]
-    prefix, arrow = "\nHoldout AUC by version: ", " → "
+    prefix, arrow = "\nGot you right, by version: ", " → "
     budget = limit - _units(text) - _units(prefix) - _units("… → ")
     shown = _that_fit(points[::-1], budget, arrow)[::-1]
     if not shown:
@@ -216,9 +251,10 @@ def album_text(ranked: Sequence[tuple[int, Scored]]) -> str:
     return "\n".join(lines)
 
 
+MY_SCORE_LABEL = "🔒 My score"
 GROUP_PROMPT = (
     "Rate this image with the buttons. "
-    "🔒 My score shows how much *you* would like it (only you see it)."
+    "🔒 My score shows how much you would like it (only you see it)."
 )
 
 
@@ -228,27 +264,37 @@ def vote_ack(vote: Vote, changed: bool) -> str:
 
 def stats_text(stats: Stats, min_votes: int) -> str:
     c = stats.counts
-    lines = [f"Images: {c.images} · 👍 {c.likes} · ⭐ {c.super_likes} · 👎 {c.dislikes}"]
+    lines = [f"Images you sent: {c.images} · 👍 {c.likes} · ⭐ {c.super_likes} · 👎 {c.dislikes}"]
     if stats.active is None:
-        lines.append(
-            f"Model: cold start. A first model needs {min_votes} votes with at least one like "
-            f"and one dislike (you have {c.votes})."
-        )
+        lines.append("No taste model yet. " + first_model_progress(min_votes, c.votes))
     else:
-        m = stats.active
-        auc = m.metrics.get("auc")
-        auc_text = "n/a" if auc is None else f"{auc:.2f}"
-        lines.append(
-            f"Model v{m.version}: holdout AUC {auc_text} on {m.holdout_size} held-out votes, "
-            f"trained on {m.train_size}"
-        )
+        lines.append(model_summary(stats.active))
     if stats.totals is not None:
-        t = stats.totals
-        lines.append(
-            f"All users: {t.users} people · {t.images} images · {t.submissions} submissions · "
-            f"{t.votes} votes · {t.active_models} active models"
-        )
+        lines.append(totals_line(stats.totals))
     return "\n".join(lines)
+
+
+def model_summary(m: ModelVersion) -> str:
+    """A person's model in their words: what it learned from and how it did on the votes
+    kept aside to check it."""
+    learned = f"Your taste model (version {m.version}) learned from {plural(m.train_size, 'vote')}"
+    agreed = m.metrics.get("agreed")
+    if m.holdout_size == 0 or agreed is None:
+        return learned + "; I'll tell you how well it knows you once I can check it."
+    return learned + f"; {_agreement(int(agreed), m.holdout_size)}."
+
+
+def _agreement(agreed: int, checked: int) -> str:
+    kept = "vote" if checked == 1 else "votes"
+    return f"it agreed with {agreed} of the {checked} {kept} I kept aside to check it"
+
+
+def totals_line(t: Totals) -> str:
+    return (
+        f"All users: {plural(t.users, 'person', 'people')} · {plural(t.submissions, 'image')} "
+        f"sent ({t.images} different) · {plural(t.votes, 'vote')} · "
+        f"{plural(t.active_models, 'active model')}"
+    )
 
 
 def retrain_text(outcomes: Sequence[RetrainOutcome], limit: int = TEXT_LIMIT) -> str:
@@ -285,18 +331,14 @@ def _more(count: int) -> str:
 
 def summaries_text(summaries: tuple[Totals, Sequence[UserSummary]]) -> str:
     totals, people = summaries
-    lines = [
-        f"All users: {totals.users} people · {totals.images} images · "
-        f"{totals.submissions} submissions · {totals.votes} votes · "
-        f"{totals.active_models} active models"
-    ]
+    lines = [totals_line(totals)]
     for p in people[:50]:  # a chat message holds 4096 characters
         model = (
             "cold start"
             if p.active_version is None
             else f"v{p.active_version} AUC {'n/a' if p.active_auc is None else f'{p.active_auc:.2f}'}"
         )
-        lines.append(f"{p.platform} {p.platform_user_id}: {p.votes} votes · {model}")
+        lines.append(f"{p.platform} {p.platform_user_id}: {plural(p.votes, 'vote')} · {model}")
     if len(people) > 50:
         lines.append(f"… and {len(people) - 50} more")
     return "\n".join(lines)
@@ -313,9 +355,11 @@ def backbone_text(outcome: BackboneOutcome) -> str:
 
 
 def promotion_text(outcome: RetrainOutcome) -> str:
-    auc = "n/a" if outcome.auc is None else f"{outcome.auc:.2f}"
-    was = "" if outcome.previous_auc is None else f", was {outcome.previous_auc:.2f}"
-    return f"Your model v{outcome.version} is ready: AUC {auc}{was}."
+    """The message a person gets when their model is new or better (never for a tie)."""
+    opening = "Your taste model got better" if outcome.had_model else "Your taste model is ready"
+    if outcome.checked == 0 or outcome.agreed is None:
+        return opening + ". I'll tell you how well it knows you once I can check it."
+    return opening + f": {_agreement(outcome.agreed, outcome.checked)}."
 
 
 # The formats a person is told to use: the everyday ones the decoder accepts (it also takes
@@ -373,7 +417,7 @@ def _human_bytes(n: int) -> str:
 
 
 def export_caption(export: Export) -> str:
-    return f"Your data: {export.images} images."
+    return f"Your data: {plural(export.images, 'image')} you sent, with your votes."
 
 
 def admins_only(command: str) -> str:
@@ -386,3 +430,9 @@ def private_only(command: str) -> str:
 
 def unknown_command(command: str) -> str:
     return f"I don't know {command}. /help lists what I can do."
+
+
+def sending_similar(count: int) -> str:
+    if count == 1:
+        return "Sending the image you liked that is closest to this one."
+    return f"Sending the {count} images you liked that are closest to this one."

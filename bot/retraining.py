@@ -74,6 +74,8 @@ class RetrainService:
         notifications: Notifications,
         training_lock: asyncio.Lock,
         min_votes: int,
+        min_new_votes: int,
+        pause_seconds: float | None,
     ) -> None:
         self.store = store
         self.data_dir = data_dir
@@ -84,6 +86,11 @@ class RetrainService:
         self.notifications = notifications
         self.training_lock = training_lock
         self.min_votes = min_votes
+        self.min_new_votes = min_new_votes
+        self.pause_seconds = pause_seconds  # None: no retrain after votes, the schedule only
+        self._due_at: dict[int, float] = {}  # person -> when their pause in voting ends
+        self._soon: dict[int, asyncio.Task[None]] = {}  # one per person with votes pending
+        self._training_now: set[int] = set()
         self._train_thread = ThreadPoolExecutor(1, thread_name_prefix="train")
         self._stopping = False
         self._rounds: set[asyncio.Task[Any]] = set()  # retrain rounds in progress
@@ -96,9 +103,43 @@ class RetrainService:
         if user is None:
             return None
         outcome = await self.retrain_user(user.id, trigger)
-        if outcome is not None and outcome.promoted:
-            await self.notifications.send(outcome.user, promotion_text(outcome))
+        await self._announce(outcome)
         return outcome
+
+    async def _announce(self, outcome: RetrainOutcome | None) -> None:
+        if outcome is not None and outcome.worth_announcing:
+            await self.notifications.send(outcome.user, promotion_text(outcome))
+
+    def after_vote(self, user_id: int) -> None:
+        """A person's votes changed: retrain them once they pause voting, in the background.
+        One task per person; votes that arrive while it trains start another round after."""
+        if self.pause_seconds is None or self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        self._due_at[user_id] = loop.time() + self.pause_seconds
+        if user_id not in self._soon:
+            task = loop.create_task(self._retrain_when_paused(user_id))
+            self._soon[user_id] = task
+            task.add_done_callback(lambda _: self._soon.pop(user_id, None))
+
+    async def _retrain_when_paused(self, user_id: int) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping and user_id in self._due_at:
+            wait = self._due_at[user_id] - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            del self._due_at[user_id]
+            self._training_now.add(user_id)
+            try:
+                # A first model as soon as the votes allow one; later, every few new votes.
+                has_model = await self.store.models.active_model(user_id) is not None
+                due = self.min_new_votes if has_model else 1
+                await self._announce(await self.retrain_user(user_id, "votes", min_new_votes=due))
+            except Exception:  # the scheduled round retries; the vote itself is saved
+                log.exception("retraining user %d after their votes failed", user_id)
+            finally:
+                self._training_now.discard(user_id)
 
     async def retrain_due_heads(
         self,
@@ -129,8 +170,7 @@ class RetrainService:
                 # them on these votes meanwhile (and reports on them).
                 if outcome is not None:
                     outcomes.append(outcome)
-                    if outcome.promoted:
-                        await self.notifications.send(outcome.user, promotion_text(outcome))
+                    await self._announce(outcome)
                 if on_progress is not None:
                     await on_progress(done, len(due))
             return outcomes
@@ -149,7 +189,12 @@ class RetrainService:
         """Before shutdown: start no more training, and give retrain rounds in progress up
         to `timeout` seconds to stop between two people."""
         self._stopping = True
-        rounds = [t for t in self._rounds if t is not asyncio.current_task()]
+        for user_id, task in list(self._soon.items()):
+            if user_id not in self._training_now:
+                task.cancel()  # still waiting for the person's pause: the schedule catches up
+        rounds = [
+            t for t in [*self._rounds, *self._soon.values()] if t is not asyncio.current_task()
+        ]
         if rounds:
             _, pending = await asyncio.wait(rounds, timeout=timeout)
             if pending:
@@ -229,10 +274,12 @@ class RetrainService:
             detail=result.reason,
         )
         log.info("user %d head v%d: %s (%s)", user_id, version, outcome, result.reason)
-        return _outcome(user, version, result)
+        return _outcome(user, version, result, had_model=active_head is not None)
 
 
-def _outcome(user: User, version: int, result: HeadTrainingResult) -> RetrainOutcome:
+def _outcome(
+    user: User, version: int, result: HeadTrainingResult, *, had_model: bool
+) -> RetrainOutcome:
     return RetrainOutcome(
         user,
         version,
@@ -241,4 +288,7 @@ def _outcome(user: User, version: int, result: HeadTrainingResult) -> RetrainOut
         None if result.active is None else result.active.auc,
         result.train_size,
         result.reason,
+        had_model,
+        result.candidate.agreed,
+        result.candidate.size,
     )

@@ -14,12 +14,16 @@ from typing import TYPE_CHECKING, Protocol
 from bot.settings import Settings
 
 if TYPE_CHECKING:  # importing the services loads torch; the runner is handed them
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
     from bot.services import Services
 
 log = logging.getLogger("bot")
 
 OpenService = Callable[[], Awaitable["Services"]]
-DRAIN_SECONDS = 4.0  # per wait; SIGTERM must end the process within a few seconds
+# SIGTERM to exit, even when a chat platform has stopped answering: what is committed is
+# already on disk, so the last requests (confirming updates, replies in flight) are cut short.
+SHUTDOWN_SECONDS = 4.5
 
 
 class Platform(Protocol):
@@ -56,13 +60,13 @@ class SharedService:
     def __init__(self, open_service: OpenService) -> None:
         self._open = open_service
         self._lock = asyncio.Lock()
-        self.service: Services | None = None
+        self.services: Services | None = None
 
     async def get(self) -> Services:
         async with self._lock:
-            if self.service is None:
-                self.service = await self._open()
-            return self.service
+            if self.services is None:
+                self.services = await self._open()
+            return self.services
 
 
 async def serve(
@@ -104,22 +108,35 @@ async def serve(
             future.result()  # raises the platform's error
             raise RuntimeError("a platform stopped on its own")
     finally:
-        # Order matters: no new jobs, let a retrain round stop between two people, stop
-        # receiving (handlers in flight finish), then close the database. The scheduler is
-        # only paused until then: its shutdown cancels a job still running, mid-write.
-        if scheduler is not None:
-            scheduler.pause()
-        if shared.service is not None:
-            await shared.service.drain(timeout=DRAIN_SECONDS)
-        for platform in reversed(started):
-            try:
-                await platform.stop()
-            except Exception:
-                log.exception("stopping %s failed", platform.name)
-        if shared.service is not None:
-            # A round waiting on a send has it fail now the platforms are closed.
-            await shared.service.drain(timeout=DRAIN_SECONDS)
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)
-        if shared.service is not None:
-            await shared.service.close()
+        await _shut_down(scheduler, shared.services, started)
+
+
+async def _shut_down(
+    scheduler: AsyncIOScheduler | None, services: Services | None, started: Sequence[Platform]
+) -> None:
+    """Order matters: no new jobs, let a retrain round stop between two people, stop
+    receiving (handlers in flight finish, within the budget), then close the database. The
+    scheduler is only paused until then: its shutdown cancels a job still running, mid-write."""
+    deadline = asyncio.get_running_loop().time() + SHUTDOWN_SECONDS
+
+    def left(share: float = 1.0) -> float:
+        return max(0.1, (deadline - asyncio.get_running_loop().time()) * share)
+
+    if scheduler is not None:
+        scheduler.pause()
+    if services is not None:
+        await services.drain(timeout=left(0.4))
+    for platform in reversed(started):
+        try:
+            await asyncio.wait_for(platform.stop(), timeout=left(0.8))
+        except TimeoutError:
+            log.warning("%s did not stop in time; closing anyway", platform.name)
+        except Exception:
+            log.exception("stopping %s failed", platform.name)
+    if services is not None:
+        # A round waiting on a send has it fail now the platforms are closed.
+        await services.drain(timeout=left(0.5))
+    if scheduler is not None:
+        scheduler.shutdown(wait=False)
+    if services is not None:
+        await services.close()

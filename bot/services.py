@@ -77,7 +77,6 @@ class Services:
             text=self.text,
             settings=settings,
         )
-        self.votes = VoteService(store, self.indexes)
         self.people = PeopleService(
             store=store,
             data_dir=data_dir,
@@ -97,7 +96,10 @@ class Services:
             notifications=self.notifications,
             training_lock=self.training_lock,
             min_votes=settings.head_min_votes,
+            min_new_votes=settings.retrain_min_new_votes,
+            pause_seconds=settings.retrain_pause_seconds if settings.retrain_after_votes else None,
         )
+        self.votes = VoteService(store, self.indexes, on_change=self.retraining.after_vote)
         self.backbone = self.make_backbone_tuner()
 
     @classmethod

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     webhook_secret: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,256}$")
 
     retrain_min_new_votes: int = Field(5, ge=1)
+    # A person is retrained in the background as soon as their votes allow a first model (and
+    # then every RETRAIN_MIN_NEW_VOTES new votes), once they have paused voting this long;
+    # the scheduled check every RETRAIN_CHECK_MINUTES is the backstop. Off: the schedule only.
+    retrain_after_votes: bool = True
+    retrain_pause_seconds: float = Field(2.0, ge=0)
     retrain_check_minutes: float = Field(5.0, gt=0)
     # A person needs this many votes, with at least one like and one dislike,
     # before a head is trained; until then the score comes from the cold-start prior.

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bot.vote_indexes import VoteIndexes
 from domain import Person, Undone, User, Vote, VoteOutcome
 from storage.store import Store
 
 
 class VoteService:
-    def __init__(self, store: Store, indexes: VoteIndexes) -> None:
+    def __init__(
+        self, store: Store, indexes: VoteIndexes, on_change: Callable[[int], None] | None = None
+    ) -> None:
         self.store = store
         self.indexes = indexes
+        self.on_change = on_change  # told the person's user id after a vote that changed
 
     async def record_vote(
         self, person: Person, submission_id: int, vote: Vote
@@ -22,6 +27,8 @@ class VoteService:
             return None
         if change.changed:
             await self.indexes.reindex_image(user.id, change.submission.image_id)
+            if self.on_change is not None:
+                self.on_change(user.id)
         return VoteOutcome(submission_id, vote, change.changed)
 
     async def undo_last_vote(self, person: Person) -> Undone | None:

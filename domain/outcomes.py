@@ -92,6 +92,21 @@ class RetrainOutcome:
     previous_auc: float | None
     train_size: int
     reason: str
+    had_model: bool = False  # an active head (for the served encoder) existed before
+    agreed: int | None = None  # held-out votes the new model put on the right side of 50%
+    checked: int = 0  # held-out votes it was checked on
+
+    @property
+    def worth_announcing(self) -> bool:
+        """A first model, or one that did better on the same held-out votes: a promotion that
+        only ties ("not worse") is kept quietly."""
+        if not self.promoted:
+            return False
+        if not self.had_model:
+            return True
+        return (
+            self.auc is not None and self.previous_auc is not None and self.auc > self.previous_auc
+        )
 
 
 @dataclass(frozen=True)

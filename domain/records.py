@@ -78,7 +78,7 @@ class NewModel:
 
 @dataclass(frozen=True)
 class UserCounts:
-    images: int
+    images: int  # submissions: an image sent twice counts twice, as in /export and /forget
     likes: int
     super_likes: int
     dislikes: int

@@ -31,6 +31,7 @@ class HoldoutMetrics:
     auc: float | None  # None when the held-out votes are all of one kind
     ece: float | None
     size: int
+    agreed: int | None = None  # held-out votes on the side of 50% the score put them
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class HeadTrainingResult:
         return {
             "auc": self.candidate.auc,
             "ece": self.candidate.ece,
+            "agreed": self.candidate.agreed,
             "active_auc": None if self.active is None else self.active.auc,
             "train_seconds": round(self.seconds, 4),
         }
@@ -57,8 +59,9 @@ def evaluate(head: TasteHead, embeddings: np.ndarray, votes: np.ndarray) -> Hold
         return HoldoutMetrics(None, None, 0)
     liked = (votes != DISLIKE).astype(np.float64)
     scores = head.predict(embeddings)
+    agreed = int(((scores >= 0.5) == (liked == 1)).sum())
     return HoldoutMetrics(
-        roc_auc(liked, scores), expected_calibration_error(liked, scores), len(votes)
+        roc_auc(liked, scores), expected_calibration_error(liked, scores), len(votes), agreed
     )
 
 

@@ -54,7 +54,7 @@ class PeopleStore:
 
     async def user_counts(self, user_id: int) -> UserCounts:
         row = await self.db.fetch_one(
-            "SELECT (SELECT COUNT(DISTINCT image_id) FROM submissions WHERE user_id = ?1),"
+            "SELECT (SELECT COUNT(*) FROM submissions WHERE user_id = ?1),"
             " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'like'),"
             " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'super_like'),"
             " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'dislike')",

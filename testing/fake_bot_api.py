@@ -338,6 +338,8 @@ class FakeBotAPI:
         self._cond = threading.Condition(self._lock)
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._closed = False
+        # Set by stall(): HTTP requests are accepted and never answered (a Bot API that hangs)
+        self._stalled = threading.Event()
         self._version = 0  # bumped on every state change, for wait_for_sync
 
         self.calls: list[Call] = []
@@ -376,6 +378,19 @@ class FakeBotAPI:
         with self._lock:
             self._closed = True
             self._notify()
+        self._stalled.clear()
+
+    def stall(self) -> None:
+        """From now on (over HTTP) accept every request and never answer it, as a Bot API
+        that stopped responding does; pending long-polls stop answering too."""
+        self._stalled.set()
+        with self._lock:
+            self._notify()
+
+    def stalled_wait(self) -> None:
+        """Block a request's handler thread while the fake is stalled (until close())."""
+        while self._stalled.is_set():
+            time.sleep(0.05)
 
     # ---------------------------------------------------------------- users, chats, files
 
@@ -1298,6 +1313,7 @@ def _make_handler(api: FakeBotAPI) -> type[http.server.BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
+            api.stalled_wait()
             route = _split_path(self.path)
             try:
                 if route is None:
@@ -1324,6 +1340,7 @@ def _make_handler(api: FakeBotAPI) -> type[http.server.BaseHTTPRequestHandler]:
                     self._send_json(400, ApiError(f"Bad Request: {exc}").to_response())
                     return
                 response = api.handle(tail, token, params, files)
+                api.stalled_wait()  # a long-poll that was waiting when the API stalled
                 self._send_json(200 if response.get("ok") else response["error_code"], response)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the bot went away mid long-poll

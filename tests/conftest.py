@@ -40,6 +40,8 @@ def settings(tmp_path: Path, clip_dir: Path) -> Settings:
         # The tiny random CLIP puts all pictures close together (cosine ~0.99);
         # only re-encodings of one picture are this close.
         duplicate_threshold=0.9995,
+        # Tests that count models retrain by hand; tests of the retrain after votes turn it on.
+        retrain_after_votes=False,
     )
 
 

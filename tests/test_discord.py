@@ -501,8 +501,22 @@ async def test_server_channel_needs_a_mention_and_votes_are_per_presser(
     assert bot.api.downloads == []
 
     reply = await bot.send_image(ALICE, image_bytes(2), channel_id=CHANNEL, mention_bot=True)
-    assert "Your score" in reply["content"]
-    # In a channel everyone sees the message: each presser gets a private confirmation.
+    # In a channel everyone sees the message: no one's score in it, each presser gets their
+    # own score and their confirmation privately.
+    assert "Your score" not in reply["content"] and "My score" in reply["content"]
+    buttons = reply["components"][0]["components"]
+    assert [b["label"] for b in buttons][-1] == "🔒 My score"
+    mine = bot.interaction_event(
+        BOB,
+        {"custom_id": buttons[-1]["custom_id"], "component_type": 2},
+        kind=3,
+        message=reply,
+        channel_id=CHANNEL,
+    )
+    calls = await bot.api.wait_for(lambda: bot.api.calls_to(f"/interactions/{mine}/"))
+    answer = calls[0].body
+    assert answer["type"] == 4 and answer["data"]["content"].startswith("Your score: ")
+    assert answer["data"]["flags"] == discord.MessageFlags(ephemeral=True).value
     alice = await bot.press(ALICE, reply, Vote.LIKE, channel_id=CHANNEL)
     bob = await bot.press(BOB, reply, Vote.DISLIKE, channel_id=CHANNEL)
     for response, text in ((alice, "Saved: 👍 Like"), (bob, "Saved: 👎 Dislike")):
@@ -523,7 +537,7 @@ async def test_configured_channel_scores_without_a_mention(
     bot = await start_discord(settings, service, monkeypatch)
     try:
         reply = await bot.send_image(ALICE, image_bytes(3), channel_id=CHANNEL)
-        assert "Your score" in reply["content"]
+        assert "My score" in reply["content"] and reply["components"]
     finally:
         await bot.client.close()
 
@@ -649,7 +663,7 @@ async def test_slow_commit_is_acknowledged_within_discords_3_seconds(
 
 async def test_stats_and_retrain_are_slash_commands(discord_bot: DiscordHarness) -> None:
     bot = discord_bot
-    assert "Model: cold start" in await bot.command(ALICE, "stats")
+    assert "No taste model yet" in await bot.command(ALICE, "stats")
     assert await bot.command(ALICE, "retrain") == "Only the bot's admins can use /retrain."
     assert "Nobody has new votes" in await bot.command(ADMIN, "retrain")
     assert "All users: " in await bot.command(ADMIN, "stats")
@@ -877,7 +891,7 @@ async def test_stats_chart_export_and_forget(discord_bot: DiscordHarness) -> Non
 
     export = await bot.slash(ALICE, "export")
     rows = json.loads(export["_files"]["tastebot-export.json"])["submissions"]
-    assert len(rows) == 1 and export["content"] == "Your data: 1 images."
+    assert len(rows) == 1 and export["content"] == "Your data: 1 image you sent, with your votes."
 
     prompt = await bot.slash(ALICE, "forget")
     assert "cannot be undone" in prompt["content"]
@@ -892,7 +906,7 @@ async def test_stats_chart_export_and_forget(discord_bot: DiscordHarness) -> Non
         channel_id=None,
     )
     done = await bot.api.wait_for(lambda: bot.api.calls_to(f"/interactions/{pressed}/"))
-    assert done[0].body["data"]["content"].startswith("Deleted: 1 images you sent, 1 votes")
+    assert done[0].body["data"]["content"].startswith("Deleted: 1 image you sent, 1 vote,")
     rows = await bot.services.store.db.fetch_all(
         "SELECT COUNT(*) FROM users WHERE platform = 'discord'"
     )

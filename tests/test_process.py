@@ -154,7 +154,7 @@ def test_kill_9_loses_no_vote_and_counts_none_twice(
     bot = start_bot(url, fake.token, clip_dir, data_dir, tmp_path)
     try:
         fake.wait_for_sync(lambda: len(fake.calls_to("answerCallbackQuery")) >= 6, timeout=60)
-        assert "Images: 4 · 👍 3 · ⭐ 1 · 👎 0" in _command(fake, "/stats")
+        assert "Images you sent: 4 · 👍 3 · ⭐ 1 · 👎 0" in _command(fake, "/stats")
     finally:
         bot.send_signal(signal.SIGTERM)
         bot.wait(timeout=15)
@@ -169,3 +169,31 @@ def _command(api: FakeBotAPI, text: str) -> str:
         lambda: m if len(m := api.sent_messages(chat_id=USER)) > before else None, timeout=30
     )
     return str(messages[-1].get("text") or messages[-1].get("caption"))
+
+
+def test_sigterm_is_quick_when_the_bot_api_stops_answering(
+    api: tuple[FakeBotAPI, str], clip_dir: Path, tmp_path: Path
+) -> None:
+    """Connections are accepted and never answered: the final requests (confirming updates,
+    replies in flight) must not hold the shutdown past its budget, and what was committed
+    stays committed."""
+    fake, url = api
+    data_dir = tmp_path / "data"
+    bot = start_bot(url, fake.token, clip_dir, data_dir, tmp_path)
+    try:
+        reply = reply_to_photo(fake, 1)
+        vote(fake, reply, Vote.LIKE)
+        fake.stall()
+        fake.send_photo(USER, image_bytes(2))  # its update is never fetched, nor answered
+        time.sleep(0.5)
+        started = time.monotonic()
+        bot.send_signal(signal.SIGTERM)
+        code = bot.wait(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        if bot.poll() is None:
+            bot.kill()
+        bot.communicate()
+    assert code == 0 and took <= 5.0, (code, took)
+    with sqlite3.connect(data_dir / "tastebot.sqlite3") as db:
+        assert db.execute("SELECT vote FROM feedback").fetchall() == [("like",)]

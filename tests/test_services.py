@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 
 import numpy as np
 
+from bot import render
 from bot.services import Services
-from domain import AlreadyAnswered, IncomingImage, Person, Refused, Scored, User, Vote
+from domain import (
+    AlreadyAnswered,
+    IncomingImage,
+    Person,
+    Refused,
+    RetrainOutcome,
+    Scored,
+    User,
+    Vote,
+)
 from tests.conftest import image_bytes
 
 ALICE = Person("telegram", "1", "Alice")
@@ -339,8 +350,13 @@ async def test_the_promotion_message_compares_both_models_on_the_same_held_out_v
         same_votes = v2.metrics["active_auc"]
         assert same_votes is not None and same_votes != v1.metrics["auc"]
         assert second.promoted and second.previous_auc == same_votes
-        assert second.auc is not None
-        assert sent == [f"Your model v2 is ready: AUC {second.auc:.2f}, was {same_votes:.2f}."]
+        assert second.auc is not None and second.had_model
+        # Announced only as an improvement on those same votes; a tie is kept quietly.
+        if second.auc > same_votes:
+            assert sent == [render.promotion_text(second)]
+            assert sent[0].startswith("Your taste model got better: it agreed with ")
+        else:
+            assert sent == []
     finally:
         await service.close()
 
@@ -358,7 +374,14 @@ async def test_an_admin_retrain_of_one_person_tells_them_of_their_new_model(
     await vote_even_liked(service, range(1, 13))
     outcome = await service.retraining.retrain_person("telegram", "1", trigger="admin")
     assert outcome is not None and outcome.promoted and outcome.auc is not None
-    assert sent == [("1", f"Your model v1 is ready: AUC {outcome.auc:.2f}.")]
+    assert outcome.checked > 0 and outcome.agreed is not None
+    assert sent == [
+        (
+            "1",
+            f"Your taste model is ready: it agreed with {outcome.agreed} of the "
+            f"{outcome.checked} votes I kept aside to check it.",
+        )
+    ]
 
 
 async def test_a_forget_during_a_retrain_round_skips_that_person_only(
@@ -425,3 +448,16 @@ async def test_forget_removes_head_files_no_row_names(service: Services) -> None
     (heads / "v2.npz").write_bytes(b"written, then the bot was killed before its row")
     await service.people.forget(ALICE)
     assert not heads.exists()
+
+
+def _outcome(**changes: object) -> RetrainOutcome:
+    base = RetrainOutcome(User(1, "telegram", "1"), 2, True, 0.8, 0.7, 40, "test", True, 8, 10)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_only_a_first_model_or_a_real_improvement_is_announced() -> None:
+    assert _outcome().worth_announcing  # 0.8 > 0.7 on the same held-out votes
+    assert not _outcome(auc=0.7).worth_announcing  # promoted on a tie: kept quietly
+    assert not _outcome(promoted=False).worth_announcing
+    assert _outcome(had_model=False, previous_auc=None).worth_announcing  # the first model
+    assert not _outcome(previous_auc=None).worth_announcing  # could not be compared

@@ -124,9 +124,9 @@ async def running_bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIte
     stop = asyncio.Event()
     running = asyncio.create_task(serve(settings, shared, [platform], stop))
     await api.wait_for_call("setMyCommands")  # the core is attached and polling starts
-    assert shared.service is not None
+    assert shared.services is not None
     try:
-        yield Harness(api, shared.service)
+        yield Harness(api, shared.services)
     finally:
         stop.set()
         await asyncio.wait_for(running, timeout=30)
@@ -185,7 +185,7 @@ async def test_whole_loop(bot: Harness) -> None:
     shown = bot.api.message(ALICE, replies[1]["message_id"])["reply_markup"]["inline_keyboard"][0]
     assert [b["text"] for b in shown] == ["👎 Dislike", "✓ 👍 Like", "⭐ Super like"]
 
-    assert "Model: cold start" in await bot.command(ALICE, "/stats")
+    assert "No taste model yet" in await bot.command(ALICE, "/stats")
     result = await bot.retrain()
     assert "v1 promoted" in result, result
 
@@ -193,7 +193,7 @@ async def test_whole_loop(bot: Harness) -> None:
     assert "· model v1" in later["text"]
     assert "you liked" in later["text"]  # "Looks like …" or "Not close to anything you liked yet"
     stats = await bot.command(ALICE, "/stats")
-    assert "Images: 13 · 👍 6 · ⭐ 0 · 👎 6" in stats and "Model v1" in stats
+    assert "Images you sent: 13 · 👍 6 · ⭐ 0 · 👎 6" in stats and "(version 1)" in stats
     assert "All users" not in stats
 
 
@@ -323,7 +323,7 @@ async def test_scheduled_retrain_tells_the_person(
             lambda: [
                 m
                 for m in bot.api.sent_messages(chat_id=ALICE)
-                if m.get("text", "").startswith("Your model v1 is ready")
+                if m.get("text", "").startswith("Your taste model is ready")
             ],
             timeout=30,
         )
@@ -331,6 +331,41 @@ async def test_scheduled_retrain_tells_the_person(
         runs = await bot.services.store.db.fetch_all("SELECT trigger, outcome FROM training_runs")
         assert tuple(runs[0]) == ("schedule", "promoted")  # more votes may have trained v2 after
         assert {r[0] for r in runs} == {"schedule"}
+
+
+async def test_the_first_model_comes_right_after_the_votes_that_allow_it(
+    settings: Settings, encoder: ClipImageEncoder
+) -> None:
+    """No /retrain, no scheduler tick (it is an hour away): the votes themselves start the
+    first training, and the person is told in plain words, once."""
+    quick = settings.model_copy(
+        update={
+            "retrain_after_votes": True,
+            "retrain_pause_seconds": 0.2,
+            "retrain_check_minutes": 60,
+        }
+    )
+    async with running_bot(quick, encoder) as bot:
+        progress = []
+        for seed in range(1, quick.head_min_votes + 3):
+            reply = await bot.send_photo(ALICE, image_bytes(seed))
+            await bot.vote(ALICE, reply, Vote.LIKE if seed % 2 == 0 else Vote.DISLIKE)
+            if seed == 2:
+                progress.append(await bot.command(ALICE, "/stats"))
+        assert "first model needs 4 more votes" in progress[0], progress[0]
+
+        def ready() -> list[str]:
+            texts = [m.get("text", "") for m in bot.api.sent_messages(chat_id=ALICE)]
+            return [t for t in texts if t.startswith("Your taste model")]
+
+        first = await bot.api.wait_for(ready, timeout=30)
+        assert first[0].startswith("Your taste model is ready"), first
+        assert "AUC" not in first[0] and "holdout" not in first[0].lower()
+        runs = await bot.services.store.db.fetch_all("SELECT trigger, outcome FROM training_runs")
+        assert runs and {r[0] for r in runs} == {"votes"}
+        assert "taste model (version" in await bot.command(ALICE, "/stats")
+        await asyncio.sleep(1.0)  # later rounds that only tie are not announced
+        assert all(not t.startswith("Your taste model is ready") for t in ready()[1:])
 
 
 def big_phone_jpeg() -> bytes:

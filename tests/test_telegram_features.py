@@ -139,9 +139,9 @@ async def test_forget_deletes_everything_of_that_person_only(bot: Harness) -> No
     progress = [c.params["text"] for c in bot.api.calls_to("editMessageText")]
     assert progress[0] == "Retraining… 1 of 2 people done."  # one message, edited
     # Alice hears about her new model once; Bob, with too few votes, hears nothing.
-    ready = [m for m in bot.api.sent_messages(chat_id=ALICE) if m["text"].startswith("Your model")]
-    assert [m["text"][:24] for m in ready] == ["Your model v1 is ready: "]
-    assert not [m for m in bot.api.sent_messages(chat_id=BOB) if "Your model" in m["text"]]
+    ready = [m for m in bot.api.sent_messages(chat_id=ALICE) if m["text"].startswith("Your taste")]
+    assert [m["text"][:25] for m in ready] == ["Your taste model is ready"]
+    assert not [m for m in bot.api.sent_messages(chat_id=BOB) if "Your taste" in m["text"]]
     data_dir = bot.services.data_dir.root
     alice = await bot.services.store.people.find_user("telegram", str(ALICE))
     assert alice is not None
@@ -158,7 +158,7 @@ async def test_forget_deletes_everything_of_that_person_only(bot: Harness) -> No
     )
     assert done
     text = bot.api.message(ALICE, message["message_id"])["text"]
-    assert text.startswith("Deleted: 12 images you sent, 12 votes, 1 models")
+    assert text.startswith("Deleted: 12 images you sent, 12 votes, 1 model,")
 
     db = bot.services.store.db
     for table, column in (
@@ -234,13 +234,16 @@ async def test_stats_chart_is_a_png_with_numbers_in_caption(bot: Harness) -> Non
     image.load()
     assert image.size[0] > 400
     caption = call.params["caption"]
-    assert "Images: 12 · 👍 6 · ⭐ 0 · 👎 6" in caption and "Holdout AUC by version: v1" in caption
+    assert (
+        "Images you sent: 12 · 👍 6 · ⭐ 0 · 👎 6" in caption
+        and "Got you right, by version: v1" in caption
+    )
 
 
 async def test_start_says_how_many_votes_the_first_model_needs(bot: Harness) -> None:
-    assert "your first model needs 6 more votes" in await bot.command(ALICE, "/start")
+    assert "Your first model needs 6 votes" in await bot.command(ALICE, "/start")
     await _vote_many(bot, ALICE, range(1, 3))
-    assert "your first model needs 4 more votes" in await bot.command(ALICE, "/start")
+    assert "Your first model needs 4 more votes" in await bot.command(ALICE, "/start")
 
 
 async def test_rate_limit_is_polite(settings: Settings, encoder: ClipImageEncoder) -> None:
@@ -285,8 +288,8 @@ async def test_group_chat_keeps_each_members_data_private(bot: Harness) -> None:
 async def test_admin_models_and_rollback(bot: Harness) -> None:
     replies = await _vote_many(bot, ALICE, range(1, 13))
     assert "v1 promoted" in await bot.retrain(f"/retrain {ALICE}")
-    ready = [m for m in bot.api.sent_messages(chat_id=ALICE) if m["text"].startswith("Your model")]
-    assert [m["text"][:24] for m in ready] == ["Your model v1 is ready: "]  # told, as by a round
+    ready = [m for m in bot.api.sent_messages(chat_id=ALICE) if m["text"].startswith("Your taste")]
+    assert [m["text"][:25] for m in ready] == ["Your taste model is ready"]  # told, as by a round
     for reply in replies[:6]:  # flip the first six votes: something new to learn
         await bot.vote(ALICE, reply, Vote.SUPER_LIKE)
     assert "v2" in await bot.retrain(f"/retrain {ALICE}")
@@ -359,7 +362,7 @@ async def test_hundreds_of_versions_fit_in_models_and_stats_messages(bot: Harnes
 
     caption = await bot.command(ALICE, "/stats")
     assert len(caption) <= 1024
-    assert caption.endswith("v299 0.80 → v300 0.80") and "Holdout AUC by version: … → " in caption
+    assert caption.endswith("v299 80% → v300 80%") and "Got you right, by version: … → " in caption
 
 
 async def test_retrain_full_fine_tunes_with_progress_in_chat(

@@ -15,7 +15,7 @@ from discord import app_commands
 from bot import render
 from bot.discord_adapter import handlers
 from bot.discord_adapter.handlers import PLATFORM
-from bot.discord_adapter.views import VoteButton
+from bot.discord_adapter.views import MyScoreButton, VoteButton
 from bot.settings import Settings
 from domain import User, Vote
 
@@ -71,7 +71,7 @@ class TasteClient(discord.Client):
 
     async def setup_hook(self) -> None:
         # Buttons of any earlier run keep working: their custom_ids match VoteButton's template.
-        self.add_dynamic_items(VoteButton)
+        self.add_dynamic_items(VoteButton, MyScoreButton)
         if self.sync_commands:
             await self.tree.sync()
 
@@ -83,6 +83,11 @@ class TasteClient(discord.Client):
     ) -> None:
         """VoteButton's callback lands here, so views.py needs no handler import."""
         await handlers.on_vote(interaction, submission_id, vote)
+
+    async def on_my_score_button(
+        self, interaction: discord.Interaction[Any], submission_id: int
+    ) -> None:
+        await handlers.on_my_score(interaction, submission_id)
 
     async def download(self, url: str, *, limit: int) -> bytes:
         """At most limit + 1 bytes of `url`, never more in memory; the core refuses the +1."""

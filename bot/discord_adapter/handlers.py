@@ -115,9 +115,12 @@ async def score_and_reply(
         await message.reply(render.refusal_text(outcome), mention_author=False)
         return
     # The buttons act on the person's earlier vote on this image, if any, so that one image
-    # never gets two votes (as on Telegram).
-    view = vote_view(outcome.vote_target, chosen=outcome.rated_before)
-    reply = await message.reply(render.score_text(outcome), view=view, mention_author=False)
+    # never gets two votes (as on Telegram). In a server channel everyone sees the reply:
+    # the score stays private, behind 🔒 My score.
+    shared = not isinstance(message.channel, discord.DMChannel)
+    view = vote_view(outcome.vote_target, chosen=outcome.rated_before, shared=shared)
+    text = render.GROUP_PROMPT if shared else render.score_text(outcome)
+    reply = await message.reply(text, view=view, mention_author=False)
     await client.services.scoring.reply_sent(outcome.submission_id, str(reply.id))
 
 
@@ -149,6 +152,15 @@ async def on_vote(
         log.exception("error while handling a vote")
         if not interaction.response.is_done():
             await interaction.response.send_message(render.TAP_AGAIN, ephemeral=True)
+
+
+async def on_my_score(interaction: discord.Interaction[TasteClient], submission_id: int) -> None:
+    """🔒 My score: the presser's own score for this image, shown only to them."""
+    scored = await interaction.client.services.scoring.score_for(
+        person(interaction.user), submission_id
+    )
+    text = render.UNKNOWN_IMAGE if scored is None else render.score_text(scored)
+    await interaction.response.send_message(text, ephemeral=True)
 
 
 async def _answer(
@@ -184,7 +196,8 @@ async def require_admin(interaction: discord.Interaction[TasteClient], command: 
 
 async def cmd_help(interaction: discord.Interaction[TasteClient]) -> None:
     """/help: what to do."""
-    text = render.help_text(interaction.client.settings.head_min_votes)
+    admin_help = render.DISCORD_ADMIN_HELP if is_admin(interaction) else ""
+    text = render.help_text(interaction.client.settings.head_min_votes, admin_help)
     await interaction.response.send_message(text, ephemeral=True)
 
 

@@ -55,8 +55,44 @@ class VoteButton(
         await interaction.client.on_vote_button(interaction, self.submission_id, self.vote)
 
 
-def vote_view(submission_id: int, chosen: Vote | None = None) -> discord.ui.View:
+class MyScoreButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"tastebot:m:(?P<submission>[0-9]{1,18})",
+):
+    """🔒 My score, in server channels: the presser's own score, shown to them alone."""
+
+    def __init__(self, submission_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=render.MY_SCORE_LABEL,
+                style=discord.ButtonStyle.success,
+                custom_id=f"tastebot:m:{submission_id}",
+            )
+        )
+        self.submission_id = submission_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> MyScoreButton:
+        return cls(int(match["submission"]))
+
+    async def callback(self, interaction: discord.Interaction[TasteClient]) -> None:  # type: ignore[override]
+        await interaction.client.on_my_score_button(interaction, self.submission_id)
+
+
+def vote_view(
+    submission_id: int, chosen: Vote | None = None, *, shared: bool = False
+) -> discord.ui.View:
+    """The vote buttons; in a shared channel (``shared``) without a choice shown (they are
+    everyone's) and with 🔒 My score, as in Telegram groups."""
     view = discord.ui.View(timeout=None)  # persistent: the buttons never expire
     for vote in render.VOTE_ORDER:
-        view.add_item(VoteButton(submission_id, vote, chosen=vote is chosen))
+        view.add_item(VoteButton(submission_id, vote, chosen=vote is chosen and not shared))
+    if shared:
+        view.add_item(MyScoreButton(submission_id))
     return view

@@ -88,7 +88,7 @@ async def on_similar(update: Update, context: TasteContext) -> None:
             else "None of the images you liked (and I kept) is close to this one yet."
         )
         return
-    await query.answer(f"Sending the {len(found)} closest images you liked.")
+    await query.answer(render.sending_similar(len(found)))
     for path, similarity in found:
         data = await asyncio.to_thread(path.read_bytes)
         await context.bot.send_photo(

@@ -31,7 +31,10 @@ async def on_start(update: Update, context: TasteContext) -> None:
     stats = await context.services.people.stats(person_of(update), include_totals=False)
     await update.effective_message.reply_text(
         render.onboarding_text(
-            context.settings.head_min_votes, stats.counts.votes, stats.active is not None
+            context.settings.head_min_votes,
+            stats.counts.votes,
+            stats.active is not None,
+            _admin_help(update, context),
         )
     )
 
@@ -39,7 +42,13 @@ async def on_start(update: Update, context: TasteContext) -> None:
 async def on_help(update: Update, context: TasteContext) -> None:
     """/help."""
     assert update.effective_message is not None
-    await update.effective_message.reply_text(render.help_text(context.settings.head_min_votes))
+    await update.effective_message.reply_text(
+        render.help_text(context.settings.head_min_votes, _admin_help(update, context))
+    )
+
+
+def _admin_help(update: Update, context: TasteContext) -> str:
+    return render.TELEGRAM_ADMIN_HELP if is_admin(update, context) else ""
 
 
 async def cmd_stats(update: Update, context: TasteContext) -> None:

@@ -38,7 +38,7 @@ def score_keyboard(
     """Vote buttons, plus "show similar" in a private chat or "my score" in a group."""
     extra = (
         InlineKeyboardButton(
-            "🔒 My score", callback_data=encode_submission_action("m", submission_id)
+            render.MY_SCORE_LABEL, callback_data=encode_submission_action("m", submission_id)
         )
         if group
         else InlineKeyboardButton(
