@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -22,8 +24,12 @@ log = logging.getLogger("bot")
 
 def load_settings() -> Settings:
     """Settings, or one clear line on stderr and exit code 2."""
+    env_file = os.environ.get("TASTEBOT_ENV_FILE", ".env")
+    if env_file != ".env" and not Path(env_file).is_file():
+        print(f"tastebot: TASTEBOT_ENV_FILE names {env_file}, which is not a file", file=sys.stderr)
+        raise SystemExit(2)
     try:
-        return Settings()  # type: ignore[call-arg]  # fields come from the environment
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]  # the rest: environment
     except ValidationError as error:
         problems = []
         for e in error.errors():
@@ -31,8 +37,9 @@ def load_settings() -> Settings:
                 problems.append(str(e.get("ctx", {}).get("error", e["msg"])))
                 continue
             name = str(e["loc"][0]).upper()
+            message = str(e["msg"]).removeprefix("Value error, ")
             problems.append(
-                f"{name} is not set" if e["type"] == "missing" else f"{name}: {e['msg']}"
+                f"{name} is not set" if e["type"] == "missing" else f"{name}: {message}"
             )
         print(f"tastebot: {'; '.join(problems)} (see .env.example)", file=sys.stderr)
         raise SystemExit(2) from None
@@ -59,6 +66,10 @@ def main() -> None:
     )
     # httpx logs every request URL at INFO, and Bot API URLs contain the token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # APScheduler logs every tick at INFO; transformers draws progress bars while loading.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
     async def open_services() -> Services:
         # torch, transformers, FAISS: slow imports, so only once the tokens are checked

@@ -8,7 +8,7 @@ import shutil
 
 from bot.active_heads import ActiveHeads
 from bot.vote_indexes import VoteIndexes
-from domain import Export, ForgetReport, LearningCurve, Person, Stats, User
+from domain import Export, ForgetReport, LearningCurve, Person, Stats
 from storage.files import DataDir
 from storage.store import Store
 
@@ -30,7 +30,7 @@ class PeopleService:
         self.training_lock = training_lock  # shared with retraining: forget waits for it
 
     async def stats(self, person: Person, *, include_totals: bool) -> Stats:
-        user = await self._user(person)
+        user = await self.store.people.user_of(person)
         return Stats(
             counts=await self.store.people.user_counts(user.id),
             active=await self.store.models.active_model(user.id),
@@ -38,7 +38,7 @@ class PeopleService:
         )
 
     async def learning_curve(self, person: Person) -> LearningCurve:
-        user = await self._user(person)
+        user = await self.store.people.user_of(person)
         return LearningCurve(
             versions=await self.store.models.model_versions(user.id),
             votes=await self.store.votes.vote_history(user.id),
@@ -69,8 +69,3 @@ class PeopleService:
                 await self.indexes.reindex_image(other_id, image_id)
         self.heads.forget(user.id)
         return report
-
-    async def _user(self, person: Person) -> User:
-        return await self.store.people.get_or_create_user(
-            person.platform, person.platform_user_id, person.display_name
-        )

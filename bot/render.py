@@ -221,7 +221,8 @@ def score_text(scored: Scored) -> str:
     model = "cold start" if scored.model_version is None else f"model v{scored.model_version}"
     lines = [f"Your score: {scored.score:.0%} · {model}"]
     if scored.rated_before is not None:
-        lines.append(f"You rated this before: {VOTE_LABELS[scored.rated_before]}")
+        shown = " (this picture)" if scored.matched_file is not None else ""
+        lines.append(f"You rated this before: {VOTE_LABELS[scored.rated_before]}{shown}")
     if scored.closest_liked is not None:
         if scored.close_liked:
             noun = "image" if scored.close_liked == 1 else "images"

@@ -79,7 +79,7 @@ class ScoringService:
         if refused:
             return refused
         with timing.stage("sqlite_read"):
-            user = await self._user(incoming.person)
+            user = await self.store.people.user_of(incoming.person)
             earlier = await self.store.submissions.find_submission(
                 user.id, incoming.chat_id, incoming.message_id
             )
@@ -191,10 +191,13 @@ class ScoringService:
             liked = self.indexes.nearest_liked(user.id, vector, k, exclude_image_id=image_id)
             disliked = self.indexes.nearest_disliked(user.id, vector, 1, exclude_image_id=image_id)
         earlier = await self.store.votes.image_vote(user.id, image_id)
+        matched_image = image_id
         if earlier is None:
             nearest = max(liked[:1] + disliked, key=lambda n: n.similarity, default=None)
             if nearest is not None and nearest.similarity >= self.settings.duplicate_threshold:
                 earlier = await self.store.votes.image_vote(user.id, nearest.image_id)
+                matched_image = nearest.image_id
+        matched_file = None if earlier is None else await self._image_path(matched_image)
         return Scored(
             submission_id=submission_id,
             score=score,
@@ -204,7 +207,15 @@ class ScoringService:
             closest_disliked=disliked[0].similarity if disliked else None,
             rated_before=None if earlier is None else earlier[1],
             vote_target=submission_id if earlier is None else earlier[0],
+            matched_file=matched_file,
         )
+
+    async def _image_path(self, image_id: int) -> Path | None:
+        """The retained file of an image, if it is still on disk."""
+        relpath = await self.store.images.image_file(image_id)
+        if relpath is None or not self.data_dir.path(relpath).exists():
+            return None
+        return self.data_dir.path(relpath)
 
     async def _submission_vector(self, submission_id: int) -> tuple[int, np.ndarray] | None:
         """(image id, vector under the served encoder) of a submission, if both exist."""
@@ -222,7 +233,7 @@ class ScoringService:
         if found is None:
             return None
         image_id, vector = found
-        user = await self._user(person)
+        user = await self.store.people.user_of(person)
         text_vector = await self.text.text_vector_of(submission_id)
         score_with, active = await self.heads.scorer(user)
         score = score_with(vector, text_vector)
@@ -237,21 +248,16 @@ class ScoringService:
         if found_vector is None:
             return None
         image_id, vector = found_vector
-        user = await self._user(person)
+        user = await self.store.people.user_of(person)
         found = []
         for n in self.indexes.nearest_liked(user.id, vector, k, exclude_image_id=image_id):
-            relpath = await self.store.images.image_file(n.image_id)
-            if relpath is not None and self.data_dir.path(relpath).exists():
-                found.append((self.data_dir.path(relpath), n.similarity))
+            path = await self._image_path(n.image_id)
+            if path is not None:
+                found.append((path, n.similarity))
         return found
 
     async def reply_sent(self, submission_id: int, reply_message_id: str) -> None:
         await self.store.submissions.set_reply_message(submission_id, reply_message_id)
-
-    async def _user(self, person: Person) -> User:
-        return await self.store.people.get_or_create_user(
-            person.platform, person.platform_user_id, person.display_name
-        )
 
 
 def refusal_of(rejected: ImageRejected) -> Refused:

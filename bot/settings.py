@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     embed_batch_wait_ms: float = Field(0.0, ge=0)
     # Trained heads kept in memory, one per person (up to ~8 MB each at 2,000 images).
     head_cache_people: int = Field(256, ge=1)
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator(
         "telegram_bot_token", "discord_bot_token", "webhook_url", "webhook_secret", mode="before"
@@ -103,12 +103,24 @@ class Settings(BaseSettings):
         # `.env.example` lists both keys empty: an empty token means "not this platform".
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
     @field_validator("admin_ids", "discord_admin_ids", "discord_channel_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
-        if isinstance(value, str):
-            return frozenset(int(part) for part in value.replace(" ", "").split(",") if part)
-        return value
+        if not isinstance(value, str):
+            return value
+        parts = [part for part in value.replace(" ", "").split(",") if part]
+        for part in parts:
+            if not (part.isascii() and part.isdigit()):
+                raise ValueError(
+                    f"{part!r} is not a user id; list numeric ids separated by commas "
+                    "(how to find yours: .env.example)"
+                )
+        return frozenset(int(part) for part in parts)
 
     @field_validator("finetune_cron")
     @classmethod

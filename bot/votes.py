@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bot.vote_indexes import VoteIndexes
-from domain import Person, Undone, User, Vote, VoteOutcome
+from domain import Person, Undone, Vote, VoteOutcome
 from storage.store import Store
 
 
@@ -21,7 +21,7 @@ class VoteService:
         self, person: Person, submission_id: int, vote: Vote
     ) -> VoteOutcome | None:
         """Commit the vote and keep FAISS in step; None if the submission is unknown."""
-        user = await self._user(person)
+        user = await self.store.people.user_of(person)
         change = await self.store.votes.upsert_vote(user.id, submission_id, vote)
         if change is None:
             return None
@@ -33,7 +33,7 @@ class VoteService:
 
     async def undo_last_vote(self, person: Person) -> Undone | None:
         """Remove the person's most recent vote; the image goes back to unrated."""
-        user = await self._user(person)
+        user = await self.store.people.user_of(person)
         last = await self.store.votes.last_vote(user.id)
         if last is None:
             return None
@@ -48,8 +48,3 @@ class VoteService:
             == 1
         )
         return Undone(submission, vote, own_buttons=own)
-
-    async def _user(self, person: Person) -> User:
-        return await self.store.people.get_or_create_user(
-            person.platform, person.platform_user_id, person.display_name
-        )

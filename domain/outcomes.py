@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 from domain.records import ModelVersion, Submission, Totals, User, UserCounts
 from domain.votes import Vote
@@ -18,6 +19,7 @@ class Person:
     platform: str
     platform_user_id: str
     display_name: str | None = None
+    username: str | None = None  # without "@"; admins may name people by it
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class Scored:
     # embedding): the buttons then change that earlier vote instead of asking again.
     rated_before: Vote | None = None
     vote_target: int = 0  # the submission the vote buttons act on
+    # The stored file of the image it matched (when rated before and images are retained),
+    # shown with the score so the person sees which earlier vote the buttons change.
+    matched_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.vote_target:

@@ -126,4 +126,10 @@ MIGRATIONS: tuple[str, ...] = (
         (SELECT IFNULL(MAX(trained_through), 0) FROM model_versions)
     ));
     """,
+    # 4: a person's @username (Telegram) or user name (Discord), so admins can name people
+    # the bot has seen; looked up without regard to case, as the platforms do.
+    """
+    ALTER TABLE users ADD COLUMN username TEXT;
+    CREATE INDEX users_by_username ON users (platform, lower(username));
+    """,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from domain.outcomes import Person
 from domain.records import (
     ForgetReport,
     Totals,
@@ -20,22 +21,42 @@ class PeopleStore:
         self.db = db
 
     async def get_or_create_user(
-        self, platform: str, platform_user_id: str, display_name: str | None = None
+        self,
+        platform: str,
+        platform_user_id: str,
+        display_name: str | None = None,
+        username: str | None = None,
     ) -> User:
+        """The person's row, created on first sight. Read-only when nothing changed: this
+        runs for every image and tap, and a write would cost a transaction (and an fsync)."""
+        row = await self.db.fetch_one(
+            "SELECT id, display_name, username FROM users"
+            " WHERE platform = ? AND platform_user_id = ?",
+            (platform, platform_user_id),
+        )
+        if row is not None and (row[1], row[2]) == (display_name, username):
+            return User(int(row[0]), platform, platform_user_id)
         async with self.db.transaction() as conn:
             await conn.execute(
-                "INSERT INTO users (platform, platform_user_id, display_name) VALUES (?, ?, ?)"
-                " ON CONFLICT (platform, platform_user_id)"
-                " DO UPDATE SET display_name = excluded.display_name",
-                (platform, platform_user_id, display_name),
+                "INSERT INTO users (platform, platform_user_id, display_name, username)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (platform, platform_user_id)"
+                " DO UPDATE SET display_name = excluded.display_name,"
+                " username = excluded.username",
+                (platform, platform_user_id, display_name, username),
             )
             async with conn.execute(
                 "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?",
                 (platform, platform_user_id),
             ) as cur:
-                row = await cur.fetchone()
-        assert row is not None
-        return User(id=row["id"], platform=platform, platform_user_id=platform_user_id)
+                found = await cur.fetchone()
+        assert found is not None
+        return User(id=found["id"], platform=platform, platform_user_id=platform_user_id)
+
+    async def user_of(self, person: Person) -> User:
+        """The row of whoever sent or tapped (created on first sight)."""
+        return await self.get_or_create_user(
+            person.platform, person.platform_user_id, person.display_name, person.username
+        )
 
     async def get_user(self, user_id: int) -> User | None:
         row = await self.db.fetch_one(
@@ -45,12 +66,20 @@ class PeopleStore:
             return None
         return User(row["id"], row["platform"], row["platform_user_id"])
 
-    async def find_user(self, platform: str, platform_user_id: str) -> User | None:
-        row = await self.db.fetch_one(
-            "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?",
-            (platform, platform_user_id),
-        )
-        return None if row is None else User(int(row[0]), platform, platform_user_id)
+    async def find_user(self, platform: str, reference: str) -> User | None:
+        """A person by their platform user id, or by "@name" (their username, any case)."""
+        if reference.startswith("@"):
+            row = await self.db.fetch_one(
+                "SELECT id, platform_user_id FROM users"
+                " WHERE platform = ? AND lower(username) = lower(?) ORDER BY id DESC LIMIT 1",
+                (platform, reference[1:]),
+            )
+        else:
+            row = await self.db.fetch_one(
+                "SELECT id, platform_user_id FROM users WHERE platform = ? AND platform_user_id = ?",
+                (platform, reference),
+            )
+        return None if row is None else User(int(row[0]), platform, str(row[1]))
 
     async def user_counts(self, user_id: int) -> UserCounts:
         row = await self.db.fetch_one(

@@ -74,6 +74,7 @@ class FakeDiscord:
     calls: list[Call] = field(default_factory=list)
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)  # id → message payload
     files: dict[str, bytes] = field(default_factory=dict)  # CDN url → bytes
+    attached: dict[int, dict[str, bytes]] = field(default_factory=dict)  # message id → files
     downloads: list[tuple[str, int]] = field(default_factory=list)  # (url, limit)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(700_000))
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -84,9 +85,11 @@ class FakeDiscord:
         async def http_request(
             route: Any, *, files: Any = None, form: Any = None, **kw: Any
         ) -> Any:
-            return fake.rest(
-                route.method, route.url.removeprefix(discord.http.Route.BASE), kw.get("json")
-            )
+            payload = kw.get("json")
+            if payload is None and form:  # a message with a file: JSON rides in a form part
+                payload = json.loads(next(p["value"] for p in form if p["name"] == "payload_json"))
+                payload["_files"] = {f.filename: f.fp.read() for f in files or []}
+            return fake.rest(route.method, route.url.removeprefix(discord.http.Route.BASE), payload)
 
         async def webhook_request(
             adapter: Any,
@@ -165,10 +168,16 @@ class FakeDiscord:
             "components": body.get("components", []),
         }
         self.messages[int(message["id"])] = message
+        if "_files" in body:  # what the bot attached, by file name
+            self.attached[int(message["id"])] = body["_files"]
         return message
 
     def sent(self, channel_id: int) -> list[dict[str, Any]]:
         return [m for m in self.messages.values() if m["channel_id"] == str(channel_id)]
+
+    def files_of(self, message: dict[str, Any]) -> dict[str, bytes]:
+        """The files attached to a message the bot sent."""
+        return self.attached.get(int(message["id"]), {})
 
     def calls_to(self, prefix: str) -> list[Call]:
         return [c for c in self.calls if c.path.startswith(prefix)]
@@ -483,7 +492,8 @@ async def test_an_image_sent_again_shows_the_earlier_vote_and_changes_it(
     first = await bot.send_image(ALICE, image_bytes(7))
     await bot.press(ALICE, first, Vote.SUPER_LIKE)
     again = await bot.send_image(ALICE, image_bytes(7))
-    assert "You rated this before" in again["content"]
+    assert "You rated this before: ⭐ Super like (this picture)" in again["content"]
+    assert list(bot.api.files_of(again).values()) == [image_bytes(7)]  # the picture it matched
     assert labels(again["components"]) == ["👎 Dislike", "👍 Like", "✓ ⭐ Super like"]
     assert submission_id(again) == submission_id(first)  # the buttons act on that vote
     await bot.press(ALICE, again, Vote.DISLIKE)
@@ -707,7 +717,7 @@ async def test_admin_lists_and_rolls_back_a_discord_persons_models(
     )
     # Discord's people only: nobody on Discord has this id.
     assert await bot.command(ADMIN, "models", user="424242") == "I don't know user 424242."
-    usage = "Give a Discord user: pick one, or paste their user id."
+    usage = "Give a Discord user: a mention, their user id, or @their-username."
     assert await bot.command(ADMIN, "models", user="alice") == usage
     assert await bot.command(ADMIN, "rollback", user="<@x1>", version=1) == usage
     assert await active_version() == 1

@@ -83,6 +83,32 @@ def test_missing_token_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("LOG_LEVEL=verbose", "tastebot: LOG_LEVEL: Input should be 'DEBUG', 'INFO'"),
+        ("ADMIN_IDS=@me", "tastebot: ADMIN_IDS: '@me' is not a user id;"),
+        ("RETRAIN_PAUSE_SECONDS=soon", "tastebot: RETRAIN_PAUSE_SECONDS: "),
+    ],
+)
+def test_a_bad_setting_is_one_line_and_exit_code_2(
+    tmp_path: Path, setting: str, expected: str
+) -> None:
+    name, value = setting.split("=", 1)
+    env = {"PATH": os.environ.get("PATH", ""), "TELEGRAM_BOT_TOKEN": "1:x", name: value}
+    result = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
 def test_loop_and_sigterm(api: tuple[FakeBotAPI, str], clip_dir: Path, tmp_path: Path) -> None:
     fake, url = api
     bot = start_bot(url, fake.token, clip_dir, tmp_path / "data", tmp_path)

@@ -210,7 +210,17 @@ async def test_the_revision_counter_starts_past_every_revision_of_an_older_datab
     monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS[:2])  # a database from before 3
     store = Store(await Database.open(tmp_path / "t.sqlite3"))
     try:
-        user_id, submission_id = await _vote_fixture(store)
+        # The rows as the code of that time wrote them (today's code needs later columns).
+        await store.db.execute("INSERT INTO users (platform, platform_user_id) VALUES ('t', '1')")
+        await store.db.execute(
+            "INSERT INTO images (sha256, byte_size, width, height, format)"
+            " VALUES ('ab', 10, 2, 2, 'PNG')"
+        )
+        await store.db.execute(
+            "INSERT INTO submissions (user_id, image_id, chat_id, message_id, score)"
+            " VALUES (1, 1, '1', '10', 0.5)"
+        )
+        user_id, submission_id = 1, 1
         await store.db.execute(  # numbered as the old code did, with revisions up to 41 used
             "INSERT INTO feedback (user_id, submission_id, vote, revision) VALUES (?, ?, 'like', 41)",
             (user_id, submission_id),
@@ -222,5 +232,36 @@ async def test_the_revision_counter_starts_past_every_revision_of_an_older_datab
     try:
         await store.votes.upsert_vote(user_id, submission_id, Vote.DISLIKE)
         assert await store.votes.latest_revision(user_id) == 42
+    finally:
+        await store.db.close()
+
+
+async def test_people_are_found_by_id_or_username_and_unchanged_ones_cost_no_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from domain import Person
+
+    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    try:
+        alice = await store.people.user_of(Person("telegram", "7", "Alice", "Alice_K"))
+        assert await store.people.find_user("telegram", "@alice_k") == alice
+        assert await store.people.find_user("telegram", "7") == alice
+        assert await store.people.find_user("discord", "@alice_k") is None
+        assert await store.people.find_user("telegram", "@bob") is None
+
+        writes = 0
+        real = store.db.transaction
+
+        def counted():  # type: ignore[no-untyped-def]
+            nonlocal writes
+            writes += 1
+            return real()
+
+        monkeypatch.setattr(store.db, "transaction", counted)
+        assert await store.people.user_of(Person("telegram", "7", "Alice", "Alice_K")) == alice
+        assert writes == 0  # every image and tap looks the sender up: no write when unchanged
+        await store.people.user_of(Person("telegram", "7", "Alice", "alice_new"))
+        assert writes == 1
+        assert await store.people.find_user("telegram", "@ALICE_NEW") == alice
     finally:
         await store.db.close()

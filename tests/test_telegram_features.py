@@ -65,7 +65,10 @@ async def test_same_image_again_says_rated_before(bot: Harness) -> None:
     first = await bot.send_photo(ALICE, image_bytes(7))
     await bot.vote(ALICE, first, Vote.SUPER_LIKE)
     again = await bot.send_photo(ALICE, image_bytes(7))
-    assert "You rated this before: ⭐ Super like" in again["text"]
+    # The reply shows the picture it matched, with the score as its caption.
+    assert "You rated this before: ⭐ Super like (this picture)" in again["caption"]
+    shown = bot.api.calls_to("sendPhoto")[-1].files["photo"].data
+    assert shown == image_bytes(7)
     # The buttons act on the earlier vote, with it ticked.
     assert _submission_id(again) == _submission_id(first)
     assert again["reply_markup"]["inline_keyboard"][0][2]["text"] == "✓ ⭐ Super like"
@@ -73,7 +76,8 @@ async def test_same_image_again_says_rated_before(bot: Harness) -> None:
     out = io.BytesIO()
     Image.open(io.BytesIO(image_bytes(7))).save(out, "PNG")
     copy = await bot.send_photo(ALICE, out.getvalue())
-    assert "You rated this before" in copy["text"]
+    assert "You rated this before" in copy["caption"]
+    assert bot.api.calls_to("sendPhoto")[-1].files["photo"].data == image_bytes(7)
     # Bob never rated it.
     assert "rated before" not in (await bot.send_photo(BOB, image_bytes(7)))["text"]
 
@@ -297,7 +301,7 @@ async def test_admin_models_and_rollback(bot: Harness) -> None:
     assert models.startswith(f"Models of user {ALICE}:") and "v1 " in models and "v2 " in models
     assert await bot.command(ADMIN, f"/rollback {ALICE} v2") == f"User {ALICE} now uses model v2."
     assert await bot.command(ADMIN, f"/rollback {ALICE} 1") == f"User {ALICE} now uses model v1."
-    usage = "Usage: /rollback <telegram user id> <version>"
+    usage = "Usage: /rollback <user id or @username> <version>"
     for version in ("²", "v²", "v", "-1", "1.0"):  # "²" used to crash the handler (int("²"))
         assert await bot.command(ADMIN, f"/rollback {ALICE} {version}") == usage, version
     active = await bot.services.store.models.active_model(1)
@@ -397,3 +401,14 @@ async def test_retrain_full_fine_tunes_with_progress_in_chat(
         )
         assert runs[0][0] in ("promoted", "rejected")
         assert await bot.command(ADMIN, "/retrain cancel") == "No fine-tune is running."
+
+
+async def test_admin_commands_accept_a_username_the_bot_has_seen(bot: Harness) -> None:
+    bot.api.add_user(ALICE, "Alice", username="Alice_K")
+    for seed in range(1, 13):
+        reply = await bot.send_photo(ALICE, image_bytes(seed))
+        await bot.vote(ALICE, reply, Vote.LIKE if seed % 2 else Vote.DISLIKE)
+    assert "v1 promoted" in await bot.retrain("/retrain @alice_k")
+    listing = await bot.command(ADMIN, "/models @ALICE_K")
+    assert "v1" in listing and "I don't know" not in listing
+    assert "I don't know user @nobody" in await bot.command(ADMIN, "/models @nobody")

@@ -31,7 +31,7 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
 # Only images uploaded to Discord are fetched from embeds: never an arbitrary URL.
 DISCORD_CDN_HOSTS = {"cdn.discordapp.com", "media.discordapp.net"}
 
-USER_USAGE = "Give a Discord user: pick one, or paste their user id."
+USER_USAGE = "Give a Discord user: a mention, their user id, or @their-username."
 
 
 # A user option typed as text: a mention (<@123>, <@!123>) or a bare id; ASCII digits only.
@@ -39,7 +39,7 @@ USER_REFERENCE = re.compile(r"<@!?([0-9]+)>|([0-9]+)")
 
 
 def person(user: discord.User | discord.Member) -> Person:
-    return Person(PLATFORM, str(user.id), user.display_name)
+    return Person(PLATFORM, str(user.id), user.display_name, user.name)
 
 
 def is_video_attachment(attachment: discord.Attachment) -> bool:
@@ -120,7 +120,12 @@ async def score_and_reply(
     shared = not isinstance(message.channel, discord.DMChannel)
     view = vote_view(outcome.vote_target, chosen=outcome.rated_before, shared=shared)
     text = render.GROUP_PROMPT if shared else render.score_text(outcome)
-    reply = await message.reply(text, view=view, mention_author=False)
+    files = []
+    if outcome.matched_file is not None and not shared:
+        # Rated before: show the picture it matched, whose vote the buttons change.
+        picture = await asyncio.to_thread(outcome.matched_file.read_bytes)
+        files.append(discord.File(io.BytesIO(picture), filename=outcome.matched_file.name))
+    reply = await message.reply(text, view=view, files=files, mention_author=False)
     await client.services.scoring.reply_sent(outcome.submission_id, str(reply.id))
 
 
@@ -265,8 +270,12 @@ async def cmd_retrain(interaction: discord.Interaction[TasteClient]) -> None:
 
 
 def user_id_of(text: str) -> str | None:
-    """The Discord user id in a mention or a bare id, else None."""
-    match = USER_REFERENCE.fullmatch(text.strip())
+    """The Discord user id in a mention or a bare id, "@name" as it is (a username the bot
+    has seen), else None."""
+    text = text.strip()
+    if text.startswith("@") and len(text) > 1 and " " not in text:
+        return text
+    match = USER_REFERENCE.fullmatch(text)
     return None if match is None else match.group(1) or match.group(2)
 
 

@@ -89,7 +89,7 @@ async def cmd_models(update: Update, context: TasteContext) -> None:
     if not await require_admin(update, context, "/models"):
         return
     if len(context.args or []) != 1:
-        await message.reply_text("Usage: /models <telegram user id>")
+        await message.reply_text("Usage: /models <user id or @username>")
         return
     target = context.args[0]  # type: ignore[index]
     await message.reply_text(
@@ -107,7 +107,7 @@ async def cmd_rollback(update: Update, context: TasteContext) -> None:
     # "3" or "v3", as /models lists them; ASCII digits only ("²" is a digit to isdigit).
     version_text = args[1].lower().removeprefix("v") if len(args) == 2 else ""
     if not is_id(version_text):
-        await message.reply_text("Usage: /rollback <telegram user id> <version>")
+        await message.reply_text("Usage: /rollback <user id or @username> <version>")
         return
     version = int(version_text)
     outcome = await context.services.admin.rollback(PLATFORM, args[0], version)

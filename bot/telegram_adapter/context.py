@@ -56,7 +56,7 @@ TasteApplication = Application[ExtBot[int], TasteContext, dict, dict, BotState, 
 def person_of(update: Update) -> Person:
     user = update.effective_user
     assert user is not None
-    return Person(PLATFORM, str(user.id), user.full_name)
+    return Person(PLATFORM, str(user.id), user.full_name, user.username)
 
 
 def in_group(update: Update) -> bool:

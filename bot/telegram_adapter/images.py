@@ -77,12 +77,17 @@ async def on_image(update: Update, context: TasteContext) -> None:
         await message.reply_text(render.refusal_text(outcome), do_quote=True)
         return
     group = in_group(update)
+    keyboard = score_keyboard(outcome.vote_target, group=group, chosen=outcome.rated_before)
     # Quoted: with several images in flight, each score sits under its own image.
-    reply = await message.reply_text(
-        render.GROUP_PROMPT if group else render.score_text(outcome),
-        reply_markup=score_keyboard(outcome.vote_target, group=group, chosen=outcome.rated_before),
-        do_quote=True,
-    )
+    if outcome.matched_file is not None and not group:
+        # Rated before: show the picture it matched, whose vote the buttons change.
+        picture = await asyncio.to_thread(outcome.matched_file.read_bytes)
+        reply = await message.reply_photo(
+            picture, caption=render.score_text(outcome), reply_markup=keyboard, do_quote=True
+        )
+    else:
+        text = render.GROUP_PROMPT if group else render.score_text(outcome)
+        reply = await message.reply_text(text, reply_markup=keyboard, do_quote=True)
     await context.services.scoring.reply_sent(outcome.submission_id, str(reply.message_id))
 
 
