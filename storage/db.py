@@ -37,8 +37,10 @@ class Database:
         conn = await aiosqlite.connect(path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
         await conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: a committed vote survives power loss, not only a killed process.
-        await conn.execute("PRAGMA synchronous = FULL")
+        # NORMAL: in WAL mode every commit survives a killed process, and a power cut can only
+        # lose the newest commits, never corrupt the file. What must survive a power cut too
+        # (votes, deletions) commits with transaction(durable=True), which syncs to disk.
+        await conn.execute("PRAGMA synchronous = NORMAL")
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         await conn.execute("PRAGMA foreign_keys = ON")
         db = cls(conn)
@@ -73,19 +75,27 @@ class Database:
                 )
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
+    async def transaction(self, *, durable: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception. ``durable``: the commit is
+        on disk (fsync) before this returns, and so is every commit before it."""
         async with self._lock:
+            if durable:
+                await self._conn.execute("PRAGMA synchronous = FULL")
             try:
-                # Inside the try: a task cancelled while it awaits BEGIN still has the BEGIN
-                # run on aiosqlite's thread, and the rollback (queued after it) must end it,
-                # or the shared connection stays in a transaction and every later write fails.
-                await self._conn.execute("BEGIN IMMEDIATE")
-                yield self._conn
-            except BaseException:
-                await self._conn.rollback()
-                raise
-            await self._conn.commit()
+                try:
+                    # Inside the try: a task cancelled while it awaits BEGIN still has the
+                    # BEGIN run on aiosqlite's thread, and the rollback (queued after it) must
+                    # end it, or the shared connection stays in a transaction and every later
+                    # write fails.
+                    await self._conn.execute("BEGIN IMMEDIATE")
+                    yield self._conn
+                except BaseException:
+                    await self._conn.rollback()
+                    raise
+                await self._conn.commit()
+            finally:
+                if durable:
+                    await self._conn.execute("PRAGMA synchronous = NORMAL")
 
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
         async with self._lock, self._conn.execute(sql, tuple(params)) as cursor:

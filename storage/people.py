@@ -138,7 +138,7 @@ class PeopleStore:
         """Delete the person and everything of theirs, in one transaction. Images another
         person also sent stay (they are that person's too); other people's votes on this
         person's submissions (in a group) go with them. The caller deletes the files."""
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(durable=True) as conn:
 
             async def scalar_list(sql: str) -> list[Any]:
                 async with conn.execute(sql, (user_id,)) as cur:

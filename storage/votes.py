@@ -28,7 +28,9 @@ class VoteStore:
         The revision is bumped only when the vote actually changes, so a repeated
         tap or a redelivered callback changes nothing twice.
         """
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(
+            durable=True
+        ) as conn:  # acknowledged votes survive power loss
             async with conn.execute(
                 f"SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?", (submission_id,)
             ) as cur:
@@ -104,7 +106,7 @@ class VoteStore:
         return submission, Vote(row[1])
 
     async def delete_vote(self, user_id: int, submission_id: int) -> bool:
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(durable=True) as conn:
             cur = await conn.execute(
                 "DELETE FROM feedback WHERE user_id = ? AND submission_id = ?",
                 (user_id, submission_id),

@@ -265,3 +265,27 @@ async def test_people_are_found_by_id_or_username_and_unchanged_ones_cost_no_wri
         assert await store.people.find_user("telegram", "@ALICE_NEW") == alice
     finally:
         await store.db.close()
+
+
+async def test_only_durable_transactions_wait_for_the_disk(tmp_path: Path) -> None:
+    """Votes and deletions sync to disk at commit (synchronous=FULL); the rest commit in
+    WAL with NORMAL, which a killed process cannot lose (only a power cut can)."""
+    db = await Database.open(tmp_path / "t.sqlite3")
+
+    async def synchronous(conn: object) -> int:
+        async with conn.execute("PRAGMA synchronous") as cur:  # type: ignore[attr-defined]
+            row = await cur.fetchone()
+        return int(row[0])
+
+    try:
+        async with db.transaction(durable=True) as conn:
+            assert await synchronous(conn) == 2  # FULL
+        async with db.transaction() as conn:
+            assert await synchronous(conn) == 1  # NORMAL, restored after the durable one
+        with pytest.raises(RuntimeError):
+            async with db.transaction(durable=True):
+                raise RuntimeError("rolled back")
+        async with db.transaction() as conn:
+            assert await synchronous(conn) == 1
+    finally:
+        await db.close()
