@@ -68,7 +68,7 @@ async def model_to_load(settings: Settings) -> str:
         return settings.clip_model
     store = await Store.open(data_dir.database)
     try:
-        active = await store.models.active_backbone()
+        active = await store.models.active_global("backbone")
     finally:
         await store.close()
     return settings.clip_model if active is None else str(data_dir.path(active.file_path))
@@ -135,7 +135,7 @@ class BackboneTuner:
         if out_dir.exists():
             log.warning("removing %s, left by an interrupted fine-tune", out_dir)
             await asyncio.to_thread(shutil.rmtree, out_dir, True)
-        active = await self.store.models.active_backbone()
+        active = await self.store.models.active_global("backbone")
         keep = {serving} | ({active.encoder_version} if active is not None else set())
         dropped = await self.store.images.drop_embeddings_except(keep)
         if dropped:
@@ -147,7 +147,7 @@ class BackboneTuner:
         votes = await store.votes.retained_votes()
         if len(votes) < self.settings.finetune_min_votes:
             return f"{len(votes)} votes with retained images, fewer than FINETUNE_MIN_VOTES"
-        last = await store.models.last_backbone()
+        last = await store.models.last_global("backbone")
         new = len(votes) if last is None else await store.votes.votes_after(last.trained_through)
         if new < self.settings.finetune_min_new_votes:
             return f"{new} new votes since the last fine-tune, fewer than FINETUNE_MIN_NEW_VOTES"
@@ -184,7 +184,7 @@ class BackboneTuner:
         started = time.perf_counter()
         revision = await store.votes.latest_revision_overall()
         examples = comparison.training_examples(votes, data_dir)
-        active = await store.models.active_backbone()
+        active = await store.models.active_global("backbone")
         parent = (
             self.settings.clip_model if active is None else str(data_dir.path(active.file_path))
         )
@@ -285,7 +285,7 @@ class BackboneTuner:
             try:
                 # The database, not a local, says whether the promotion was committed: a
                 # cancel can land while aiosqlite still runs the COMMIT.
-                now_active = await store.models.active_backbone()
+                now_active = await store.models.active_global("backbone")
                 committed = now_active is not None and now_active.version == version
                 if locked and not committed:
                     # No row names these files, so /forget (which deletes the files rows

@@ -68,11 +68,25 @@ class Database:
         for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
             log.info("applying migration %d", number)
             async with self._lock:
-                # executescript commits first, so the migration and its version
-                # bump go in one explicit transaction inside the script.
+                # executescript commits first, so the migration and its version bump go in
+                # one explicit transaction inside the script. Foreign keys are off meanwhile
+                # (a table rebuilt to change a CHECK would cascade its DROP to other tables)
+                # and checked before the COMMIT: a violation fails the migration.
                 await self._conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+                    f"PRAGMA foreign_keys = OFF;\nBEGIN IMMEDIATE;\n{script}\n"
+                    f"PRAGMA user_version = {number};"
                 )
+                try:
+                    async with self._conn.execute("PRAGMA foreign_key_check") as cursor:
+                        broken = await cursor.fetchall()
+                    if broken:
+                        raise RuntimeError(f"migration {number} breaks foreign keys: {broken}")
+                    await self._conn.commit()
+                except BaseException:
+                    await self._conn.rollback()
+                    raise
+                finally:
+                    await self._conn.execute("PRAGMA foreign_keys = ON")
 
     @asynccontextmanager
     async def transaction(self, *, durable: bool = False) -> AsyncIterator[aiosqlite.Connection]:

@@ -132,4 +132,31 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE users ADD COLUMN username TEXT;
     CREATE INDEX users_by_username ON users (platform, lower(username));
     """,
+    # 5: the crowd model (everyone's votes, one global model per encoder) is a model version
+    # too. SQLite cannot change a CHECK, so the table is rebuilt as its ALTER TABLE page
+    # says: foreign keys are off while migrations run (storage.db) and checked before COMMIT.
+    """
+    CREATE TABLE model_versions_new (
+        id              INTEGER PRIMARY KEY,
+        owner_user_id   INTEGER REFERENCES users (id) ON DELETE CASCADE,  -- NULL = global
+        kind            TEXT NOT NULL CHECK (kind IN ('head', 'backbone', 'crowd')),
+        version         INTEGER NOT NULL,
+        parent_id       INTEGER REFERENCES model_versions (id) ON DELETE SET NULL,
+        file_path       TEXT NOT NULL,
+        encoder_version TEXT NOT NULL,
+        train_size      INTEGER NOT NULL,
+        holdout_size    INTEGER NOT NULL,
+        metrics_json    TEXT NOT NULL,
+        trained_through INTEGER NOT NULL,
+        status          TEXT NOT NULL
+                        CHECK (status IN ('candidate', 'active', 'retired', 'rejected')),
+        created_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        UNIQUE (owner_user_id, kind, version)
+    );
+    INSERT INTO model_versions_new SELECT * FROM model_versions;
+    DROP TABLE model_versions;
+    ALTER TABLE model_versions_new RENAME TO model_versions;
+    CREATE UNIQUE INDEX one_active_model
+        ON model_versions (IFNULL(owner_user_id, -1), kind) WHERE status = 'active';
+    """,
 )

@@ -85,18 +85,21 @@ class ModelStore:
             )
         return True
 
-    async def active_backbone(self) -> ModelVersion | None:
+    async def active_global(self, kind: str) -> ModelVersion | None:
+        """The active model everyone shares of ``kind``: 'backbone' or 'crowd'."""
         row = await self.db.fetch_one(
             "SELECT * FROM model_versions"
-            " WHERE owner_user_id IS NULL AND kind = 'backbone' AND status = 'active'"
+            " WHERE owner_user_id IS NULL AND kind = ? AND status = 'active'",
+            (kind,),
         )
         return None if row is None else model_version_from_row(row)
 
-    async def last_backbone(self) -> ModelVersion | None:
-        """The newest backbone row of any status: new votes are counted from it."""
+    async def last_global(self, kind: str) -> ModelVersion | None:
+        """The newest shared model of ``kind``, of any status: new votes are counted from it."""
         row = await self.db.fetch_one(
-            "SELECT * FROM model_versions WHERE owner_user_id IS NULL AND kind = 'backbone'"
-            " ORDER BY version DESC LIMIT 1"
+            "SELECT * FROM model_versions WHERE owner_user_id IS NULL AND kind = ?"
+            " ORDER BY version DESC LIMIT 1",
+            (kind,),
         )
         return None if row is None else model_version_from_row(row)
 

@@ -175,7 +175,7 @@ async def test_a_better_encoder_replaces_the_old_one_everywhere(
         # trained as a regular retrain is: the unvoted pictures are in its graph
         info = TasteHead.load(trained.data_dir.path(head.file_path)).info
         assert info["n_anchors"] == int(info["n_train"]) + unvoted, info
-    backbone = await trained.store.models.active_backbone()
+    backbone = await trained.store.models.active_global("backbone")
     assert backbone is not None and backbone.version == 1
     assert await bot.backbone.model_to_load(trained.settings) == str(
         trained.data_dir.path(backbone.file_path)
@@ -374,7 +374,7 @@ async def test_a_cancel_while_the_promotion_commits_keeps_the_promoted_model(
     monkeypatch.setattr(trained.store.models, "add_backbone_version", committed_then_cancelled)
     with pytest.raises(asyncio.CancelledError):
         await trained.make_backbone_tuner(config=FAST, runner=degenerate_runner).run("schedule")
-    active = await trained.store.models.active_backbone()
+    active = await trained.store.models.active_global("backbone")
     assert active is not None and trained.data_dir.path(active.file_path).exists()
     # The next start serves it, with a vector for every image.
     _, encoders = await snapshot(trained)

@@ -289,3 +289,40 @@ async def test_only_durable_transactions_wait_for_the_disk(tmp_path: Path) -> No
             assert await synchronous(conn) == 1
     finally:
         await db.close()
+
+
+async def test_the_model_table_rebuild_keeps_every_row_and_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 5 rebuilds model_versions (to allow 'crowd'): rows, ids and the submissions
+    and runs that point at them survive; nothing cascades."""
+    import storage.db
+    from domain import NewModel
+
+    monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS[:4])
+    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    try:
+        user_id, submission_id = await _vote_fixture(store)
+        head = NewModel(user_id, "head", 1, "models/heads/1/v1.npz", "enc", 5, 1, {"auc": 0.9}, 3)
+        model = await store.models.add_model_version(head, promote=True)
+        await store.db.execute(
+            "UPDATE submissions SET model_version_id = ? WHERE id = ?", (model.id, submission_id)
+        )
+        run = await store.runs.start_training_run(user_id, "head", "test")
+        await store.runs.finish_training_run(run, outcome="promoted", model_version_id=model.id)
+    finally:
+        await store.db.close()
+    monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS)
+    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    try:
+        assert await store.db.schema_version() == len(MIGRATIONS)
+        assert await store.models.active_model(user_id) == model
+        rows = await store.db.fetch_all("SELECT model_version_id FROM submissions")
+        assert [r[0] for r in rows] == [model.id]
+        rows = await store.db.fetch_all("SELECT model_version_id FROM training_runs")
+        assert [r[0] for r in rows] == [model.id]
+        crowd = NewModel(None, "crowd", 1, "models/crowd/v1.npz", "enc", 50, 10, {}, 3)
+        assert (await store.models.add_model_version(crowd, promote=True)).kind == "crowd"
+        assert (await store.db.fetch_all("PRAGMA foreign_keys"))[0][0] == 1
+    finally:
+        await store.db.close()
