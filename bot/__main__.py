@@ -71,6 +71,12 @@ def main() -> None:
             torch_threads=settings.torch_threads,  # 0 = every usable core but one
             precision=settings.clip_precision,
             text_tower=settings.text_weight > 0,  # off: its memory is freed
+            engine=settings.clip_engine,
+            engine_cache=settings.data_dir / "engines",  # converted once per encoder version
+            revision=settings.clip_revision,
+        )
+        log.info(
+            "CLIP engine %s (%s), %s", encoder.engine, encoder.engine_reason, encoder.precision
         )
         text_encoder = None
         if settings.text_weight > 0:

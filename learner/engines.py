@@ -1,0 +1,372 @@
+"""Inference engines for CLIP's vision tower: OpenVINO beside torch, and the cache of the
+converted model.
+
+Why OpenVINO: an eager torch forward takes the GIL back between its ~1,500 operator calls, so
+a busy event loop slows it several times over; OpenVINO runs the whole graph in C++ without
+the GIL, and on the CPUs measured here it is also faster than torch in fp32 and in bf16
+(README "Speed"). Fine-tuning stays in torch: only inference runs here.
+
+What is converted: pixels -> vision tower -> projection -> L2 normalisation, one graph, with a
+dynamic batch size. It is converted from the torch model the encoder loaded (so it has the
+same weights and the same encoder version) once per encoder version, and cached::
+
+    <cache>/<encoder version>/openvino-<weights>/model.xml, model.bin, manifest.json
+
+``<weights>`` is ``fp32`` (run in fp32, or in bf16 on CPUs with native bf16: precision is a
+compile-time hint, the file is the same) or ``int8`` (NNCF weight compression, opt-in).
+A cache directory is written whole into a temporary directory and moved into place with
+``os.replace``. It is trusted only if its manifest names this encoder version, weights format
+and OpenVINO version, the files' sha256 match the manifest, and the compiled model embeds a
+fixed probe batch within the precision's cosine bound of the torch model's own embeddings;
+anything else is deleted and converted again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.jit._trace import TracerWarning
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["auto", "torch", "openvino"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+CACHE_FORMAT = 1  # bump when the layout or the converted graph changes: old caches rebuild
+# Cosine to torch fp32 on the probe batch below which an engine is not used.
+FIDELITY = {"fp32": 0.9999, "bf16": 0.999, "int8": 0.999}
+CACHES_KEPT = 2  # encoder versions whose conversions are kept (current + the one before)
+_FILES = ("model.xml", "model.bin")
+
+
+class EngineFailed(RuntimeError):
+    """An engine cannot run this model here (not installed, conversion failed, or its output
+    disagrees with torch's)."""
+
+
+def openvino_missing() -> str | None:
+    """Why OpenVINO cannot be used (one phrase), or None when it can be imported."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError as error:
+        return f"openvino is not installed ({error.msg}; pip install -e '.[openvino]')"
+    except Exception as error:  # a broken install: a shared library that does not load
+        return f"openvino does not load ({type(error).__name__}: {error})"
+    return None
+
+
+def nncf_missing() -> str | None:
+    try:
+        import nncf  # noqa: F401
+    except ImportError as error:
+        return f"nncf is not installed ({error.msg}; pip install -e '.[openvino]')"
+    except Exception as error:
+        return f"nncf does not load ({type(error).__name__}: {error})"
+    return None
+
+
+@functools.cache
+def _core() -> Any:
+    import openvino as ov
+
+    return ov.Core()
+
+
+@functools.cache
+def openvino_has_bf16() -> bool:
+    """True when OpenVINO's CPU plugin runs bf16 natively here (AVX-512 BF16 or AMX)."""
+    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def openvino_precision(precision: str) -> str:
+    """CLIP_PRECISION for the OpenVINO engine: auto -> bf16 where native, else fp32; fp16 (a
+    CUDA precision) is refused."""
+    if precision == "auto":
+        return "bf16" if openvino_has_bf16() else "fp32"
+    if precision not in FIDELITY:
+        raise EngineFailed(f"OpenVINO on the CPU runs fp32, bf16 or int8, not {precision}")
+    return precision
+
+
+class VisionGraph(torch.nn.Module):
+    """What is converted: pixels -> L2-normalised image embeddings (CLIP's get_image_features
+    plus normalisation)."""
+
+    def __init__(self, vision_model: torch.nn.Module, projection: torch.nn.Module) -> None:
+        super().__init__()
+        self.vision_model = vision_model
+        self.projection = projection
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        features = self.projection(pooled)
+        return torch.nn.functional.normalize(features, dim=-1)
+
+
+def probe_pixels(size: tuple[int, int], n: int = 2) -> npt.NDArray[np.float32]:
+    """A fixed batch of normalised-pixel-like inputs for the sanity check."""
+    rng = np.random.default_rng(20231123)
+    return rng.standard_normal((n, 3, *size)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    encoder_version: str
+    weights: str  # "fp32" or "int8"
+    input_size: tuple[int, int]
+    dim: int
+
+    def manifest(self, openvino_version: str) -> dict[str, Any]:
+        return {
+            "format": CACHE_FORMAT,
+            "encoder_version": self.encoder_version,
+            "weights": self.weights,
+            "openvino": openvino_version,
+            "input_size": list(self.input_size),
+            "dim": self.dim,
+        }
+
+
+class OpenVinoVision:
+    """A compiled OpenVINO model of :class:`VisionGraph`: (n, 3, H, W) float32 pixels in,
+    (n, dim) float32 unit rows out. ``__call__`` runs in C++ with the GIL released.
+
+    One call at a time (the encoder holds its lock), as torch's forward: a second thread would
+    only fight this one for the same cores.
+    """
+
+    def __init__(self, compiled: Any, precision: str, directory: Path) -> None:
+        self.compiled = compiled
+        self.precision = precision
+        self.directory = directory
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def __call__(self, pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        with self._lock:
+            # infer() releases the GIL for the whole graph; the result is copied out before
+            # the request is reused.
+            result = self._request.infer({0: pixels}, share_inputs=True)
+            out = np.array(result[0], dtype=np.float32, copy=True)
+        # Normalised in the graph already; again in float32, as bf16 leaves ~1e-3 off unit length.
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+def load_openvino(
+    cache_root: Path | None,
+    key: CacheKey,
+    graph: VisionGraph,
+    precision: str,
+    threads: int,
+) -> OpenVinoVision:
+    """The OpenVINO engine for ``graph`` at ``precision`` (fp32, bf16 or int8), from the cache
+    under ``cache_root`` when a valid one is there, else converted (and cached, unless
+    ``cache_root`` is None). Checked against ``graph`` (torch, float32) on a probe batch;
+    :class:`EngineFailed` when it cannot be had or disagrees."""
+    missing = openvino_missing() or (nncf_missing() if precision == "int8" else None)
+    if missing:
+        raise EngineFailed(missing)
+    import openvino as ov
+
+    probe = probe_pixels(key.input_size)
+    with torch.inference_mode():
+        expected = graph(torch.from_numpy(probe)).float().numpy()
+    bound = FIDELITY[precision]
+    version = str(ov.__version__)
+    if cache_root is None:
+        with tempfile.TemporaryDirectory(prefix="tastebot-openvino-") as tmp:
+            _convert(graph, key, Path(tmp), version)
+            engine = _compile(Path(tmp), precision, threads)
+            # read_model maps model.bin; the compiled model keeps its own weights, checked here
+            _check(engine, probe, expected, bound)
+            return engine
+
+    directory = cache_root / _safe(key.encoder_version) / f"openvino-{key.weights}"
+    problem = _invalid(directory, key, version)
+    if problem is None:
+        try:
+            engine = _compile(directory, precision, threads)
+            _check(engine, probe, expected, bound)
+            _touch(directory)
+            log.info("OpenVINO model for %s loaded from %s", key.encoder_version, directory)
+            return engine
+        except EngineFailed as error:
+            problem = str(error)
+        except Exception as error:  # a file OpenVINO cannot parse, for one
+            problem = f"{type(error).__name__}: {error}"
+    if directory.exists():
+        log.warning("OpenVINO cache %s is not used (%s): converting again", directory, problem)
+    started = time.perf_counter()
+    _write_atomically(directory, lambda tmp: _convert(graph, key, tmp, version))
+    log.info(
+        "converted CLIP %s to OpenVINO (%s) in %.1f s: %s",
+        key.encoder_version,
+        key.weights,
+        time.perf_counter() - started,
+        directory,
+    )
+    engine = _compile(directory, precision, threads)
+    _check(engine, probe, expected, bound)
+    _prune(cache_root, keep=directory.parent)
+    return engine
+
+
+def _convert(graph: VisionGraph, key: CacheKey, out: Path, openvino_version: str) -> None:
+    import openvino as ov
+
+    example = torch.from_numpy(probe_pixels(key.input_size, n=1))
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # Tracing warns about Python branches on shapes: the input size is fixed, they hold.
+        warnings.simplefilter("ignore", TracerWarning)
+        model = ov.convert_model(
+            graph,
+            example_input=example,
+            input=[ov.PartialShape([-1, 3, *key.input_size])],
+        )
+    if key.weights == "int8":
+        import nncf
+
+        # Weight-only int8 (per output channel, asymmetric): needs no calibration images.
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    # fp32 on disk: fp16 weights would cost fidelity for nothing (the CPU plugin decompresses
+    # them back to fp32 or bf16 at compile time).
+    ov.save_model(model, out / "model.xml", compress_to_fp16=False)
+    del model
+    manifest = key.manifest(openvino_version)
+    manifest["sha256"] = {name: _sha256(out / name) for name in _FILES}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _compile(directory: Path, precision: str, threads: int) -> OpenVinoVision:
+    core = _core()
+    hint = "f32" if precision == "fp32" else "bf16"
+    if precision == "int8":  # int8 weights; activations as the CPU runs them best
+        hint = "bf16" if openvino_has_bf16() else "f32"
+    properties = {
+        "INFERENCE_PRECISION_HINT": hint,
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+        "INFERENCE_NUM_THREADS": str(max(1, threads)),
+    }
+    model = core.read_model(directory / "model.xml")
+    compiled = core.compile_model(model, "CPU", properties)
+    del model
+    return OpenVinoVision(compiled, precision, directory)
+
+
+def _check(
+    engine: OpenVinoVision,
+    probe: npt.NDArray[np.float32],
+    expected: npt.NDArray[np.float32],
+    bound: float,
+) -> None:
+    got = engine(probe)
+    if got.shape != expected.shape or not np.isfinite(got).all():
+        raise EngineFailed(f"OpenVINO gave {got.shape} (finite: {np.isfinite(got).all()})")
+    cosine = float((got * expected).sum(axis=1).min())
+    if not cosine >= bound:
+        raise EngineFailed(
+            f"OpenVINO ({engine.precision}) embeds the probe at cosine {cosine:.6f} to torch, "
+            f"below {bound}"
+        )
+
+
+def _invalid(directory: Path, key: CacheKey, openvino_version: str) -> str | None:
+    """Why the cache in ``directory`` cannot be used; None when its manifest and files check."""
+    manifest_file = directory / "manifest.json"
+    if not manifest_file.is_file():
+        return "no manifest"
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (OSError, ValueError) as error:
+        return f"unreadable manifest ({error})"
+    if not isinstance(manifest, dict):
+        return "unreadable manifest"
+    expected = key.manifest(openvino_version)
+    for field, value in expected.items():
+        if manifest.get(field) != value:
+            return f"manifest {field} is {manifest.get(field)!r}, expected {value!r}"
+    hashes = manifest.get("sha256")
+    if not isinstance(hashes, dict):
+        return "manifest has no file hashes"
+    for name in _FILES:
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != hashes.get(name):
+            return f"{name} does not match its hash"
+    return None
+
+
+def _write_atomically(directory: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a fresh temporary directory beside ``directory``, then put it in
+    ``directory``'s place (the old one, if any, is removed first)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        write(tmp)
+        if directory.exists():
+            stale = Path(tempfile.mkdtemp(prefix=f".stale-{directory.name}-", dir=directory.parent))
+            os.replace(directory, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, directory)
+        except OSError:
+            # Another process put its conversion there first: theirs is checked on next load.
+            if not directory.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _prune(cache_root: Path, keep: Path) -> None:
+    """Remove conversions of all but the :data:`CACHES_KEPT` most recently used encoder
+    versions (a daily fine-tune would otherwise add ~350 MB a day)."""
+    try:
+        versions = [p for p in cache_root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return
+    versions.sort(key=lambda p: (p == keep, _last_used(p)), reverse=True)
+    for old in versions[CACHES_KEPT:]:
+        log.info("removing the OpenVINO cache of an older encoder: %s", old)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _last_used(version_dir: Path) -> float:
+    times = [m.stat().st_mtime for m in version_dir.glob("*/manifest.json")]
+    return max(times, default=0.0)
+
+
+def _touch(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(directory / "manifest.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-@" else "-" for c in name)
