@@ -34,14 +34,11 @@ CLIP thread), and :meth:`ClipImageEncoder.embed` takes images or prepared inputs
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import hashlib
 import json
 import logging
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -58,6 +55,8 @@ from transformers import CLIPImageProcessorPil, CLIPModel
 from learner import engines
 from learner.engines import ENGINES, Engine, EngineFailed, OpenVinoVision
 from learner.images import to_rgb
+from learner.memory import release_pages as _release_pages
+from learner.memory import trim_heap as _trim_heap
 from learner.model_source import ModelUnavailable, load_kwargs, unavailable
 
 log = logging.getLogger(__name__)
@@ -218,7 +217,12 @@ class ClipImageEncoder:
         model.requires_grad_(False)
         self._preprocessing = _PreprocessSettings.from_processor(self.processor)
         # Hash on the CPU, before moving: same weights + same preprocessing = same version.
-        digest = _hash_and_cast(model, self.dtype, extra=self._preprocessing.describe())
+        digest = _hash_and_cast(
+            model,
+            self.dtype,
+            extra=self._preprocessing.describe(),
+            release=wanted == "openvino",  # read again only if converted
+        )
         self.version: str = f"{_short_name(model_name_or_path)}@{digest[:12]}"
         if not text_tower:
             del model.text_model, model.text_projection
@@ -244,6 +248,7 @@ class ClipImageEncoder:
             self.engine, self.precision = "openvino", self._openvino.precision
             # One copy of the vision weights: OpenVINO has its own now.
             del model.vision_model, model.visual_projection
+            _own_copies(model)
         elif model.dtype != _DTYPES[self.precision]:  # OpenVINO was tried in fp32
             self.dtype = _DTYPES[self.precision]
         # In place, through nn.Module: transformers' own typing of .to/.eval trips mypy.
@@ -292,7 +297,7 @@ class ClipImageEncoder:
         ov_precision = engines.openvino_precision(precision)
         key = engines.CacheKey(
             encoder_version=self.version,
-            weights="int8" if ov_precision == "int8" else "fp32",
+            weights=engines.WEIGHTS[ov_precision],
             input_size=(self._preprocessing.crop_height, self._preprocessing.crop_width),
             dim=self.dim,
         )
@@ -512,7 +517,20 @@ def _pack_vision_tower(model: CLIPModel, image_size: int) -> int:
     return packed
 
 
-def _hash_and_cast(model: torch.nn.Module, dtype: torch.dtype, *, extra: str) -> str:
+def _own_copies(model: torch.nn.Module) -> None:
+    """Copy what is left of ``model`` (the text tower, logit_scale) out of the checkpoint file
+    ``from_pretrained`` mapped: while one tensor points into the mapping, all of it (the
+    freed vision tower's pages too, ~350 MB for ViT-B/32) stays mapped and may stay resident."""
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            param.data = param.data.clone()
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            module._buffers[name] = buffer.clone()
+
+
+def _hash_and_cast(
+    model: torch.nn.Module, dtype: torch.dtype, *, extra: str, release: bool = False
+) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes (as loaded, float32), plus
     ``extra``; each floating-point tensor is cast to ``dtype`` as soon as it is hashed, and the
     pages its float32 original was read from are released.
@@ -520,6 +538,7 @@ def _hash_and_cast(model: torch.nn.Module, dtype: torch.dtype, *, extra: str) ->
     ``from_pretrained`` maps the checkpoint file and reads it lazily. Hashing the whole model
     first and casting it after would keep every page of the float32 file resident beside the
     reduced copy: ~600 MB more at the peak for ViT-B/32 (bench/speed.py reports peak RSS).
+    ``release``: release the pages of tensors that are not cast too (for another engine).
     """
     digest = hashlib.sha256()
     state = model.state_dict()  # float32 views: tied names hash the original weights too
@@ -528,6 +547,8 @@ def _hash_and_cast(model: torch.nn.Module, dtype: torch.dtype, *, extra: str) ->
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
         if not t.is_floating_point() or t.dtype == dtype:
+            if release:  # another engine will hold the weights: torch's pages may go
+                _release_pages(t)
             continue
         owner_name, _, attr = name.rpartition(".")
         owner = model.get_submodule(owner_name)
@@ -540,44 +561,6 @@ def _hash_and_cast(model: torch.nn.Module, dtype: torch.dtype, *, extra: str) ->
         _release_pages(t)
     digest.update(extra.encode())
     return digest.hexdigest()
-
-
-_MADV_PAGEOUT = 21  # Linux >= 5.4
-
-
-def _release_pages(tensor: torch.Tensor) -> None:
-    """Hint Linux to drop ``tensor``'s memory from the resident set (``MADV_PAGEOUT``).
-
-    A hint that never loses data: clean pages of a mapped file are read again and anonymous
-    ones swapped if ever touched again, so neighbours sharing a page are safe. A no-op off
-    Linux or on older kernels.
-    """
-    libc = _libc()
-    if libc is None or tensor.device.type != "cpu" or tensor.numel() == 0:
-        return
-    page = os.sysconf("SC_PAGE_SIZE")
-    start = tensor.data_ptr() // page * page
-    end = -(-(tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page) * page
-    libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT)
-
-
-def _trim_heap() -> None:
-    """glibc keeps freed memory in its heap; ``malloc_trim`` returns it to the system."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        return libc
-    except (OSError, AttributeError):
-        return None
 
 
 def _short_name(model_name_or_path: str) -> str:

@@ -203,6 +203,7 @@ def test_openvino_bf16_stays_close(
 ) -> None:
     encoder = load(clip_dir, tmp_path, precision="bf16")
     assert encoder.precision == "bf16"
+    assert (tmp_path / reference.version / "openvino-fp16" / "manifest.json").is_file()
     assert_close_to(encoder, reference, 0.999)
 
 
@@ -236,11 +237,16 @@ def test_conversion_is_cached_and_reused(
     assert sorted(p.name for p in directory.parent.iterdir()) == ["openvino-fp32"]
 
     again = load(clip_dir, tmp_path)
-    bf16 = load(clip_dir, tmp_path, precision="bf16")  # same file, compiled for bf16
     assert len(conversions) == 1
     images = some_images()
     np.testing.assert_array_equal(again.embed(images), first.embed(images))
-    assert bf16.precision == "bf16"
+    # bf16 runs from fp16 weights: a conversion of its own, beside the fp32 one.
+    bf16 = load(clip_dir, tmp_path, precision="bf16")
+    assert bf16.precision == "bf16" and len(conversions) == 2
+    assert sorted(p.name for p in directory.parent.iterdir()) == [
+        "openvino-fp16",
+        "openvino-fp32",
+    ]
 
 
 @needs_openvino
