@@ -1,18 +1,24 @@
-"""How fast is a photo → reply, next to the bare encoder, measured in one run.
+"""How fast is a photo → reply, next to the bare engines, measured in one run.
 
     python -m bench.speed [--model DIR] [--photos 20] [--bursts 3] [--people 32]
-                          [--precision auto] [--threads 0] [--soak SECONDS] [--faiss]
+                          [--engine auto] [--precision auto] [--threads 0] [--no-bot]
+                          [--soak SECONDS] [--faiss]
 
-1. Bare encoder (same model directory, same images, the bot's torch thread count):
-   decode + preprocess per image, and forward s/image for one image and in batches of 32,
-   in fp32 and in bf16 (bf16 only where the CPU or GPU has it).
+1. Bare engines, one image and a batch of 32, the same images and model directory for all,
+   each with CLIP's plain image processor (CLIPImageProcessorPil) before its forward:
+   torch fp32, torch bf16 (autocast), OpenVINO fp32, bf16 (where the CPU has it) and int8
+   weights (where NNCF is installed), all converted from the same torch model; then the
+   project's encoder (CLIP_ENGINE=--engine, its own preprocessing), and its torch path.
+   Ratios to the fastest bare engine per row, cosine to torch fp32, and one image beside a
+   Python thread that spins (as a busy event loop does: an engine that holds the GIL slows).
 2. The bot as a person runs it: ``python -m bot`` with the model directory and a fake Bot API
    on 127.0.0.1. Single photos one after another (each from a different person): median and
    p95 from the update being available to the reply reaching the API. Then ``--people`` people
    each send one photo at the same moment (``--bursts`` times): s/image for the whole burst.
 3. Per-stage breakdown from the bot's own timings (``bot.timing``, written to a file named by
    TASTEBOT_STAGE_TIMINGS), and the bot's peak RSS.
-4. Ratios: bot single photo ÷ bare single forward, bare batched throughput ÷ burst throughput.
+4. Ratios: bot single photo ÷ the fastest bare engine's single image, and the bot's burst
+   throughput ÷ the fastest bare engine's batched throughput.
 
 ``--soak SECONDS`` then keeps ``--people`` people sending photos for that long and reports
 replies, errors and RSS over time (memory should stay flat). ``--faiss`` times nearest-liked
@@ -199,6 +205,19 @@ def bench_encoder(
     project = f"encoder, CLIP_ENGINE={engine} ({encoder.engine} {encoder.precision})"
     embedders[project] = encoder.embed
     results["project"] = project
+    projects = [project]
+    if encoder.engine != "torch":  # the project's torch path too (bf16 packed where native)
+        in_torch = ClipImageEncoder(
+            str(model),
+            device="cpu",
+            precision="auto" if precision == "int8" else precision,  # type: ignore[arg-type]
+            text_tower=False,
+            torch_threads=threads,
+        )
+        name = f"encoder, CLIP_ENGINE=torch ({in_torch.precision})"
+        embedders[name] = in_torch.embed
+        projects.append(name)
+    results["projects"] = projects
     # Fidelity to torch fp32 on these images.
     want = embedders["torch fp32"](images[:8])
     results["cosine"] = {}
@@ -222,7 +241,7 @@ def bench_encoder(
             batched[name].append((time.perf_counter() - started) / min(batch, len(images)))
     # Beside a spinning Python thread (a busy event loop): one image, a few times each.
     spinning: dict[str, float] = {}
-    for name in ("torch fp32", "openvino fp32", project):
+    for name in ("torch fp32", "openvino fp32", *projects):
         if name in embedders:
             times = []
             with _Spinner():
@@ -248,6 +267,7 @@ def bench_encoder(
         )
     print(f"  (load {load_average()})", flush=True)
     del encoder, embedders, run
+    in_torch = None
     gc.collect()
     torch.set_num_threads(threads)
     return results
@@ -255,8 +275,7 @@ def bench_encoder(
 
 def print_engine_table(bare: dict[str, Any], batch: int) -> None:
     table = bare["engines"]
-    project = bare["project"]
-    engines_only = {name: r for name, r in table.items() if name != project}
+    engines_only = {name: r for name, r in table.items() if name not in bare["projects"]}
     best_single = min(r["single"] for r in engines_only.values())
     best_batched = min(r["batched"] for r in engines_only.values())
     print()
@@ -608,7 +627,7 @@ def main() -> None:
 def report(
     args: argparse.Namespace, bare: dict[str, Any], bot: dict[str, Any], model_name: str
 ) -> None:
-    engines_only = {n: r for n, r in bare["engines"].items() if n != bare["project"]}
+    engines_only = {n: r for n, r in bare["engines"].items() if n not in bare["projects"]}
     fastest_single = min(engines_only, key=lambda n: engines_only[n]["single"])
     fastest_batched = min(engines_only, key=lambda n: engines_only[n]["batched"])
     single = statistics.median(bot["single"])

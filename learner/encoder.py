@@ -214,6 +214,7 @@ class ClipImageEncoder:
         except Exception as error:  # OSError, hub errors, a broken safetensors file, ...
             raise unavailable(model_name_or_path, revision, error) from error
         self.load_kwargs = load  # for loading the tokenizer the same way
+        self._source = engines.ModelSource(model_name_or_path, revision)
         model.requires_grad_(False)
         self._preprocessing = _PreprocessSettings.from_processor(self.processor)
         # Hash on the CPU, before moving: same weights + same preprocessing = same version.
@@ -304,7 +305,9 @@ class ClipImageEncoder:
         graph = engines.VisionGraph(model.vision_model, model.visual_projection)
         root = Path(cache) if cache is not None else None
         try:
-            return engines.load_openvino(root, key, graph, ov_precision, threads)
+            return engines.load_openvino(
+                root, key, graph, ov_precision, threads, source=self._source
+            )
         except EngineFailed:
             raise
         except Exception as error:  # conversion or compilation failed inside OpenVINO

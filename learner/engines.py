@@ -28,12 +28,15 @@ so one copy of the weights stays resident.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -186,13 +189,19 @@ def load_openvino(
     graph: VisionGraph,
     precision: str,
     threads: int,
+    source: ModelSource | None = None,
 ) -> OpenVinoVision:
     """The OpenVINO engine for ``graph`` at ``precision`` (fp32, bf16 or int8), from the cache
     under ``cache_root`` when a valid one is there, else converted (and cached, unless
     ``cache_root`` is None). :class:`EngineFailed` when it cannot be had, or when it embeds a
     probe batch further from torch fp32 than :data:`FIDELITY` allows: against ``graph`` run
     now when converting, against the embeddings torch gave at conversion (kept in the
-    manifest) when loading a cached one, so that torch's weights need not be read again."""
+    manifest) when loading a cached one, so that torch's weights need not be read again.
+
+    ``source``: where ``graph``'s model came from; given, and the model is large
+    (:data:`CONVERT_IN_CHILD_ABOVE`), the conversion runs in a child process, so that
+    tracing and converting (~0.5 GB more for ViT-B/32) never raise this process's peak.
+    If the child fails, it is converted here."""
     missing = openvino_missing() or (nncf_missing() if precision == "int8" else None)
     if missing:
         raise EngineFailed(missing)
@@ -219,7 +228,7 @@ def load_openvino(
     if directory.exists():
         log.warning("OpenVINO cache %s is not used (%s): converting again", directory, problem)
     started = time.perf_counter()
-    _write_atomically(directory, lambda tmp: _convert(graph, key, tmp, version))
+    _write_atomically(directory, lambda tmp: _convert_somewhere(graph, key, tmp, version, source))
     log.info(
         "converted CLIP %s to OpenVINO (%s) in %.1f s: %s",
         key.encoder_version,
@@ -245,6 +254,70 @@ def _ready(directory: Path, precision: str, threads: int) -> OpenVinoVision:
     _check(engine, probe_pixels(tuple(manifest["input_size"])), expected, FIDELITY[precision])
     release_file_pages(directory / "model.bin")
     return engine
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What the encoder loaded, for a child process to load the same: its name or path, and
+    the hub revision."""
+
+    name: str
+    revision: str | None
+
+
+CONVERT_IN_CHILD_ABOVE = 20_000_000  # vision parameters; ViT-B/32 has 88M, the tests' 0.03M
+
+
+def _convert_somewhere(
+    graph: VisionGraph,
+    key: CacheKey,
+    out: Path,
+    openvino_version: str,
+    source: ModelSource | None,
+) -> None:
+    size = sum(p.numel() for p in graph.parameters())
+    if source is not None and size > CONVERT_IN_CHILD_ABOVE:
+        spec = {
+            "name": source.name,
+            "revision": source.revision,
+            "key": dataclasses.asdict(key),
+            "out": str(out),
+        }
+        child = subprocess.run(
+            [sys.executable, "-m", "learner.engines", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if child.returncode == 0 and (out / "manifest.json").is_file():
+            return
+        lines = (child.stderr or child.stdout or "").strip().splitlines()
+        log.warning(
+            "converting in a child process failed (exit %s: %s): converting here",
+            child.returncode,
+            lines[-1] if lines else "no output",
+        )
+        for leftover in out.iterdir():
+            leftover.unlink()
+    _convert(graph, key, out, openvino_version)
+
+
+def _convert_in_child(spec: dict[str, Any]) -> None:
+    """The child's side of :func:`_convert_somewhere`: load the model as the encoder did, check
+    that it is the same encoder version, convert it."""
+    import openvino as ov
+
+    from learner.encoder import ClipImageEncoder
+
+    key = CacheKey(**{**spec["key"], "input_size": tuple(spec["key"]["input_size"])})
+    encoder = ClipImageEncoder(
+        spec["name"], device="cpu", revision=spec["revision"], text_tower=False, torch_threads=0
+    )
+    if encoder.version != key.encoder_version:
+        raise EngineFailed(f"the child loaded {encoder.version}, not {key.encoder_version}")
+    model = encoder.model
+    graph = VisionGraph(model.vision_model, model.visual_projection)
+    _convert(graph, key, Path(spec["out"]), str(ov.__version__))
 
 
 def _convert(graph: VisionGraph, key: CacheKey, out: Path, openvino_version: str) -> None:
@@ -393,3 +466,10 @@ def _sha256(path: Path) -> str:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-@" else "-" for c in name)
+
+
+if __name__ == "__main__":  # python -m learner.engines SPEC: the conversion child
+    logging.basicConfig(level=logging.WARNING)
+    from learner import engines  # the module's own classes, not __main__'s copies
+
+    engines._convert_in_child(json.loads(sys.argv[1]))

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -361,6 +362,43 @@ def test_a_stale_or_corrupt_cache_is_rebuilt(
     assert_close_to(rebuilt, reference, 0.9999)
     assert engines._invalid(directory, _key(reference, "fp32"), _ov_version()) is None
     assert sorted(p.name for p in directory.parent.iterdir()) == ["openvino-fp32"]
+
+
+@needs_openvino
+def test_a_large_model_is_converted_in_a_child_process(
+    clip_dir: Path,
+    reference: ClipImageEncoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    conversions: list[Path],
+) -> None:
+    monkeypatch.setattr(engines, "CONVERT_IN_CHILD_ABOVE", 0)  # the tiny model counts as large
+    encoder = load(clip_dir, tmp_path)
+    assert not conversions  # not converted in this process
+    assert (tmp_path / reference.version / "openvino-fp32" / "manifest.json").is_file()
+    assert_close_to(encoder, reference, 0.9999)
+
+
+@needs_openvino
+def test_a_failed_child_conversion_is_done_here(
+    clip_dir: Path,
+    reference: ClipImageEncoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    conversions: list[Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(engines, "CONVERT_IN_CHILD_ABOVE", 0)
+    monkeypatch.setattr(
+        engines.subprocess,
+        "run",
+        lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "MemoryError\n"),
+    )
+    with caplog.at_level(logging.WARNING, logger="learner.engines"):
+        encoder = load(clip_dir, tmp_path)
+    assert len(conversions) == 1
+    assert [r for r in caplog.records if "MemoryError" in r.getMessage()]
+    assert_close_to(encoder, reference, 0.9999)
 
 
 @needs_openvino
