@@ -120,7 +120,7 @@ def bare_engines(model: Path, threads: int) -> tuple[dict[str, Any], Any]:
     if engines.openvino_missing() is None:
         import openvino as ov
 
-        with torch.no_grad():
+        with torch.no_grad(), engines.no_telemetry():
             converted = ov.convert_model(
                 graph,
                 example_input=torch.zeros(1, 3, 224, 224),
@@ -132,7 +132,9 @@ def bare_engines(model: Path, threads: int) -> tuple[dict[str, Any], Any]:
         if engines.nncf_missing() is None:
             import nncf
 
-            int8 = nncf.compress_weights(converted.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM)
+            with engines.no_telemetry():
+                mode = nncf.CompressWeightsMode.INT8_ASYM
+                int8 = nncf.compress_weights(converted.clone(), mode=mode)
             hint = "bf16" if engines.openvino_has_bf16() else "f32"
             variants.append((f"openvino int8 weights ({hint})", int8, hint))
         for name, ov_model, hint in variants:

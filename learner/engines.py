@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -84,9 +84,31 @@ def openvino_missing() -> str | None:
     return None
 
 
+# OpenVINO's model conversion and NNCF send anonymous usage telemetry by default unless a
+# consent file says otherwise; both stand down in CI (their own checks of these variables).
+# A bot that learns one person's taste sends nothing anywhere: conversions run with them set.
+_NO_TELEMETRY = {"CI": "true", "NNCF_CI": "1"}
+
+
+@contextlib.contextmanager
+def no_telemetry() -> Iterator[None]:
+    """Within: OpenVINO's converter and NNCF do not send usage telemetry (see above)."""
+    saved = {name: os.environ.get(name) for name in _NO_TELEMETRY}
+    os.environ.update(_NO_TELEMETRY)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def nncf_missing() -> str | None:
     try:
-        import nncf  # noqa: F401
+        with no_telemetry():  # NNCF decides at import time
+            import nncf  # noqa: F401
     except ImportError as error:
         return f"nncf is not installed ({error.msg}; pip install -e '.[openvino]')"
     except Exception as error:
@@ -209,7 +231,7 @@ def load_openvino(
 
     version = str(ov.__version__)
     if cache_root is None:
-        with tempfile.TemporaryDirectory(prefix="tastebot-openvino-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="tastebot-openvino-") as tmp, no_telemetry():
             _convert(graph, key, Path(tmp), version)
             return _ready(Path(tmp), precision, threads)
 
@@ -288,6 +310,7 @@ def _convert_somewhere(
             capture_output=True,
             text=True,
             check=False,
+            env={**os.environ, **_NO_TELEMETRY},
         )
         if child.returncode == 0 and (out / "manifest.json").is_file():
             return
@@ -299,7 +322,8 @@ def _convert_somewhere(
         )
         for leftover in out.iterdir():
             leftover.unlink()
-    _convert(graph, key, out, openvino_version)
+    with no_telemetry():
+        _convert(graph, key, out, openvino_version)
 
 
 def _convert_in_child(spec: dict[str, Any]) -> None:
@@ -317,7 +341,8 @@ def _convert_in_child(spec: dict[str, Any]) -> None:
         raise EngineFailed(f"the child loaded {encoder.version}, not {key.encoder_version}")
     model = encoder.model
     graph = VisionGraph(model.vision_model, model.visual_projection)
-    _convert(graph, key, Path(spec["out"]), str(ov.__version__))
+    with no_telemetry():
+        _convert(graph, key, Path(spec["out"]), str(ov.__version__))
 
 
 def _convert(graph: VisionGraph, key: CacheKey, out: Path, openvino_version: str) -> None:

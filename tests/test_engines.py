@@ -418,3 +418,24 @@ def _ov_version() -> str:
     import openvino
 
     return str(openvino.__version__)
+
+
+@needs_openvino
+def test_conversion_sends_no_telemetry(
+    clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openvino
+
+    monkeypatch.delenv("CI", raising=False)
+    seen: list[tuple[str | None, str | None]] = []
+    convert = openvino.convert_model
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append((os.environ.get("CI"), os.environ.get("NNCF_CI")))
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(openvino, "convert_model", recording)
+    load(clip_dir, tmp_path)
+    # OpenVINO's converter and NNCF stand down in CI; the setting does not outlive conversion.
+    assert seen == [("true", "1")]
+    assert "CI" not in os.environ
