@@ -247,6 +247,8 @@ class ClipImageEncoder:
                 log.warning("CLIP engine: %s", self.engine_reason)
         if self._openvino is not None:
             self.engine, self.precision = "openvino", self._openvino.precision
+            if engine == "auto":
+                self.engine_reason = "CLIP_ENGINE=auto: OpenVINO is installed and agrees with torch"
             # One copy of the vision weights: OpenVINO has its own now.
             del model.vision_model, model.visual_projection
             _own_copies(model)
