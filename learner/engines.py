@@ -441,6 +441,7 @@ def _write_atomically(directory: Path, write: Callable[[Path], None]) -> None:
     """Run ``write(tmp)`` on a fresh temporary directory beside ``directory``, then put it in
     ``directory``'s place (the old one, if any, is removed first)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(directory.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         write(tmp)
@@ -456,6 +457,18 @@ def _write_atomically(directory: Path, write: Callable[[Path], None]) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+LEFTOVER_SECONDS = 3600  # a temporary directory this old is no conversion in progress
+
+
+def _remove_leftovers(version_dir: Path) -> None:
+    """Remove temporary directories that a process killed while converting left behind."""
+    now = time.time()
+    for leftover in version_dir.glob(".*"):
+        with contextlib.suppress(OSError):
+            if leftover.is_dir() and now - leftover.stat().st_mtime > LEFTOVER_SECONDS:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _prune(cache_root: Path, keep: Path) -> None:

@@ -273,6 +273,20 @@ def test_a_new_encoder_version_is_converted_again(
 
 
 @needs_openvino
+def test_what_a_killed_conversion_left_behind_is_removed(
+    clip_dir: Path, reference: ClipImageEncoder, tmp_path: Path
+) -> None:
+    version_dir = tmp_path / reference.version
+    old, recent = version_dir / ".openvino-fp32-killed", version_dir / ".openvino-fp32-running"
+    for leftover in (old, recent):
+        (leftover / "part").mkdir(parents=True)
+    os.utime(old, (1_000_000, 1_000_000))
+    load(clip_dir, tmp_path)
+    # Another process may still be converting into a recent one: only the old one goes.
+    assert not old.exists() and recent.exists()
+
+
+@needs_openvino
 def test_older_versions_caches_are_pruned(
     clip_dir: Path, reference: ClipImageEncoder, tmp_path: Path
 ) -> None:
