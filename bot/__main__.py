@@ -83,7 +83,9 @@ def main() -> None:
             from learner.text import ClipTextEncoder
 
             # Shares the loaded CLIPModel; None (text off) when the model has no tokenizer.
-            text_encoder = ClipTextEncoder.from_pretrained(model, model=encoder.model)
+            text_encoder = ClipTextEncoder.from_pretrained(
+                model, model=encoder.model, revision=settings.clip_revision
+            )
         service = await TasteService.open(settings, encoder, text_encoder)
         log.info("ready: encoder %s, data in %s", encoder.version, settings.data_dir)
         return service

@@ -91,3 +91,15 @@ def test_the_revision_setting(tmp_path: Path) -> None:
     assert blank.clip_revision is None
     defaults = Settings(**base)  # type: ignore[arg-type]
     assert (defaults.clip_engine, defaults.clip_precision) == ("auto", "auto")
+
+
+def test_text_off_at_once_when_the_tokenizer_cannot_be_had(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from learner.text import ClipTextEncoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(model_source, "_in_hub_cache", lambda name, revision: False)
+    started = time.monotonic()
+    assert ClipTextEncoder.from_pretrained("someone/not-downloaded", revision="abc") is None
+    assert time.monotonic() - started < QUICK
