@@ -20,10 +20,10 @@ class Settings(BaseSettings):
     # A self-hosted telegram-bot-api server lifts the 20 MB download limit.
     telegram_api_url: str = "https://api.telegram.org"
     clip_model: str = DEFAULT_CLIP_MODEL
-    # The hub revision (a commit) CLIP_MODEL is loaded at; by default the pinned commit of the
-    # default model, and none (the hub's latest) for another hub id unless set. A local
+    # The hub revision (a commit) CLIP_MODEL is loaded at. Unset: the pinned commit for the
+    # default model, none (the hub's latest) for another; "main" = the latest. A local
     # directory has no revisions.
-    clip_revision: str | None = DEFAULT_CLIP_REVISION
+    clip_revision: str | None = None
     data_dir: Path = Path("./data")
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()  # Telegram user ids
 
@@ -135,9 +135,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _revision_of_this_model(self) -> Settings:
-        # The default pin names a commit of the default model only: another model, unless its
-        # own revision is given, is loaded at the hub's latest.
-        if self.clip_model != DEFAULT_CLIP_MODEL and "clip_revision" not in self.model_fields_set:
+        # The default pin names a commit of the default model only.
+        if self.clip_model == DEFAULT_CLIP_MODEL and self.clip_revision is None:
+            self.clip_revision = DEFAULT_CLIP_REVISION
+        elif self.clip_model != DEFAULT_CLIP_MODEL and self.clip_revision == DEFAULT_CLIP_REVISION:
             self.clip_revision = None
         return self
 

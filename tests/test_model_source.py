@@ -87,8 +87,15 @@ def test_the_revision_setting(tmp_path: Path) -> None:
     assert other.clip_revision is None  # the default pin is the default model's
     pinned = Settings(clip_model="someone/other-clip", clip_revision="v2", **base)  # type: ignore[arg-type]
     assert pinned.clip_revision == "v2"
+    # .env.example's empty line is unset; the default pin never follows another model.
     blank = Settings(clip_revision=" ", **base)  # type: ignore[arg-type]
-    assert blank.clip_revision is None
+    assert blank.clip_revision == DEFAULT_CLIP_REVISION
+    moved = Settings(  # type: ignore[arg-type]
+        clip_model="someone/other-clip", clip_revision=DEFAULT_CLIP_REVISION, **base
+    )
+    assert moved.clip_revision is None
+    latest = Settings(clip_revision="main", **base)  # type: ignore[arg-type]
+    assert latest.clip_revision == "main"
     defaults = Settings(**base)  # type: ignore[arg-type]
     assert (defaults.clip_engine, defaults.clip_precision) == ("auto", "auto")
 
