@@ -272,7 +272,9 @@ def _ready(directory: Path, precision: str, threads: int) -> OpenVinoVision:
         raise EngineFailed("the manifest has no probe embeddings")
     expected = np.asarray(probe["embeddings"], dtype=np.float32)
     engine = _compile(directory, precision, threads)
-    # The first inference also repacks the weights for this CPU (bf16, blocked layouts).
+    # Compiling has copied most weights into the CPU plugin's own layouts; the first inference
+    # repacks the rest (bf16, blocked layouts), reading again what it still needs.
+    release_file_pages(directory / "model.bin")
     _check(engine, probe_pixels(tuple(manifest["input_size"])), expected, FIDELITY[precision])
     release_file_pages(directory / "model.bin")
     return engine
