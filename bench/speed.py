@@ -1,18 +1,24 @@
-"""How fast is a photo → reply, next to the bare encoder, measured in one run.
+"""How fast is a photo → reply, next to the bare engines, measured in one run.
 
     python -m bench.speed [--model DIR] [--photos 20] [--bursts 3] [--people 32]
-                          [--precision auto] [--threads 0] [--soak SECONDS] [--faiss]
+                          [--engine auto] [--precision auto] [--threads 0] [--no-bot]
+                          [--soak SECONDS] [--faiss]
 
-1. Bare encoder (same model directory, same images, the bot's torch thread count):
-   decode + preprocess per image, and forward s/image for one image and in batches of 32,
-   in fp32 and in bf16 (bf16 only where the CPU or GPU has it).
+1. Bare engines, one image and a batch of 32, the same images and model directory for all,
+   each with CLIP's plain image processor (CLIPImageProcessorPil) before its forward:
+   torch fp32, torch bf16 (autocast), OpenVINO fp32, bf16 (where the CPU has it) and int8
+   weights (where NNCF is installed), all converted from the same torch model; then the
+   project's encoder (CLIP_ENGINE=--engine, its own preprocessing), and its torch path.
+   Ratios to the fastest bare engine per row, cosine to torch fp32, and one image beside a
+   Python thread that spins (as a busy event loop does: an engine that holds the GIL slows).
 2. The bot as a person runs it: ``python -m bot`` with the model directory and a fake Bot API
    on 127.0.0.1. Single photos one after another (each from a different person): median and
    p95 from the update being available to the reply reaching the API. Then ``--people`` people
    each send one photo at the same moment (``--bursts`` times): s/image for the whole burst.
 3. Per-stage breakdown from the bot's own timings (``bot.timing``, written to a file named by
    TASTEBOT_STAGE_TIMINGS), and the bot's peak RSS.
-4. Ratios: bot single photo ÷ bare single forward, bare batched throughput ÷ burst throughput.
+4. Ratios: bot single photo ÷ the fastest bare engine's single image, and the bot's burst
+   throughput ÷ the fastest bare engine's batched throughput.
 
 ``--soak SECONDS`` then keeps ``--people`` people sending photos for that long and reports
 replies, errors and RSS over time (memory should stay flat). ``--faiss`` times nearest-liked
@@ -60,57 +66,236 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-# -- 1. the bare encoder ---------------------------------------------------------------------
+# -- 1. bare engines and the project's encoder -----------------------------------------------
+
+
+class _Spinner:
+    """A Python thread that spins, as a busy event loop does, while the block runs."""
+
+    def __enter__(self) -> _Spinner:
+        import threading
+
+        self._stop = False
+
+        def spin() -> None:
+            while not self._stop:
+                pass
+
+        self._thread = threading.Thread(target=spin, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._thread.join()
+
+
+def bare_engines(model: Path, threads: int) -> tuple[dict[str, Any], Any]:
+    """{name: forward(pixels (n, 3, H, W) float32 numpy) -> (n, dim) numpy} for each bare
+    engine this machine has, built from one torch model; and CLIP's plain image processor."""
+    import torch
+    from transformers import CLIPImageProcessorPil, CLIPModel
+
+    from learner import engines
+
+    torch.set_num_threads(threads)
+    clip = CLIPModel.from_pretrained(str(model), dtype=torch.float32)
+    clip.requires_grad_(False)
+    torch.nn.Module.eval(clip)
+    graph = engines.VisionGraph(clip.vision_model, clip.visual_projection)
+    run: dict[str, Any] = {}
+
+    def torch_fp32(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out: np.ndarray = graph(torch.from_numpy(pixels)).numpy()
+        return out
+
+    def torch_bf16(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out: np.ndarray = graph(torch.from_numpy(pixels)).float().numpy()
+        return out
+
+    run["torch fp32"] = torch_fp32
+    run["torch bf16 (autocast)"] = torch_bf16
+    if engines.openvino_missing() is None:
+        import openvino as ov
+
+        with torch.no_grad(), engines.no_telemetry():
+            converted = ov.convert_model(
+                graph,
+                example_input=torch.zeros(1, 3, 224, 224),
+                input=[ov.PartialShape([-1, 3, 224, 224])],
+            )
+        variants = [("openvino fp32", converted, "f32")]
+        if engines.openvino_has_bf16():
+            variants.append(("openvino bf16", converted, "bf16"))
+        if engines.nncf_missing() is None:
+            import nncf
+
+            with engines.no_telemetry():
+                mode = nncf.CompressWeightsMode.INT8_ASYM
+                int8 = nncf.compress_weights(converted.clone(), mode=mode)
+            hint = "bf16" if engines.openvino_has_bf16() else "f32"
+            variants.append((f"openvino int8 weights ({hint})", int8, hint))
+        for name, ov_model, hint in variants:
+            compiled = ov.Core().compile_model(
+                ov_model,
+                "CPU",
+                {
+                    "INFERENCE_PRECISION_HINT": hint,
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "NUM_STREAMS": "1",
+                    "INFERENCE_NUM_THREADS": str(threads),
+                },
+            )
+            request = compiled.create_infer_request()
+
+            def ov_forward(pixels: np.ndarray, request: Any = request) -> np.ndarray:
+                return np.array(request.infer({0: pixels})[0], copy=True)
+
+            run[name] = ov_forward
+    else:
+        print(f"  (no OpenVINO: {engines.openvino_missing()})", flush=True)
+    return run, CLIPImageProcessorPil.from_pretrained(str(model))
 
 
 def bench_encoder(
-    model: Path, photos: list[bytes], threads: int, reps: int, batch: int
+    model: Path,
+    photos: list[bytes],
+    threads: int,
+    reps: int,
+    batch: int,
+    engine: str,
+    precision: str,
 ) -> dict[str, Any]:
+    """Each bare engine (CLIP's own image processor + the engine's forward) and the project's
+    encoder (CLIP_ENGINE=``engine``, its own preprocessing), one image and a batch of
+    ``batch``; the same images for all, interleaved so that all see the same load."""
     import torch
 
-    from learner.encoder import ClipImageEncoder, resolve_precision
+    from learner.encoder import ClipImageEncoder
     from learner.images import decode_image
 
-    torch.set_num_threads(threads)
     results: dict[str, Any] = {"threads": threads}
     started = time.perf_counter()
     images = [decode_image(p).image for p in photos]
     results["decode"] = (time.perf_counter() - started) / len(photos)
-    precisions = ["fp32"]
-    if resolve_precision("auto", torch.device("cpu")) == "bf16":
-        precisions.append("bf16")
-    encoders = {
-        p: ClipImageEncoder(str(model), device="cpu", precision=p)  # type: ignore[arg-type]
-        for p in precisions
-    }
+    run, processor = bare_engines(model, threads)
+
+    def bare(forward: Any) -> Any:
+        def embed(ims: list[Any]) -> np.ndarray:
+            pixels = processor(ims, return_tensors="np")["pixel_values"].astype(np.float32)
+            out: np.ndarray = forward(pixels)
+            return out
+
+        return embed
+
+    embedders: dict[str, Any] = {name: bare(forward) for name, forward in run.items()}
     started = time.perf_counter()
-    encoders["fp32"].preprocess(images)
-    results["preprocess"] = (time.perf_counter() - started) / len(images)
-    for encoder in encoders.values():
-        encoder.embed(images[:2])  # warm up (oneDNN picks its kernels on first use)
-        encoder.embed(images[:batch])
-    # Interleaved, so that both precisions see the same load from whatever else runs.
-    singles: dict[str, list[float]] = {p: [] for p in precisions}
-    batched: dict[str, list[float]] = {p: [] for p in precisions}
+    processor(images, return_tensors="np")
+    results["processor"] = (time.perf_counter() - started) / len(images)
+    with tempfile.TemporaryDirectory() as cache:
+        encoder = ClipImageEncoder(
+            str(model),
+            device="cpu",
+            precision=precision,  # type: ignore[arg-type]
+            engine=engine,  # type: ignore[arg-type]
+            engine_cache=cache,
+            text_tower=False,
+            torch_threads=threads,
+        )
+    project = f"encoder, CLIP_ENGINE={engine} ({encoder.engine} {encoder.precision})"
+    embedders[project] = encoder.embed
+    results["project"] = project
+    projects = [project]
+    if encoder.engine != "torch":  # the project's torch path too (bf16 packed where native)
+        in_torch = ClipImageEncoder(
+            str(model),
+            device="cpu",
+            precision="auto" if precision == "int8" else precision,  # type: ignore[arg-type]
+            text_tower=False,
+            torch_threads=threads,
+        )
+        name = f"encoder, CLIP_ENGINE=torch ({in_torch.precision})"
+        embedders[name] = in_torch.embed
+        projects.append(name)
+    results["projects"] = projects
+    # Fidelity to torch fp32 on these images.
+    want = embedders["torch fp32"](images[:8])
+    results["cosine"] = {}
+    for name, embed in embedders.items():
+        got = embed(images[:8])
+        got = got / np.linalg.norm(got, axis=1, keepdims=True)
+        results["cosine"][name] = float((got * want).sum(axis=1).min())
+        embed(images[:batch])  # warm up at the batch size too
+    singles: dict[str, list[float]] = {name: [] for name in embedders}
+    batched: dict[str, list[float]] = {name: [] for name in embedders}
     for i in range(reps):
-        for p, encoder in encoders.items():
-            encoder.embed(images[i % len(images) : i % len(images) + 1])
-            singles[p].append(encoder.last_stage_seconds["forward"])
+        for name, embed in embedders.items():
+            one = images[i % len(images) : i % len(images) + 1]
+            started = time.perf_counter()
+            embed(one)
+            singles[name].append(time.perf_counter() - started)
     for _ in range(2):
-        for p, encoder in encoders.items():
-            encoder.embed(images[:batch])
-            batched[p].append(encoder.last_stage_seconds["forward"] / min(batch, len(images)))
-    for p in precisions:
-        results[p] = {"single": statistics.median(singles[p]), "batched": min(batched[p])}
+        for name, embed in embedders.items():
+            started = time.perf_counter()
+            embed(images[:batch])
+            batched[name].append((time.perf_counter() - started) / min(batch, len(images)))
+    # Beside a spinning Python thread (a busy event loop): one image, a few times each.
+    spinning: dict[str, float] = {}
+    for name in ("torch fp32", "openvino fp32", *projects):
+        if name in embedders:
+            times = []
+            with _Spinner():
+                for i in range(3):
+                    started = time.perf_counter()
+                    embedders[name](images[i : i + 1])
+                    times.append(time.perf_counter() - started)
+            spinning[name] = statistics.median(times)
+    results["engines"] = {
+        name: {
+            "single": statistics.median(singles[name]),
+            "batched": min(batched[name]),
+            "cosine": results["cosine"][name],
+            "spinning": spinning.get(name),
+        }
+        for name in embedders
+    }
+    for name, r in results["engines"].items():
         print(
-            f"  bare {p}: single {ms(results[p]['single'])} ms, "
-            f"batch of {batch} {ms(results[p]['batched'])} ms/image",
+            f"  {name}: single {ms(r['single'])} ms, batch of {batch} {ms(r['batched'])} "
+            f"ms/image, cosine to torch fp32 {r['cosine']:.5f}",
             flush=True,
         )
     print(f"  (load {load_average()})", flush=True)
-    del encoders
+    del encoder, embedders, run
+    in_torch = None
     gc.collect()
+    torch.set_num_threads(threads)
     return results
+
+
+def print_engine_table(bare: dict[str, Any], batch: int) -> None:
+    table = bare["engines"]
+    engines_only = {name: r for name, r in table.items() if name not in bare["projects"]}
+    best_single = min(r["single"] for r in engines_only.values())
+    best_batched = min(r["batched"] for r in engines_only.values())
+    print()
+    print(
+        f"| engine (preprocessing included) | one image, ms | ×fastest | batch of {batch}, "
+        "ms/image | ×fastest | cosine to torch fp32 | one image beside a spinning thread, ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, r in table.items():
+        spin = "" if r["spinning"] is None else ms(r["spinning"])
+        print(
+            f"| {name} | {ms(r['single'])} | {r['single'] / best_single:.2f} | "
+            f"{ms(r['batched'])} | {r['batched'] / best_batched:.2f} | {r['cosine']:.5f} | {spin} |"
+        )
+    print(
+        f"(decode of a 1280×720 JPEG: {ms(bare['decode'])} ms/image, not included; "
+        f"CLIP's image processor alone: {ms(bare['processor'])} ms/image)"
+    )
 
 
 # -- 2. the bot ------------------------------------------------------------------------------
@@ -394,6 +579,8 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=32, help="people per burst")
     parser.add_argument("--batch", type=int, default=32, help="bare encoder batch size")
     parser.add_argument("--precision", default="auto", help="the bot's CLIP_PRECISION")
+    parser.add_argument("--engine", default="auto", help="the bot's CLIP_ENGINE")
+    parser.add_argument("--no-bot", action="store_true", help="only the bare engines")
     parser.add_argument("--threads", type=int, default=0, help="the bot's TORCH_THREADS")
     parser.add_argument("--wait-ms", type=float, default=None, help="EMBED_BATCH_WAIT_MS")
     parser.add_argument("--soak", type=float, default=0, help="seconds of sustained load")
@@ -404,10 +591,15 @@ def main() -> None:
     from learner.encoder import default_torch_threads
 
     threads = args.threads or default_torch_threads()
-    env = {"CLIP_PRECISION": args.precision, "TORCH_THREADS": str(args.threads)}
+    env = {
+        "CLIP_PRECISION": args.precision,
+        "CLIP_ENGINE": args.engine,
+        "TORCH_THREADS": str(args.threads),
+    }
     if args.wait_ms is not None:
         env["EMBED_BATCH_WAIT_MS"] = str(args.wait_ms)
-    print(f"cores {len(os.sched_getaffinity(0))}, torch threads {threads}, load {load_average()}")
+    print(cpu_description())
+    print(f"cores {len(os.sched_getaffinity(0))}, threads {threads}, load {load_average()}")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if args.faiss_only:
@@ -415,11 +607,21 @@ def main() -> None:
             return
         model = args.model or build_clip(tmp / "clip", vit_b32_config())
         photos = [screenshot(i) for i in range(args.batch)]
-        print("1. bare encoder", flush=True)
-        bare = bench_encoder(model, photos, threads, reps=max(10, args.photos), batch=args.batch)
-        print("2. the bot (python -m bot, fake Bot API on 127.0.0.1)", flush=True)
-        bot = bench_bot(model, tmp, args, env)
-        report(args, bare, bot, model_name="given" if args.model else "random ViT-B/32")
+        print("1. bare engines and the project's encoder", flush=True)
+        bare = bench_encoder(
+            model,
+            photos,
+            threads,
+            reps=max(10, args.photos),
+            batch=args.batch,
+            engine=args.engine,
+            precision=args.precision,
+        )
+        print_engine_table(bare, args.batch)
+        if not args.no_bot:
+            print("2. the bot (python -m bot, fake Bot API on 127.0.0.1)", flush=True)
+            bot = bench_bot(model, tmp, args, env)
+            report(args, bare, bot, model_name="given" if args.model else "random ViT-B/32")
         if args.faiss:
             bench_faiss(tmp)
 
@@ -427,26 +629,24 @@ def main() -> None:
 def report(
     args: argparse.Namespace, bare: dict[str, Any], bot: dict[str, Any], model_name: str
 ) -> None:
-    import torch
-
-    from learner.encoder import resolve_precision
-
-    precision = resolve_precision(args.precision, torch.device("cpu"))
-    forward = bare[precision]
+    engines_only = {n: r for n, r in bare["engines"].items() if n not in bare["projects"]}
+    fastest_single = min(engines_only, key=lambda n: engines_only[n]["single"])
+    fastest_batched = min(engines_only, key=lambda n: engines_only[n]["batched"])
     single = statistics.median(bot["single"])
     burst = statistics.median(bot["burst"])
     print()
-    print(f"model {model_name}; bot precision {precision}, {bare['threads']} torch thread(s)")
+    print(f"model {model_name}; bot CLIP_ENGINE={args.engine}, {bare['threads']} thread(s)")
     print(f"load average during the run: single {bot['single_load']}, burst {bot['burst_load']}")
     print()
     print("| measurement | ms (per image) |")
     print("|---|---|")
     print(f"| bare decode (JPEG 1280×720, draft) | {ms(bare['decode'])} |")
-    print(f"| bare preprocess (resize + crop + normalise) | {ms(bare['preprocess'])} |")
-    for p in ("fp32", "bf16"):
-        if p in bare:
-            print(f"| bare forward {p}, 1 image | {ms(bare[p]['single'])} |")
-            print(f"| bare forward {p}, batch of {args.batch} | {ms(bare[p]['batched'])} |")
+    one, many = engines_only[fastest_single], engines_only[fastest_batched]
+    print(f"| fastest bare engine, 1 image ({fastest_single}) | {ms(one['single'])} |")
+    print(
+        f"| fastest bare engine, batch of {args.batch} ({fastest_batched}) | "
+        f"{ms(many['batched'])} |"
+    )
     print(f"| bot single photo → reply, median | {ms(single)} |")
     print(f"| bot single photo → reply, p95 | {ms(percentile(bot['single'], 0.95))} |")
     print(f"| bot single photo, CPU time of the bot process | {ms(bot['single_cpu'])} |")
@@ -458,12 +658,11 @@ def report(
     longest = max(bot["burst_latency"])
     print(f"| bot {args.people} at once, each person's wait: max | {ms(longest)} |")
     print()
-    print("ratios (1.0 = the bot adds nothing to the forward pass):")
-    ratio = single / forward["single"]
-    print(f"  bot single photo ÷ bare single forward ({precision}): {ratio:.2f}")
+    print("ratios against the fastest bare engine of each row (preprocessing in both):")
+    print(f"  bot single photo ÷ {fastest_single}, one image: {single / one['single']:.2f}")
     print(
-        f"  bare batched throughput ÷ bot burst throughput ({precision}): "
-        f"{burst / forward['batched']:.2f}"
+        f"  bot burst throughput ÷ {fastest_batched} batched throughput: "
+        f"{many['batched'] / burst:.2f}"
     )
     print()
     print(f"per stage, median ms per photo (single | burst; batch sizes {bot['burst_batches']}):")
@@ -482,6 +681,23 @@ def report(
     print(f"bot RSS {current} MiB, peak {peak} MiB; errors in the bot log: {len(bot['errors'])}")
     for line in bot["errors"][:5]:
         print("   ", line)
+
+
+def cpu_description() -> str:
+    """The CPU's name and the flags that decide which engine and precision are fast."""
+    name, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+    present = [f for f in wanted if f in flags]
+    return f"CPU {name}; flags {' '.join(present) or 'none of ' + ' '.join(wanted)}"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from bot.runner import ConnectFailed, OpenService, Platform, SharedService, serve
 from bot.settings import Settings
+from learner.model_source import ModelUnavailable  # standard library only
 
 if TYPE_CHECKING:
     from bot.services import Services
@@ -68,6 +69,7 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # APScheduler logs every tick at INFO; transformers draws progress bars while loading.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # which CPU build it loaded
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
@@ -87,13 +89,21 @@ def main() -> None:
             torch_threads=settings.torch_threads,  # 0 = every usable core but one
             precision=settings.clip_precision,
             text_tower=settings.text_weight > 0,  # off: its memory is freed
+            engine=settings.clip_engine,
+            engine_cache=settings.data_dir / "engines",  # converted once per encoder version
+            revision=settings.clip_revision,
+        )
+        log.info(
+            "CLIP engine %s (%s), %s", encoder.engine, encoder.engine_reason, encoder.precision
         )
         text_encoder = None
         if settings.text_weight > 0:
             from learner.text import ClipTextEncoder
 
             # Shares the loaded CLIPModel; None (text off) when the model has no tokenizer.
-            text_encoder = ClipTextEncoder.from_pretrained(model, model=encoder.model)
+            text_encoder = ClipTextEncoder.from_pretrained(
+                model, model=encoder.model, revision=settings.clip_revision
+            )
         services = await Services.open(settings, encoder, text_encoder)
         log.info("ready: encoder %s, data in %s", encoder.version, settings.data_dir)
         return services
@@ -108,7 +118,8 @@ def main() -> None:
 
     try:
         asyncio.run(run())
-    except ConnectFailed as error:  # a wrong token or no network: say so, no traceback
+    except (ConnectFailed, ModelUnavailable) as error:
+        # A wrong token, no network, a CLIP model that cannot be loaded: say so, no traceback.
         print(f"tastebot: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -218,6 +218,8 @@ class BackboneTuner:
                 torch_threads=self.settings.torch_threads,
                 precision=self.settings.clip_precision,
                 text_tower=False,  # captions keep the text tower that is already loaded
+                engine=self.settings.clip_engine,  # a new encoder version: converted anew
+                engine_cache=self.settings.data_dir / "engines",
             )
             new_version = encoder.version
             await self._reembed(encoder, progress)

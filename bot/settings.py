@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.cron import crontab_trigger
+from learner.model_source import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_REVISION
 
 
 class Settings(BaseSettings):
@@ -18,7 +19,11 @@ class Settings(BaseSettings):
     telegram_bot_token: SecretStr | None = None
     # A self-hosted telegram-bot-api server lifts the 20 MB download limit.
     telegram_api_url: str = "https://api.telegram.org"
-    clip_model: str = "openai/clip-vit-base-patch32"
+    clip_model: str = DEFAULT_CLIP_MODEL
+    # The hub revision (a commit) CLIP_MODEL is loaded at. Unset: the pinned commit for the
+    # default model, none (the hub's latest) for another; "main" = the latest. A local
+    # directory has no revisions.
+    clip_revision: str | None = None
     data_dir: Path = Path("./data")
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()  # Telegram user ids
 
@@ -85,7 +90,11 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0)
     # CLIP's precision: auto = bf16 on CUDA and on CPUs with native bf16, else fp32 (fp16 on
     # CUDA without bf16). Embeddings are float32 and within cosine 0.999 of fp32 either way.
-    clip_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # int8 (OpenVINO only, opt-in): weight-only int8, checked on a random model only.
+    clip_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    # Which engine runs CLIP's vision tower: auto = OpenVINO where installed and working on
+    # this CPU (converted once per encoder version into DATA_DIR/engines), else torch.
+    clip_engine: Literal["auto", "torch", "openvino"] = "auto"
     # Micro-batching: images that arrive while a forward pass runs share the next one (at
     # most EMBED_BATCH_MAX). A pass may also wait EMBED_BATCH_WAIT_MS after its first image
     # for others; 0 (measured best: bench/speed.py) starts a lone image at once.
@@ -135,6 +144,20 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("clip_revision", mode="before")
+    @classmethod
+    def _blank_revision_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _revision_of_this_model(self) -> Settings:
+        # The default pin names a commit of the default model only.
+        if self.clip_model == DEFAULT_CLIP_MODEL and self.clip_revision is None:
+            self.clip_revision = DEFAULT_CLIP_REVISION
+        elif self.clip_model != DEFAULT_CLIP_MODEL and self.clip_revision == DEFAULT_CLIP_REVISION:
+            self.clip_revision = None
+        return self
 
     @model_validator(mode="after")
     def _some_platform(self) -> Settings:

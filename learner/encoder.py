@@ -17,6 +17,16 @@ Embeddings are always float32 and L2-normalised, and ``version`` is hashed from 
 weights, so vectors from either precision are stored and compared as one encoder's
 (bf16 embeddings are within cosine 0.999 of fp32; the tests check it).
 
+Engines (``engine=``): "torch" runs the vision tower as loaded; "openvino" converts it once
+per encoder version to an OpenVINO model cached under ``engine_cache`` (see learner/engines.py)
+and frees the torch copy of the vision weights; "auto" takes OpenVINO where it is installed,
+runs on this device and agrees with torch, else torch (with one log line saying why). The
+encoder version is hashed from the weights before any of this, so it, and the stored
+embeddings, do not depend on the engine. ``precision="int8"`` (opt-in) needs OpenVINO.
+
+A model that cannot be loaded raises :class:`learner.model_source.ModelUnavailable` quickly,
+with one sentence saying what to do (see learner/model_source.py).
+
 Preprocessing can run apart from the forward pass: :meth:`ClipImageEncoder.prepare` turns one
 image into the network's input on any thread (the bot calls it right after decoding, off the
 CLIP thread), and :meth:`ClipImageEncoder.embed` takes images or prepared inputs.
@@ -24,13 +34,11 @@ CLIP thread), and :meth:`ClipImageEncoder.embed` takes images or prepared inputs
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import hashlib
 import json
+import logging
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -44,9 +52,17 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPModel
 
+from learner import engines
+from learner.engines import ENGINES, Engine, EngineFailed, OpenVinoVision
 from learner.images import to_rgb
+from learner.memory import release_pages as _release_pages
+from learner.memory import trim_heap as _trim_heap
+from learner.model_source import ModelUnavailable, load_kwargs, unavailable
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+log = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # torch's
+ClipPrecision = Literal["auto", "fp32", "bf16", "fp16", "int8"]  # CLIP_PRECISION: + int8 (OpenVINO)
 _DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
@@ -151,8 +167,11 @@ class ClipImageEncoder:
         *,
         device: str | None = None,
         torch_threads: int | None = None,
-        precision: Precision = "fp32",
+        precision: ClipPrecision = "fp32",
         text_tower: bool = True,
+        engine: Engine = "torch",
+        engine_cache: Path | str | None = None,
+        revision: str | None = None,
     ) -> None:
         """``torch_threads``: None leaves torch's setting alone, 0 = :func:`default_torch_threads`.
 
@@ -160,42 +179,141 @@ class ClipImageEncoder:
         its ``CLIP_PRECISION`` setting, "auto" by default. ``text_tower=False`` frees CLIP's
         text tower once the weights are hashed (a ViT-B/32's is 63M parameters) for a caller
         that never embeds text; ``self.model`` then has no ``text_model``.
+
+        ``engine``: "torch" (default), "openvino" or "auto" (see the module's docstring);
+        ``engine_cache``: the directory converted models are cached in (None: converted in a
+        temporary directory on every load). With OpenVINO, ``self.model`` keeps no vision
+        tower. ``revision``: the hub revision for a hub id (ignored for a local directory).
         """
+        if precision not in get_args(ClipPrecision):
+            raise ValueError(
+                f"precision must be one of {get_args(ClipPrecision)}, got {precision!r}"
+            )
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         if torch_threads is not None:
             # process-wide: torch has one intra-op pool
             torch.set_num_threads(torch_threads or default_torch_threads())
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.precision: str = resolve_precision(precision, self.device)
-        self.dtype: torch.dtype = _DTYPES[self.precision]
+        wanted = self._engine_to_try(engine, precision)
+        torch_precision = "auto" if precision == "int8" else precision
+        self.precision: str = resolve_precision(torch_precision, self.device)
+        # The OpenVINO engine is converted from float32 weights: cast (if at all) after trying it.
+        self.dtype: torch.dtype = torch.float32 if wanted == "openvino" else _DTYPES[self.precision]
 
-        # The PIL processor, not CLIPImageProcessor: in transformers 5 that one needs torchvision.
-        self.processor: CLIPImageProcessorPil = CLIPImageProcessorPil.from_pretrained(
-            model_name_or_path
-        )
-        model = CLIPModel.from_pretrained(model_name_or_path, dtype=torch.float32)
+        try:
+            load = load_kwargs(model_name_or_path, revision)
+            # The PIL processor, not CLIPImageProcessor: in transformers 5 that one needs
+            # torchvision.
+            self.processor: CLIPImageProcessorPil = CLIPImageProcessorPil.from_pretrained(
+                model_name_or_path, **load
+            )
+            model = CLIPModel.from_pretrained(model_name_or_path, dtype=torch.float32, **load)
+        except ModelUnavailable:
+            raise
+        except Exception as error:  # OSError, hub errors, a broken safetensors file, ...
+            raise unavailable(model_name_or_path, revision, error) from error
+        self.load_kwargs = load  # for loading the tokenizer the same way
+        self._source = engines.ModelSource(model_name_or_path, revision)
         model.requires_grad_(False)
         self._preprocessing = _PreprocessSettings.from_processor(self.processor)
         # Hash on the CPU, before moving: same weights + same preprocessing = same version.
-        digest = _hash_and_cast(model, self.dtype, extra=self._preprocessing.describe())
+        digest = _hash_and_cast(
+            model,
+            self.dtype,
+            extra=self._preprocessing.describe(),
+            release=wanted == "openvino",  # read again only if converted
+        )
         self.version: str = f"{_short_name(model_name_or_path)}@{digest[:12]}"
         if not text_tower:
             del model.text_model, model.text_projection
-        # In place, through nn.Module: transformers' own typing of .to/.eval trips mypy.
-        torch.nn.Module.to(model, self.device, self.dtype)
-        torch.nn.Module.eval(model)
-        self.model: CLIPModel = model
-        self.packed_layers = 0  # linear layers of the vision tower packed for oneDNN
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
-            self.packed_layers = _pack_vision_tower(model, self._preprocessing.crop_height)
-        _trim_heap()  # the float32 and unpacked copies are gone: give their memory back
         projection_dim = model.config.projection_dim
         if projection_dim is None:
             raise ValueError(f"{model_name_or_path}: CLIP config has no projection_dim")
         self.dim: int = int(projection_dim)
         self.input_size: int = self._preprocessing.crop_height  # what decode_image can aim for
+        torch.nn.Module.eval(model)
+
+        self.engine: str = "torch"
+        self._openvino: OpenVinoVision | None = None
+        if wanted == "openvino":
+            threads = torch_threads or default_torch_threads()
+            try:
+                self._openvino = self._load_openvino(model, precision, engine_cache, threads)
+            except EngineFailed as error:
+                if engine == "openvino":
+                    raise
+                self.engine_reason = f"OpenVINO not used ({error}): torch {self.precision}"
+                log.warning("CLIP engine: %s", self.engine_reason)
+        if self._openvino is not None:
+            self.engine, self.precision = "openvino", self._openvino.precision
+            if engine == "auto":
+                self.engine_reason = "CLIP_ENGINE=auto: OpenVINO is installed and agrees with torch"
+            # One copy of the vision weights: OpenVINO has its own now.
+            del model.vision_model, model.visual_projection
+            _own_copies(model)
+        elif model.dtype != _DTYPES[self.precision]:  # OpenVINO was tried in fp32
+            self.dtype = _DTYPES[self.precision]
+        # In place, through nn.Module: transformers' own typing of .to/.eval trips mypy.
+        torch.nn.Module.to(model, self.device, self.dtype)
+        self.model: CLIPModel = model
+        self.packed_layers = 0  # linear layers of the vision tower packed for oneDNN
+        if self.engine == "torch" and self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            self.packed_layers = _pack_vision_tower(model, self._preprocessing.crop_height)
+        _trim_heap()  # the float32 and unpacked copies are gone: give their memory back
         self._lock = threading.Lock()  # one forward at a time; torch already uses every core
         # Seconds the last embed() spent in each stage, for the bot's per-stage timings.
         self.last_stage_seconds: dict[str, float] = {}
+
+    def _engine_to_try(self, engine: str, precision: str) -> str:
+        """ "torch" or "openvino" (to be tried; "auto" falls back to torch if it fails), and
+        ``self.engine_reason``: why, in a few words."""
+        self.engine_reason = f"CLIP_ENGINE={engine}"
+        if engine == "torch":
+            if precision == "int8":
+                raise ValueError("int8 runs on OpenVINO only: set the engine to openvino or auto")
+            return "torch"
+        if self.device.type != "cpu":
+            if engine == "openvino":
+                raise ValueError(f"the OpenVINO engine runs on the CPU, not on {self.device}")
+            self.engine_reason = f"torch on {self.device.type} (OpenVINO runs on the CPU here)"
+            return "torch"
+        if precision == "fp16":
+            if engine == "openvino":
+                raise ValueError("OpenVINO runs fp32, bf16 or int8 on the CPU, not fp16")
+            self.engine_reason = "torch for fp16 (OpenVINO runs fp32, bf16 or int8)"
+            return "torch"
+        missing = engines.openvino_missing() or (
+            engines.nncf_missing() if precision == "int8" else None
+        )
+        if missing:
+            if engine == "openvino":
+                raise EngineFailed(missing)
+            self.engine_reason = f"OpenVINO not used ({missing}): torch"
+            log.warning("CLIP engine: %s", self.engine_reason)
+            return "torch"
+        return "openvino"
+
+    def _load_openvino(
+        self, model: CLIPModel, precision: str, cache: Path | str | None, threads: int
+    ) -> OpenVinoVision:
+        ov_precision = engines.openvino_precision(precision)
+        key = engines.CacheKey(
+            encoder_version=self.version,
+            weights=engines.WEIGHTS[ov_precision],
+            input_size=(self._preprocessing.crop_height, self._preprocessing.crop_width),
+            dim=self.dim,
+        )
+        graph = engines.VisionGraph(model.vision_model, model.visual_projection)
+        root = Path(cache) if cache is not None else None
+        try:
+            return engines.load_openvino(
+                root, key, graph, ov_precision, threads, source=self._source
+            )
+        except EngineFailed:
+            raise
+        except Exception as error:  # conversion or compilation failed inside OpenVINO
+            raise EngineFailed(f"{type(error).__name__}: {error}") from error
 
     def prepare(self, image: Image.Image) -> PreparedImage:
         """One image preprocessed for :meth:`embed`; thread-safe, so it can run while another
@@ -240,9 +358,12 @@ class ClipImageEncoder:
             for start in range(0, len(images), batch_size):
                 started = time.perf_counter()
                 pixels = self.preprocess(images[start : start + batch_size])
-                pixels = pixels.to(self.device, self.dtype)
                 preprocessed = time.perf_counter()
-                chunks.append(self._embed_pixels(pixels))
+                if self._openvino is not None:
+                    chunks.append(self._openvino(pixels.numpy()))
+                else:
+                    pixels = pixels.to(self.device, self.dtype)
+                    chunks.append(self._embed_pixels(pixels))
                 forward += time.perf_counter() - preprocessed
                 preprocess += preprocessed - started
             self.last_stage_seconds = {"preprocess": preprocess, "forward": forward}
@@ -401,7 +522,20 @@ def _pack_vision_tower(model: CLIPModel, image_size: int) -> int:
     return packed
 
 
-def _hash_and_cast(model: torch.nn.Module, dtype: torch.dtype, *, extra: str) -> str:
+def _own_copies(model: torch.nn.Module) -> None:
+    """Copy what is left of ``model`` (the text tower, logit_scale) out of the checkpoint file
+    ``from_pretrained`` mapped: while one tensor points into the mapping, all of it (the
+    freed vision tower's pages too, ~350 MB for ViT-B/32) stays mapped and may stay resident."""
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            param.data = param.data.clone()
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            module._buffers[name] = buffer.clone()
+
+
+def _hash_and_cast(
+    model: torch.nn.Module, dtype: torch.dtype, *, extra: str, release: bool = False
+) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes (as loaded, float32), plus
     ``extra``; each floating-point tensor is cast to ``dtype`` as soon as it is hashed, and the
     pages its float32 original was read from are released.
@@ -409,6 +543,7 @@ def _hash_and_cast(model: torch.nn.Module, dtype: torch.dtype, *, extra: str) ->
     ``from_pretrained`` maps the checkpoint file and reads it lazily. Hashing the whole model
     first and casting it after would keep every page of the float32 file resident beside the
     reduced copy: ~600 MB more at the peak for ViT-B/32 (bench/speed.py reports peak RSS).
+    ``release``: release the pages of tensors that are not cast too (for another engine).
     """
     digest = hashlib.sha256()
     state = model.state_dict()  # float32 views: tied names hash the original weights too
@@ -417,6 +552,8 @@ def _hash_and_cast(model: torch.nn.Module, dtype: torch.dtype, *, extra: str) ->
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
         if not t.is_floating_point() or t.dtype == dtype:
+            if release:  # another engine will hold the weights: torch's pages may go
+                _release_pages(t)
             continue
         owner_name, _, attr = name.rpartition(".")
         owner = model.get_submodule(owner_name)
@@ -429,44 +566,6 @@ def _hash_and_cast(model: torch.nn.Module, dtype: torch.dtype, *, extra: str) ->
         _release_pages(t)
     digest.update(extra.encode())
     return digest.hexdigest()
-
-
-_MADV_PAGEOUT = 21  # Linux >= 5.4
-
-
-def _release_pages(tensor: torch.Tensor) -> None:
-    """Hint Linux to drop ``tensor``'s memory from the resident set (``MADV_PAGEOUT``).
-
-    A hint that never loses data: clean pages of a mapped file are read again and anonymous
-    ones swapped if ever touched again, so neighbours sharing a page are safe. A no-op off
-    Linux or on older kernels.
-    """
-    libc = _libc()
-    if libc is None or tensor.device.type != "cpu" or tensor.numel() == 0:
-        return
-    page = os.sysconf("SC_PAGE_SIZE")
-    start = tensor.data_ptr() // page * page
-    end = -(-(tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page) * page
-    libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT)
-
-
-def _trim_heap() -> None:
-    """glibc keeps freed memory in its heap; ``malloc_trim`` returns it to the system."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        return libc
-    except (OSError, AttributeError):
-        return None
 
 
 def _short_name(model_name_or_path: str) -> str:

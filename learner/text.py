@@ -31,6 +31,8 @@ import numpy.typing as npt
 import torch
 from transformers import AutoTokenizer, CLIPModel, CLIPTextConfig
 
+from learner.model_source import ModelUnavailable, load_kwargs
+
 log = logging.getLogger(__name__)
 
 # What a tokenizer directory holds: tokenizer.json (fast), or vocab.json + merges.txt (the hub's
@@ -86,9 +88,14 @@ class ClipTextEncoder:
 
     @classmethod
     def from_pretrained(
-        cls, model_name_or_path: str, model: CLIPModel | None = None
+        cls,
+        model_name_or_path: str,
+        model: CLIPModel | None = None,
+        *,
+        revision: str | None = None,
     ) -> ClipTextEncoder | None:
-        """Load the tokenizer (and CLIPModel, unless ``model`` is given) from a directory or hub id.
+        """Load the tokenizer (and CLIPModel, unless ``model`` is given) from a directory or hub id
+        (at ``revision``; a cached hub id and a directory without touching the network).
 
         Returns None, logging once per name, where there is no usable tokenizer: text is then
         disabled and images are scored alone.
@@ -104,8 +111,9 @@ class ClipTextEncoder:
             )
             return None
         try:
-            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-        except (OSError, ValueError, KeyError) as error:
+            load = load_kwargs(model_name_or_path, revision)
+            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **load)
+        except (OSError, ValueError, KeyError, ModelUnavailable) as error:
             _warn_once(
                 model_name_or_path,
                 "no tokenizer for %s (%s): captions and OCR text are not used",
@@ -114,7 +122,7 @@ class ClipTextEncoder:
             )
             return None
         if model is None:
-            model = CLIPModel.from_pretrained(model_name_or_path, dtype=torch.float32)
+            model = CLIPModel.from_pretrained(model_name_or_path, dtype=torch.float32, **load)
             model.requires_grad_(False)
             torch.nn.Module.eval(model)
         return cls(model, tokenizer, name=name)

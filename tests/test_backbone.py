@@ -15,7 +15,7 @@ from transformers import CLIPImageProcessorPil, CLIPModel
 
 import bot.backbone
 import bot.backbone_compare
-from bot import render
+from bot import admin_text
 from bot.backbone import BackboneTuner
 from bot.services import Services
 from bot.settings import Settings
@@ -397,7 +397,7 @@ async def test_a_head_of_the_encoder_before_a_fine_tune_is_not_restored(
     assert outcome.promoted, outcome
     listing = await trained.admin.models_of("telegram", "1")
     assert listing is not None and listing.other_encoder == frozenset({1})
-    lines = render.models_text("1", listing).split("\n")
+    lines = admin_text.models_text("1", listing).split("\n")
     assert lines[1].startswith("v1 retired (other CLIP):") and lines[2].startswith("v2 active:")
     assert await trained.admin.rollback("telegram", "1", 1) is Rollback.OTHER_ENCODER
     active = await trained.store.models.active_model(1)

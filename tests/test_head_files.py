@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 import bot.retraining
-from bot import render
+from bot import admin_text
 from bot.services import Services
 from bot.settings import Settings
 from domain import Rollback
@@ -69,6 +69,6 @@ async def test_rollback_to_an_unreadable_head_file_is_refused(
     active = await service.store.models.active_model(alice.id)
     assert active is not None and active.version == 2
     assert (await score(service, 500)).model_version == 2
-    assert render.rollback_text("1", 1, Rollback.UNREADABLE, 20) == (
+    assert admin_text.rollback_text("1", 1, Rollback.UNREADABLE, 20) == (
         "Model v1 of user 1 can't be restored: its file can't be read (see the log)."
     )

@@ -223,3 +223,29 @@ def test_sigterm_is_quick_when_the_bot_api_stops_answering(
     assert code == 0 and took <= 5.0, (code, took)
     with sqlite3.connect(data_dir / "tastebot.sqlite3") as db:
         assert db.execute("SELECT vote FROM feedback").fetchall() == [("like",)]
+
+
+def test_a_missing_clip_model_is_one_line_and_exit_code_1(
+    api: tuple[FakeBotAPI, str], tmp_path: Path
+) -> None:
+    fake, url = api
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "TELEGRAM_BOT_TOKEN": fake.token,
+        "TELEGRAM_API_URL": url,
+        "CLIP_MODEL": str(tmp_path / "no-such-clip"),
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_LEVEL": "WARNING",  # the INFO lines of a normal start are not what is checked
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tastebot: "), result.stderr
+    assert "no-such-clip" in lines[0] and "Traceback" not in result.stderr

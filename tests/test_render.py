@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from bot.render import retrain_text
+from bot.admin_text import retrain_text
 from domain import RetrainOutcome, User
 
 
@@ -42,7 +42,7 @@ def test_one_or_a_few_people_are_listed_in_full() -> None:
 
 
 def test_retrain_text_never_goes_over_the_limit_with_the_more_line() -> None:
-    from bot.render import _units
+    from bot.render import units as _units
 
     for people in (28, 40, 90):
         for reason in range(150, 260):

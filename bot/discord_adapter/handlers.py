@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import discord
 from discord import app_commands
 
-from bot import render
+from bot import admin_text, render
 from bot.charts import learning_curve_png
 from bot.discord_adapter.views import vote_view
 from domain import AlreadyAnswered, IncomingImage, Person, Refused, Vote
@@ -265,7 +265,7 @@ async def cmd_retrain(interaction: discord.Interaction[TasteClient]) -> None:
         min_new_votes=1, trigger="admin"
     )
     await interaction.followup.send(
-        render.retrain_text(outcomes, limit=MAX_MESSAGE), ephemeral=True
+        admin_text.retrain_text(outcomes, limit=MAX_MESSAGE), ephemeral=True
     )
 
 
@@ -300,7 +300,7 @@ async def cmd_models(interaction: discord.Interaction[TasteClient], user: str) -
         return
     listing = await interaction.client.services.admin.models_of(PLATFORM, target)
     await interaction.response.send_message(
-        render.models_text(target, listing, limit=MAX_MESSAGE), ephemeral=True
+        admin_text.models_text(target, listing, limit=MAX_MESSAGE), ephemeral=True
     )
 
 
@@ -320,6 +320,6 @@ async def cmd_rollback(
     client = interaction.client
     outcome = await client.services.admin.rollback(PLATFORM, target, version)
     await interaction.followup.send(
-        render.rollback_text(target, version, outcome, client.settings.head_files_kept),
+        admin_text.rollback_text(target, version, outcome, client.settings.head_files_kept),
         ephemeral=True,
     )

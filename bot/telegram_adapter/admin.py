@@ -8,7 +8,7 @@ import logging
 from telegram import Message, Update
 from telegram.error import BadRequest
 
-from bot import render
+from bot import admin_text
 from bot.telegram_adapter.callback_data import (
     is_id,
 )
@@ -46,11 +46,11 @@ async def cmd_retrain(update: Update, context: TasteContext) -> None:
         outcomes = await context.services.retraining.retrain_due_heads(
             min_new_votes=1, trigger="admin", on_progress=progress
         )
-        await status.edit_text(render.retrain_text(outcomes))
+        await status.edit_text(admin_text.retrain_text(outcomes))
         return
     outcome = await context.services.retraining.retrain_person(PLATFORM, target, trigger="admin")
     await message.reply_text(
-        f"I don't know user {target}." if outcome is None else render.retrain_text([outcome])
+        f"I don't know user {target}." if outcome is None else admin_text.retrain_text([outcome])
     )
 
 
@@ -79,7 +79,7 @@ async def _retrain_backbone(message: Message, context: TasteContext, *, cancel: 
                 log.debug("progress edit failed: %s", error)
 
     outcome = await tuner.run("admin", on_progress=progress)
-    await progress(render.backbone_text(outcome))
+    await progress(admin_text.backbone_text(outcome))
 
 
 async def cmd_models(update: Update, context: TasteContext) -> None:
@@ -93,7 +93,7 @@ async def cmd_models(update: Update, context: TasteContext) -> None:
         return
     target = context.args[0]  # type: ignore[index]
     await message.reply_text(
-        render.models_text(target, await context.services.admin.models_of(PLATFORM, target))
+        admin_text.models_text(target, await context.services.admin.models_of(PLATFORM, target))
     )
 
 
@@ -112,7 +112,7 @@ async def cmd_rollback(update: Update, context: TasteContext) -> None:
     version = int(version_text)
     outcome = await context.services.admin.rollback(PLATFORM, args[0], version)
     await message.reply_text(
-        render.rollback_text(args[0], version, outcome, context.settings.head_files_kept)
+        admin_text.rollback_text(args[0], version, outcome, context.settings.head_files_kept)
     )
 
 
@@ -122,4 +122,4 @@ async def stats_of_everyone(update: Update, context: TasteContext) -> None:
     if not await require_admin(update, context, "/stats all"):
         return
     summaries = await context.services.admin.summaries()
-    await update.effective_message.reply_text(render.summaries_text(summaries))
+    await update.effective_message.reply_text(admin_text.summaries_text(summaries))
