@@ -24,8 +24,15 @@ import torch
 import transformers
 
 from bench.pictures import screenshot
-from learner.finetune import FinetuneConfig, FinetuneExample, FinetuneProgress, finetune
-from learner.head import DISLIKE, LIKE, SUPER_LIKE
+from learner.finetune import (
+    DISLIKE,
+    LIKE,
+    SUPER_LIKE,
+    FinetuneConfig,
+    FinetuneExample,
+    FinetuneProgress,
+    finetune,
+)
 from tests.tiny_clip import build_clip, vit_b32_config
 
 

@@ -43,8 +43,12 @@ from PIL import Image
 from torch import nn
 
 from learner.durable import fsync_directory, fsync_tree
-from learner.head import DISLIKE, LIKE, SUPER_LIKE, SUPER_LIKE_WEIGHT
+from learner.head import SUPER_LIKE_WEIGHT
 from learner.images import ImageRejected, decode_image
+
+# Vote codes of this module's examples, until the bot's torch-free Vote definition replaces
+# them here (learner.head takes liked / weight arrays and no longer defines codes).
+DISLIKE, LIKE, SUPER_LIKE = 0, 1, 2
 
 if TYPE_CHECKING:
     from learner.encoder import ClipImageEncoder

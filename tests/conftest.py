@@ -5,15 +5,18 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from bot.core import TasteService
 from bot.settings import Settings
 from learner.encoder import ClipImageEncoder
 from tests.tiny_clip import build_tiny_clip
+
+if TYPE_CHECKING:
+    from bot.core import TasteService
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +48,9 @@ def settings(tmp_path: Path, clip_dir: Path) -> Settings:
 
 @pytest.fixture
 async def service(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[TasteService]:
+    # Imported here: the learner's tests run without the bot (which is wired to it separately).
+    from bot.core import TasteService
+
     svc = await TasteService.open(settings, encoder)
     yield svc
     await svc.close()
