@@ -87,6 +87,11 @@ VOTE_NOISE_CHOICES = (0.0, 0.025, 0.05, 0.075, 0.1)  # eps: the person's inconsi
 CENTRE_COSINE = 0.5
 SCALE_SHRINK = 1.0  # per-dimension scaling shrinkage (format 7's constant, 18 worlds)
 PARTS = ("linear", "centroid", "nearest")
+# The salient prior stretches x by sqrt((var_k + SALIENT_SHRINK mean var) / ((1 + SALIENT_SHRINK)
+# mean var)) along the principal directions of the person's images: the same shrinkage as
+# SCALE_SHRINK, for the same reason (directions barely seen among a few images are not
+# erased). 0.1 measured the same as 1 on pets (8 people, style and graded).
+SALIENT_SHRINK = 1.0
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -151,6 +156,26 @@ def _f_space(x: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
     if shift.any():
         x64 = _unit_rows(x64 - shift)
     out: np.ndarray = _unit_rows(x64 * scale).astype(np.float32)
+    return out
+
+
+def _salient_stretch(x: np.ndarray, unlabeled: np.ndarray | None) -> np.ndarray:
+    """(d, d) symmetric map stretching x along the principal directions of the person's
+    images (votes and unvoted) by sqrt of their shrunk relative variance (SALIENT_SHRINK)."""
+    d = x.shape[1]
+    u = np.zeros((0, d)) if unlabeled is None else np.asarray(unlabeled).reshape(-1, d)
+    images = np.vstack([x, u]).astype(np.float64)
+    if len(images) < 2:
+        return np.eye(d)
+    centred = images - images.mean(axis=0)
+    ev, vec = np.linalg.eigh(centred.T @ centred / (len(images) - 1))
+    ev = np.maximum(ev, 0.0)
+    m = float(ev.mean())
+    if m <= 0:
+        return np.eye(d)
+    out: np.ndarray = (
+        vec * np.sqrt((ev + SALIENT_SHRINK * m) / ((1 + SALIENT_SHRINK) * m))
+    ) @ vec.T
     return out
 
 
@@ -307,10 +332,8 @@ class TasteHead:
             )
 
 
-def _linear_head(
-    w: np.ndarray, b: float, a: float, c: float, meta: dict[str, Any], d: int
-) -> TasteHead:
-    """A head that is sigmoid(a (x . w + b) + c): the crowd model or the cold-start prior."""
+def _linear_head(w: np.ndarray, b: float, a: float, meta: dict[str, Any], d: int) -> TasteHead:
+    """A head that is sigmoid(a (x . w + b)): the crowd model and/or the cold-start prior."""
     return TasteHead(
         weights=w,
         bias=b,
@@ -322,7 +345,7 @@ def _linear_head(
         scale=np.ones(d),
         mix=np.array([1.0, 0.0, 0.0]),
         platt_a=a,
-        platt_c=c,
+        platt_c=0.0,
         vote_noise=0.0,
         meta=meta,
     )
@@ -518,14 +541,17 @@ def train_head(
         raise ValueError(f"need n positive finite weights, got shape {sw0.shape}")
     n_pos = int(y.sum())
     if min(n_pos, n - n_pos) < MIN_PER_CLASS:
-        base = {"n_train": n, "n_liked": n_pos}
-        if crowd is not None:
-            cw = crowd.direction * crowd.platt_a
-            return _linear_head(
-                cw, crowd.platt_c, 1.0, 0.0, {"kind": "crowd model", **base, "crowd_weight": 1.0}, d
-            )
+        # No boundary to learn: the cold-start prior's logit from the votes there are (0 with
+        # none), plus the crowd model's when there is one. The prior's few votes outweigh a
+        # crowd that knows little (its logit is flat), and a newcomer gets the crowd alone.
         w, b, a = _prior_linear(x[y == 1], x[y == 0], d)
-        return _linear_head(w, b, a, 0.0, {"kind": "cold start", **base, "crowd_weight": 0.0}, d)
+        counts = {"n_train": n, "n_liked": n_pos}
+        if crowd is None:
+            return _linear_head(w, b, a, {"kind": "cold start", **counts, "crowd_weight": 0.0}, d)
+        w = a * w + crowd.platt_a * crowd.direction
+        b = a * b + crowd.platt_c
+        kind = "crowd model" if n == 0 else "crowd model + cold start"
+        return _linear_head(w, b, 1.0, {"kind": kind, **counts, "crowd_weight": 1.0}, d)
 
     # Votes: super likes weigh more, then the two sides weigh the same in total.
     sw = sw0 * np.where(y == 1, n / (2 * sw0[y == 1].sum()), n / (2 * sw0[y == 0].sum()))
@@ -534,6 +560,18 @@ def train_head(
     # Linear part on x, with the crowd as an offset whose strength the LOO error chooses.
     offset = None if crowd is None else crowd.logit(x)
     lam, gamma, w, b, loo_lin = _ridge_loo(x, t, sw, offset)
+    # ... and the same on x stretched along the directions in which the person's images vary
+    # most (a prior that a taste follows the salient visual axes more than the faint ones);
+    # the person's votes choose between the two by LOO likelihood.
+    stretch = _salient_stretch(x, unlabeled)
+    lam2, gamma2, w2, b2, loo2 = _ridge_loo(
+        (x.astype(np.float64) @ stretch).astype(np.float32), t, sw, offset
+    )
+    rows = np.arange(0, n, max(1, n // MAX_NEAREST))
+    y_rows = (t[rows] > 0).astype(np.float64)
+    salient = _fit_platt(loo2[rows], y_rows)[2] > _fit_platt(loo_lin[rows], y_rows)[2]
+    if salient:
+        lam, gamma, w, b, loo_lin = lam2, gamma2, stretch @ w2, b2, loo2
     if crowd is not None and gamma > 0:
         w = w + gamma * crowd.platt_a * crowd.direction
         b += gamma * crowd.platt_c
@@ -552,9 +590,6 @@ def train_head(
     vote_values = np.where(y[kept] == 1, 1.0, -1.0)
     centroid, loo_cen = _centroid_loo(f, y)
     parts: dict[str, np.ndarray] = {"linear": loo_lin[kept], "centroid": loo_cen[kept]}
-    if "f_linear" in PARTS:
-        _, _, wf, bf, loo_f = _ridge_loo(f, t, sw, None)
-        parts["f_linear"] = loo_f[kept]
     sims = vote_feats @ vote_feats.T
     np.fill_diagonal(sims, -np.inf)
     parts["nearest"] = _nearest(sims, vote_values)
@@ -578,17 +613,14 @@ def train_head(
     assert best is not None
     a, c, eps, _ = best
     m = dict(zip(PARTS, pi / spread, strict=True))
-    f_weights = m.get("centroid", 0.0) * centroid
-    f_bias = 0.0
-    if "f_linear" in PARTS:
-        f_weights = f_weights + m["f_linear"] * wf
-        f_bias = m["f_linear"] * bf
-    mix = np.array([m.get("linear", 0.0), 1.0, m.get("nearest", 0.0)])
+    f_weights, f_bias = m["centroid"] * centroid, 0.0
+    mix = np.array([m["linear"], 1.0, m["nearest"]])
     meta: dict[str, Any] = {
         "kind": "blend",
         "n_train": n,
         "n_liked": n_pos,
         "lambda": lam,
+        "salient_prior": bool(salient),
         "crowd_weight": gamma,
         **{f"blend_{p}": float(v) for p, v in zip(PARTS, pi, strict=True)},
         "platt_a": a,
