@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bot.crowd import SharedCrowd
 from bot.head_cache import HeadCache
 from domain import ModelVersion, User
-from learner.head import TasteHead, cold_start_scores
+from learner.head import TasteHead, train_head
+from learner.prior import nearest_vote_scores
 from learner.text import combine
 from storage.files import DataDir
 from storage.store import Store
@@ -35,6 +37,7 @@ class ActiveHeads:
         text_weight: float,
         cache_people: int,
         files_kept: int,
+        crowd: SharedCrowd,
     ) -> None:
         self.store = store
         self.data_dir = data_dir
@@ -42,6 +45,7 @@ class ActiveHeads:
         self.dim = dim
         self.text_weight = text_weight
         self.files_kept = files_kept
+        self.crowd = crowd
         self.cache = HeadCache(cache_people)
 
     def switch(self, encoder_version: str, dim: int) -> None:
@@ -71,29 +75,41 @@ class ActiveHeads:
             return active, None
         return active, await self.load(active)
 
-    async def scorer(self, user: User) -> tuple[Scorer, ModelVersion | None]:
-        """What scores a vector for ``user`` (their active head, else the cold-start prior),
-        and the model version to name beside the score (None for the prior)."""
+    async def scorer(self, user: User) -> tuple[Scorer, ModelVersion | None, bool]:
+        """What scores a vector for ``user``: their active head, else a prior from the votes
+        they have (with the crowd model when there is one). Also the model version to name
+        beside the score (None for a prior), and whether the crowd model is that prior."""
         active, head = await self.active_head(user.id)
-        if head is not None:
-            weight = self.text_weight
+        if head is None:
+            head = await self._prior(user.id)
+            active = None
+        if head is None:
+            return _cold_start(*await self._votes(user.id)), None, False
+        weight = self.text_weight
 
-            def with_head(vector: np.ndarray, text_vector: np.ndarray | None) -> float:
-                seen = combine(vector, text_vector, weight)
-                return float(head.predict(seen.reshape(1, -1))[0])
+        def with_head(vector: np.ndarray, text_vector: np.ndarray | None) -> float:
+            seen = combine(vector, text_vector, weight)
+            return float(head.predict(seen.reshape(1, -1))[0])
 
-            return with_head, active
-        votes = await self.store.votes.labelled_embeddings(user.id, self.encoder_version)
-        empty = np.zeros((0, self.dim), np.float32)
-        liked = [np.frombuffer(v.vector, np.float32) for v in votes if v.vote.liked]
-        disliked = [np.frombuffer(v.vector, np.float32) for v in votes if not v.vote.liked]
-        liked_rows = np.stack(liked) if liked else empty
-        disliked_rows = np.stack(disliked) if disliked else empty
+        return with_head, active, active is None
 
-        def with_prior(vector: np.ndarray, text_vector: np.ndarray | None) -> float:
-            return float(cold_start_scores(vector.reshape(1, -1), liked_rows, disliked_rows)[0])
+    async def _votes(self, user_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        votes = await self.store.votes.labelled_embeddings(user_id, self.encoder_version)
+        rows = [np.frombuffer(v.vector, np.float32) for v in votes]
+        x = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+        liked = np.array([v.vote.liked for v in votes], bool)
+        weights = np.array([v.vote.weight for v in votes], np.float64)
+        return x, liked, weights
 
-        return with_prior, None
+    async def _prior(self, user_id: int) -> TasteHead | None:
+        """Before a person's first head, with a crowd model: a head of their few votes with
+        the crowd as its prior (the learner uses the crowd alone until there is a boundary
+        to learn). None without a crowd model."""
+        crowd = self.crowd.model
+        if crowd is None:
+            return None
+        x, liked, weights = await self._votes(user_id)
+        return await asyncio.to_thread(train_head, x, liked, weights, None, crowd)
 
     def promoted(self, user_id: int, model_id: int, head: TasteHead) -> None:
         self.cache.put(user_id, model_id, head)
@@ -109,6 +125,17 @@ class ActiveHeads:
         old = await self.store.models.head_files_beyond(user_id, self.files_kept)
         paths = [self.data_dir.path(rel) for rel in old]
         await asyncio.get_running_loop().run_in_executor(None, _unlink_all, paths)
+
+
+def _cold_start(x: np.ndarray, liked: np.ndarray, _: np.ndarray) -> Scorer:
+    """The prior of the person's own votes, with no crowd model to start from: it leans the
+    way the reply's "closest liked / disliked" lines do (learner.prior)."""
+    liked_rows, disliked_rows = x[liked], x[~liked]
+
+    def with_prior(vector: np.ndarray, text_vector: np.ndarray | None) -> float:
+        return float(nearest_vote_scores(vector.reshape(1, -1), liked_rows, disliked_rows)[0])
+
+    return with_prior
 
 
 def _unlink_all(paths: Sequence[Path]) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from bot.render import TEXT_LIMIT, plural, that_fit, totals_line, units
 from domain import (
     BackboneOutcome,
+    CrowdOutcome,
     ModelList,
     ModelVersion,
     RetrainOutcome,
@@ -134,4 +135,13 @@ def backbone_text(outcome: BackboneOutcome) -> str:
     return (
         f"CLIP fine-tune v{outcome.version} ({outcome.examples} votes, "
         f"{outcome.seconds:.0f} s): {verdict} — {outcome.reason}."
+    )
+
+
+def crowd_text(outcome: CrowdOutcome) -> str:
+    if outcome.version is None:
+        return f"No crowd model trained: {outcome.reason}."
+    verdict = "promoted: newcomers are scored by it now" if outcome.promoted else "not promoted"
+    return (
+        f"Crowd model v{outcome.version} ({outcome.people} people): {verdict} — {outcome.reason}."
     )

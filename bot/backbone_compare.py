@@ -70,8 +70,8 @@ async def compare_heads(
         shared = {v.submission_id for v in old} & {v.submission_id for v in new}
         old = [v for v in old if v.submission_id in shared]
         new = [v for v in new if v.submission_id in shared]
-        ids, votes = vote_arrays(new)
-        if trainable(ids, votes, min_votes) is not None:
+        ids, liked, weights = vote_arrays(new)
+        if trainable(ids, liked, min_votes) is not None:
             continue
         old_x = await text.training_vectors(old)
         new_x = await text.training_vectors(new)
@@ -80,10 +80,16 @@ async def compare_heads(
         # old set only; it shapes the graph, while both heads are scored on the same votes.)
         old_u = await text.unvoted_vectors(user_id, old_version)
         new_u = await text.unvoted_vectors(user_id, new_version)
-        new_result = await asyncio.to_thread(train_and_compare, ids, new_x, votes, new_u, None)
+        # No crowd prior on either side: the crowd model is of the old encoder's vectors, and
+        # the comparison is of the encoders alone.
+        new_result = await asyncio.to_thread(
+            train_and_compare, ids, new_x, liked, weights, new_u, None
+        )
         old_auc = new_auc = None
         if new_result.candidate.auc is not None:
-            old_result = await asyncio.to_thread(train_and_compare, ids, old_x, votes, old_u, None)
+            old_result = await asyncio.to_thread(
+                train_and_compare, ids, old_x, liked, weights, old_u, None
+            )
             if old_result.candidate.auc is not None:
                 old_auc, new_auc = old_result.candidate.auc, new_result.candidate.auc
         head_version = await store.models.next_model_version(user_id)

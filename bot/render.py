@@ -47,7 +47,8 @@ TELEGRAM_ADMIN_HELP = (
     "\n\nAdmin commands (only you and the other admins see them work):\n"
     "/stats all — everyone's votes and models\n"
     "/retrain — retrain everyone with new votes now; /retrain <user> for one person, "
-    "/retrain full to fine-tune CLIP, /retrain cancel to stop that\n"
+    "/retrain crowd for the crowd model, /retrain full to fine-tune CLIP, "
+    "/retrain cancel to stop that\n"
     "/models <user> — a person's model versions\n"
     "/rollback <user> <version> — make an earlier version theirs again\n"
     "<user> is a user id or an @username I have seen."
@@ -151,8 +152,15 @@ def curve_caption(
     return text + prefix + older + arrow.join(shown)
 
 
+def model_label(scored: Scored) -> str:
+    """Which model gave the score: the person's own, the crowd's, or none yet."""
+    if scored.model_version is not None:
+        return f"model v{scored.model_version}"
+    return "crowd model" if scored.by_crowd else "cold start"
+
+
 def score_text(scored: Scored) -> str:
-    model = "cold start" if scored.model_version is None else f"model v{scored.model_version}"
+    model = model_label(scored)
     lines = [f"Your score: {scored.score:.0%} · {model}"]
     if scored.rated_before is not None:
         shown = " (this picture)" if scored.matched_file is not None else ""
@@ -177,7 +185,7 @@ def album_text(ranked: Sequence[tuple[int, Scored]]) -> str:
     """`ranked`: (position in the album, 1-based; score), best first."""
     lines = [f"Your album, best first ({len(ranked)} images):"]
     for rank, (position, scored) in enumerate(ranked, start=1):
-        model = "cold start" if scored.model_version is None else f"model v{scored.model_version}"
+        model = model_label(scored)
         before = (
             f" · rated before: {VOTE_LABELS[scored.rated_before]}" if scored.rated_before else ""
         )
@@ -213,6 +221,9 @@ def model_summary(m: ModelVersion) -> str:
     """A person's model in their words: what it learned from and how it did on the votes
     kept aside to check it."""
     learned = f"Your taste model (version {m.version}) learned from {plural(m.train_size, 'vote')}"
+    crowd = m.metrics.get("crowd_weight")
+    if crowd:  # None for heads trained before the crowd model existed
+        learned += ", starting from what everyone likes (the crowd model) as far as you agree"
     agreed = m.metrics.get("agreed")
     if m.holdout_size == 0 or agreed is None:
         return learned + "; I'll tell you how well it knows you once I can check it."

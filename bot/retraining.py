@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from bot.active_heads import ActiveHeads
+from bot.crowd import SharedCrowd
 from bot.notifications import Notifications
 from bot.render import promotion_text
 from bot.text_features import TextFeatures
 from bot.vote_indexes import VoteIndexes
-from domain import LabelledEmbedding, NewModel, RetrainOutcome, User, Vote
-from learner.head import DISLIKE, LIKE, SUPER_LIKE
+from domain import LabelledEmbedding, NewModel, RetrainOutcome, User
 from learner.training import HeadTrainingResult, train_and_compare, trainable
 from storage.files import DataDir
 from storage.store import Store
@@ -30,12 +30,14 @@ from storage.store import Store
 log = logging.getLogger(__name__)
 
 
-def vote_arrays(labelled: Sequence[LabelledEmbedding]) -> tuple[np.ndarray, np.ndarray]:
-    """(submission ids, vote codes) as the learner reads them."""
+def vote_arrays(
+    labelled: Sequence[LabelledEmbedding],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(submission ids, liked, weights): the votes as the learner reads them."""
     ids = np.array([v.submission_id for v in labelled], np.int64)
-    codes = {Vote.DISLIKE: DISLIKE, Vote.LIKE: LIKE, Vote.SUPER_LIKE: SUPER_LIKE}
-    votes = np.array([codes[v.vote] for v in labelled], np.int8)
-    return ids, votes
+    liked = np.array([v.vote.liked for v in labelled], bool)
+    weights = np.array([v.vote.weight for v in labelled], np.float64)
+    return ids, liked, weights
 
 
 def new_head_model(
@@ -57,7 +59,8 @@ def new_head_model(
         encoder_version=encoder_version,
         train_size=result.train_size,
         holdout_size=result.candidate.size,
-        metrics=result.metrics(),
+        # Whether (and how strongly) the head starts from the crowd model: /stats says so.
+        metrics={**result.metrics(), "crowd_weight": result.head.info().get("crowd_weight")},
         trained_through=revision,
     )
 
@@ -71,6 +74,7 @@ class RetrainService:
         heads: ActiveHeads,
         text: TextFeatures,
         indexes: VoteIndexes,
+        crowd: SharedCrowd,
         notifications: Notifications,
         training_lock: asyncio.Lock,
         min_votes: int,
@@ -83,6 +87,7 @@ class RetrainService:
         self.text = text
         # Flushed after every round: the scheduled round is when FAISS changes reach disk.
         self.indexes = indexes
+        self.crowd = crowd  # each head starts from it, as far as the person's votes agree
         self.notifications = notifications
         self.training_lock = training_lock
         self.min_votes = min_votes
@@ -223,8 +228,8 @@ class RetrainService:
         encoder = self.heads.encoder_version
         revision = await self.store.votes.latest_revision(user_id)
         labelled = await self.store.votes.labelled_embeddings(user_id, encoder)
-        submission_ids, votes = vote_arrays(labelled)
-        why_not = trainable(submission_ids, votes, self.min_votes)
+        submission_ids, liked, weights = vote_arrays(labelled)
+        why_not = trainable(submission_ids, liked, self.min_votes)
         if why_not is not None:
             # Not a run: nothing is trained, and the scheduler would log one every tick.
             return RetrainOutcome(user, None, False, None, None, 0, why_not)
@@ -240,9 +245,11 @@ class RetrainService:
                 train_and_compare,
                 submission_ids,
                 embeddings,
-                votes,
+                liked,
+                weights,
                 unlabelled,
                 active_head,
+                self.crowd.model,
             )
             version = await self.store.models.next_model_version(user_id)
             rel = self.data_dir.head_relpath(user_id, version)
@@ -259,7 +266,7 @@ class RetrainService:
             if head_path is not None:  # no row names it, so /forget would not delete it
                 head_path.unlink(missing_ok=True)
             await self.store.runs.finish_training_run(
-                run_id, outcome="failed", n_labels=len(votes), detail=repr(error)
+                run_id, outcome="failed", n_labels=len(liked), detail=repr(error)
             )
             raise
         if result.promote:  # a rejected candidate scores nothing: keep the active one
@@ -269,7 +276,7 @@ class RetrainService:
         await self.store.runs.finish_training_run(
             run_id,
             outcome=outcome,
-            n_labels=len(votes),
+            n_labels=len(liked),
             model_version_id=model.id,
             detail=result.reason,
         )

@@ -34,6 +34,16 @@ async def finetune_tick(services: Services) -> None:
     log.info("scheduled fine-tune: %s", outcome.reason)
 
 
+async def crowd_tick(services: Services) -> None:
+    """Train the crowd model when enough new votes have come in since the last one."""
+    why_not = await services.crowd_training.why_not_due()
+    if why_not is not None:
+        log.debug("crowd model not due: %s", why_not)
+        return
+    outcome = await services.crowd_training.retrain("schedule")
+    log.info("scheduled crowd model: %s", outcome.reason)
+
+
 def start_scheduler(services: Services, settings: Settings) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler()
     scheduler.add_job(
@@ -43,6 +53,15 @@ def start_scheduler(services: Services, settings: Settings) -> AsyncIOScheduler:
         args=(services, settings.retrain_min_new_votes),
         id="retrain_heads",
         # A tick that overlaps a slow previous one is skipped, not queued.
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        crowd_tick,
+        "interval",
+        minutes=settings.crowd_check_minutes,
+        args=(services,),
+        id="crowd_model",
         max_instances=1,
         coalesce=True,
     )

@@ -8,6 +8,7 @@ head or the cold-start prior → store the submission in one transaction → exp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -107,10 +108,11 @@ class ScoringService:
         stored = await self._embed_score_and_store(
             incoming, user, data, sha256, known, decoded, prepared
         )
-        submission_id, image_id, vector, text_vector, score, active = stored
+        submission_id, image_id, vector, text_vector, score, active, by_crowd = stored
         await self.text.record(submission_id, incoming.caption, text_vector, data)
         with timing.stage("explain"):  # FAISS neighbours and earlier votes
-            return await self._explain(user, submission_id, image_id, vector, score, active)
+            scored = await self._explain(user, submission_id, image_id, vector, score, active)
+        return dataclasses.replace(scored, by_crowd=by_crowd)
 
     async def _embed_score_and_store(
         self,
@@ -121,7 +123,7 @@ class ScoringService:
         known: tuple[int, bytes] | None,
         decoded: DecodedImage | None,
         prepared: object,
-    ) -> tuple[int, int, np.ndarray, np.ndarray | None, float, ModelVersion | None]:
+    ) -> tuple[int, int, np.ndarray, np.ndarray | None, float, ModelVersion | None, bool]:
         """While CLIP runs, keep the file and look up what will score the vector; then store
         the submission. Nothing half-written stays behind if any step fails: one function,
         because its cleanup needs every piece that may be in flight."""
@@ -142,7 +144,7 @@ class ScoringService:
                 vector = await self.encoder.embed(prepared)
             text_vector = await self.text.caption_vector(incoming.caption)
             with timing.stage("score"):
-                score_with, active = await scorer
+                score_with, active, by_crowd = await scorer
                 score = score_with(vector, text_vector)
             file_path = None
             if saving is not None:
@@ -174,7 +176,7 @@ class ScoringService:
                 if created_file and isinstance(saved, str):
                     self.data_dir.path(saved).unlink(missing_ok=True)
             raise
-        return submission.id, submission.image_id, vector, text_vector, score, active
+        return submission.id, submission.image_id, vector, text_vector, score, active, by_crowd
 
     async def _explain(
         self,
@@ -235,9 +237,10 @@ class ScoringService:
         image_id, vector = found
         user = await self.store.people.user_of(person)
         text_vector = await self.text.text_vector_of(submission_id)
-        score_with, active = await self.heads.scorer(user)
+        score_with, active, by_crowd = await self.heads.scorer(user)
         score = score_with(vector, text_vector)
-        return await self._explain(user, submission_id, image_id, vector, score, active)
+        scored = await self._explain(user, submission_id, image_id, vector, score, active)
+        return dataclasses.replace(scored, by_crowd=by_crowd)
 
     async def similar_liked_images(
         self, person: Person, submission_id: int, k: int = 3

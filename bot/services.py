@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from bot.active_heads import ActiveHeads
 from bot.admin import AdminService
 from bot.backbone import BackboneTuner
+from bot.crowd import CrowdTraining, SharedCrowd
 from bot.encoding import ImageEmbedder, ServedEncoder, TextEmbedder
 from bot.finetune_process import FinetuneRunner
 from bot.notifications import Notifications
@@ -48,6 +49,7 @@ class Services:
         self.data_dir = data_dir
         self.encoder = ServedEncoder(embedder, settings)
         self.indexes = VoteIndexes(store, data_dir.faiss, embedder.version, embedder.dim)
+        self.crowd = SharedCrowd(store, data_dir, embedder.version)
         self.heads = ActiveHeads(
             store,
             data_dir,
@@ -56,6 +58,7 @@ class Services:
             text_weight=settings.text_weight,
             cache_people=settings.head_cache_people,
             files_kept=settings.head_files_kept,
+            crowd=self.crowd,
         )
         self.text = TextFeatures(
             store,
@@ -93,6 +96,7 @@ class Services:
             heads=self.heads,
             text=self.text,
             indexes=self.indexes,
+            crowd=self.crowd,
             notifications=self.notifications,
             training_lock=self.training_lock,
             min_votes=settings.head_min_votes,
@@ -100,6 +104,15 @@ class Services:
             pause_seconds=settings.retrain_pause_seconds if settings.retrain_after_votes else None,
         )
         self.votes = VoteService(store, self.indexes, on_change=self.retraining.after_vote)
+        self.crowd_training = CrowdTraining(
+            store=store,
+            data_dir=data_dir,
+            text=self.text,
+            crowd=self.crowd,
+            min_people=settings.crowd_min_people,
+            min_votes=settings.crowd_min_votes,
+            min_new_votes=settings.crowd_min_new_votes,
+        )
         self.backbone = self.make_backbone_tuner()
 
     @classmethod
@@ -123,6 +136,7 @@ class Services:
             text_encoder=text_encoder,
         )
         await services.indexes.sync()
+        await services.crowd.load()
         return services
 
     def make_backbone_tuner(
@@ -158,6 +172,7 @@ class Services:
                 await before_switch()
             await self.indexes.switch(embedder.version, embedder.dim)
             self.heads.switch(embedder.version, embedder.dim)
+            await self.crowd.switch(embedder.version)
 
         await self.encoder.switch(embedder, while_paused)
 

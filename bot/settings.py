@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     retrain_after_votes: bool = True
     retrain_pause_seconds: float = Field(2.0, ge=0)
     retrain_check_minutes: float = Field(5.0, gt=0)
+    # The crowd model (everyone's votes): trained once CROWD_MIN_VOTES votes from
+    # CROWD_MIN_PEOPLE people exist, then again after CROWD_MIN_NEW_VOTES new votes,
+    # checked every CROWD_CHECK_MINUTES.
+    crowd_min_people: int = Field(3, ge=2)
+    crowd_min_votes: int = Field(50, ge=1)
+    crowd_min_new_votes: int = Field(50, ge=1)
+    crowd_check_minutes: float = Field(30.0, gt=0)
     # A person needs this many votes, with at least one like and one dislike,
     # before a head is trained; until then the score comes from the cold-start prior.
     head_min_votes: int = Field(6, ge=2)

@@ -5,6 +5,7 @@ platform), so anything may import it and importing it costs nothing."""
 from domain.outcomes import (
     AlreadyAnswered,
     BackboneOutcome,
+    CrowdOutcome,
     Export,
     IncomingImage,
     LearningCurve,
@@ -38,6 +39,7 @@ __all__ = [
     "SUPER_LIKE_WEIGHT",
     "AlreadyAnswered",
     "BackboneOutcome",
+    "CrowdOutcome",
     "Export",
     "ForgetReport",
     "IncomingImage",

@@ -46,6 +46,7 @@ class Scored:
     # The stored file of the image it matched (when rated before and images are retained),
     # shown with the score so the person sees which earlier vote the buttons change.
     matched_file: Path | None = None
+    by_crowd: bool = False  # no head of the person's yet: the crowd model gave the score
 
     def __post_init__(self) -> None:
         if not self.vote_target:
@@ -164,3 +165,13 @@ class Export:
     images: int
     data: bytes  # UTF-8 JSON
     filename: str = "tastebot-export.json"
+
+
+@dataclass(frozen=True)
+class CrowdOutcome:
+    version: int | None  # None when nothing was trained
+    promoted: bool
+    reason: str
+    auc: float | None = None  # on held-out votes, averaged over people
+    previous_auc: float | None = None  # the active crowd model's, on the same votes
+    people: int = 0

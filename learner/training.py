@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learner.head import DISLIKE, TasteHead, train_head
+from learner.crowd import CrowdModel
+from learner.head import TasteHead, train_head
 from learner.metrics import expected_calibration_error, roc_auc
 
 HOLDOUT_EVERY = 5  # one vote in five (20 %) is held out
@@ -54,15 +55,14 @@ class HeadTrainingResult:
         }
 
 
-def evaluate(head: TasteHead, embeddings: np.ndarray, votes: np.ndarray) -> HoldoutMetrics:
-    if len(votes) == 0:
+def evaluate(head: TasteHead, embeddings: np.ndarray, liked: np.ndarray) -> HoldoutMetrics:
+    """The head's AUC and ECE on held-out votes (``liked``: (n,) bool or 0/1)."""
+    y = np.asarray(liked).astype(np.float64).ravel()
+    if len(y) == 0:
         return HoldoutMetrics(None, None, 0)
-    liked = (votes != DISLIKE).astype(np.float64)
     scores = head.predict(embeddings)
-    agreed = int(((scores >= 0.5) == (liked == 1)).sum())
-    return HoldoutMetrics(
-        roc_auc(liked, scores), expected_calibration_error(liked, scores), len(votes), agreed
-    )
+    agreed = int(((scores >= 0.5) == (y == 1)).sum())
+    return HoldoutMetrics(roc_auc(y, scores), expected_calibration_error(y, scores), len(y), agreed)
 
 
 def promotion_decision(
@@ -86,26 +86,33 @@ def promotion_decision(
 def train_and_compare(
     submission_ids: np.ndarray,
     embeddings: np.ndarray,
-    votes: np.ndarray,
+    liked: np.ndarray,
+    weights: np.ndarray | None,
     unlabeled: np.ndarray | None,
     active_head: TasteHead | None,
+    crowd: CrowdModel | None = None,
 ) -> HeadTrainingResult:
-    """Train on the votes that are not held out; evaluate candidate and active head on the rest."""
+    """Train on the votes that are not held out; evaluate candidate and active head on the rest.
+
+    ``liked`` (n,) bool or 0/1 and ``weights`` (n,) vote weights or None, as ``train_head``."""
     held = np.array([is_holdout(int(s)) for s in submission_ids], dtype=bool)
+    y = np.asarray(liked).astype(bool).ravel()
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).ravel()[~held]
     started = time.perf_counter()
-    head = train_head(embeddings[~held], votes[~held], unlabeled=unlabeled)
+    head = train_head(embeddings[~held], y[~held], w, unlabeled=unlabeled, crowd=crowd)
     seconds = time.perf_counter() - started
-    candidate = evaluate(head, embeddings[held], votes[held])
-    active = None if active_head is None else evaluate(active_head, embeddings[held], votes[held])
+    candidate = evaluate(head, embeddings[held], y[held])
+    active = None if active_head is None else evaluate(active_head, embeddings[held], y[held])
     promote, reason = promotion_decision(candidate, active)
     return HeadTrainingResult(head, int((~held).sum()), candidate, active, promote, reason, seconds)
 
 
-def trainable(submission_ids: np.ndarray, votes: np.ndarray, min_votes: int) -> str | None:
-    """Why a head cannot be trained from these votes yet, or None if it can."""
-    train_votes = votes[[not is_holdout(int(s)) for s in submission_ids]]
-    if len(votes) < min_votes:
-        return f"needs at least {min_votes} votes (has {len(votes)})"
-    if not ((train_votes == DISLIKE).any() and (train_votes != DISLIKE).any()):
+def trainable(submission_ids: np.ndarray, liked: np.ndarray, min_votes: int) -> str | None:
+    """Why a head cannot be trained from these votes (``liked``, bool) yet, or None if it can."""
+    y = np.asarray(liked).astype(bool).ravel()
+    train_votes = y[[not is_holdout(int(s)) for s in submission_ids]]
+    if len(y) < min_votes:
+        return f"needs at least {min_votes} votes (has {len(y)})"
+    if not (train_votes.any() and not train_votes.all()):
         return "needs at least one like and one dislike among its training votes"
     return None

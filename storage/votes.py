@@ -126,6 +126,21 @@ class VoteStore:
         )
         return [LabelledEmbedding(r[0], r[1], Vote(r[2]), r[3]) for r in rows]
 
+    async def everyones_labelled_embeddings(
+        self, encoder_version: str
+    ) -> list[tuple[int, LabelledEmbedding]]:
+        """(voter's user id, vote with its image vector) for every vote on every platform:
+        what the crowd model learns from."""
+        rows = await self.db.fetch_all(
+            "SELECT f.user_id, f.submission_id, s.image_id, f.vote, e.vector FROM feedback f"
+            " JOIN submissions s ON s.id = f.submission_id"
+            " JOIN embeddings e ON e.image_id = s.image_id"
+            "  AND e.encoder_version = ? AND e.kind = 'image'"
+            " ORDER BY f.revision",
+            (encoder_version,),
+        )
+        return [(int(r[0]), LabelledEmbedding(r[1], r[2], Vote(r[3]), r[4])) for r in rows]
+
     async def latest_revision(self, user_id: int) -> int:
         row = await self.db.fetch_one(
             "SELECT IFNULL(MAX(revision), 0) FROM feedback WHERE user_id = ?", (user_id,)

@@ -172,9 +172,9 @@ async def test_a_better_encoder_replaces_the_old_one_everywhere(
         head = await trained.store.models.active_model(user_id)
         assert head is not None and head.encoder_version == new_version and head.version == 2
         assert trained.indexes.liked.count(user_id) == 10  # FAISS rebuilt for the new encoder
-        # trained as a regular retrain is: the unvoted pictures are in its graph
-        info = TasteHead.load(trained.data_dir.path(head.file_path)).info
-        assert info["n_anchors"] == int(info["n_train"]) + unvoted, info
+        # trained as a regular retrain is: the unvoted pictures shaped its f-space
+        info = TasteHead.load(trained.data_dir.path(head.file_path)).info()
+        assert info["n_unlabeled"] == unvoted, info
     backbone = await trained.store.models.active_global("backbone")
     assert backbone is not None and backbone.version == 1
     assert await bot.backbone.model_to_load(trained.settings) == str(

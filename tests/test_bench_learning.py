@@ -1,4 +1,4 @@
-"""bench.learning: the benchmark issue 3's numbers come from, on files it has never seen."""
+"""bench.learning: the benchmark issue 22's numbers come from, on files it has never seen."""
 
 import json
 from pathlib import Path
@@ -19,29 +19,94 @@ def _clustered_npz(path: Path, labels: np.ndarray | None = None, n: int = 600) -
     return path
 
 
-def test_json_has_every_learner_and_skips_budgets_beyond_the_stream(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def _world(tmp_path: Path, n: int = 600) -> learning.World:
+    return learning.World(*learning.load(_clustered_npz(tmp_path / "c8.npz", n=n)))
+
+
+def test_json_has_every_kind_learner_and_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(learning, "REFERENCES", {"centroids": learning.centroids})  # fast
     data = _clustered_npz(tmp_path / "c8.npz")  # stream: 420 images, so no budget 500
-    learning.main(["--data", str(data), "--users", "2", "--json"])
+    learning.main(["--data", str(data), "--users", "2", "--json", "--kinds", "subjects,crowd"])
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {learning.PROJECT, *learning.REFERENCES, *learning.NOT_LEARNERS}
-    for name in [learning.PROJECT, *learning.REFERENCES]:
-        assert out[name]["500"] is None  # skipped, not trained on 420 votes and labelled 500
-        assert all(0.0 <= out[name][str(b)] <= 1.0 for b in (10, 20, 50, 100, 200))
-    assert out[learning.PROJECT]["200"] > 0.9  # whole clusters: learnt
-    assert out["ece"]["500"] is None and 0.0 <= out["ece"]["200"] <= 1.0
-    assert out["train_s"]["200"] > 0.0
+    assert set(out) == {"subjects", "crowd", *learning.NOT_KINDS}
+    for kind in ("subjects", "crowd"):
+        assert set(out[kind]) == {learning.PROJECT, "centroids"}
+        assert set(out[kind][learning.PROJECT]) == {str(b) for b in learning.PROJECT_BUDGETS}
+        assert set(out[kind]["centroids"]) == {str(b) for b in learning.BUDGETS}  # no "0"
+        for name in out[kind]:
+            assert out[kind][name]["500"] is None  # skipped, not trained on 420 votes
+            assert all(0.0 <= out[kind][name][str(b)] <= 1.0 for b in (10, 20, 50, 100, 200))
+        assert out["ece"][kind]["500"] is None and 0.0 <= out["ece"][kind]["200"] <= 1.0
+        assert out["train_s"][kind]["200"] > 0.0
+    assert out["subjects"][learning.PROJECT]["200"] > 0.9  # whole clusters: learnt
+    # everyone shares part of a `crowd` taste: the crowd model ranks before the first vote
+    assert out["crowd"][learning.PROJECT]["0"] > 0.7
 
 
-def test_table_and_targets_are_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tables_and_targets_are_printed_per_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(learning, "REFERENCES", {"centroids": learning.centroids})
     data = _clustered_npz(tmp_path / "c8.npz", n=1000)
-    learning.main(["--data", str(data), "--users", "1", "--unvoted", "all"])
+    learning.main(["--data", str(data), "--users", "1", "--kinds", "style,crowd"])
     text = capsys.readouterr().out
-    assert "unvoted: all" in text
-    assert "| project training time (ms) |" in text
-    assert sum(line.startswith("budget ") for line in text.splitlines()) == 4
-    assert "mean 20-200:" in text and "ECE at 200:" in text
+    assert "| style | 0 | 10 |" in text and "| crowd | 0 | 10 |" in text
+    assert text.count("| best reference |") == 2 and text.count("| margin |") == 2
+    assert sum(line.startswith("budget ") for line in text.splitlines()) == 8
+    assert "target +0.005" in text  # style's mean margin target
+    assert "0 votes:" in text and "20 votes:" in text  # crowd's targets
+    assert text.count("ECE at 200:") == 2
+
+
+def test_each_kind_labels_as_the_data_readme_defines(tmp_path: Path) -> None:
+    world = _world(tmp_path, 1000)
+    rng = np.random.default_rng
+    liked, super_ = learning.taste(world, "style", rng(3))
+    assert liked.mean() == pytest.approx(0.3, abs=0.01)
+    assert super_.mean() == pytest.approx(0.05, abs=0.01) and not (super_ & ~liked).any()
+    # style: the top 30% along w = sum_k g_k s_k v_k, g the rng's first 20 normals
+    z = world.style_score(rng(3).standard_normal(20))
+    assert liked.sum() == (z >= np.quantile(z, 0.7)).sum() and z[liked].min() >= z[~liked].max()
+    liked, _ = learning.taste(world, "subjects", rng(3))
+    assert all(len(set(liked[world.labels == c])) == 1 for c in range(8))  # whole classes
+    graded, _ = learning.taste(world, "graded", rng(3))
+    assert 0.1 < graded.mean() < 0.5 and z[graded].mean() > z[~graded].mean()
+    # crowd: everyone's taste leans the same way
+    a, _ = learning.taste(world, "crowd", rng(1))
+    b, _ = learning.taste(world, "crowd", rng(2))
+    assert (a & b).sum() > 0.3 * 0.3 * len(a) * 1.5
+    with pytest.raises(ValueError, match="unknown kind"):
+        learning.taste(world, "cats", rng(0))
+
+
+def test_graded_votes_are_not_flipped_and_others_are(tmp_path: Path) -> None:
+    world = _world(tmp_path, 1000)
+    for kind in ("graded", "style"):
+        p = learning.simulate_person(world, 4, kind)
+        truth, _ = learning.taste(world, kind, np.random.default_rng(4))
+        disagree = float((p.liked != truth[p.stream]).mean())
+        if kind == "graded":
+            assert disagree == 0.0
+            np.testing.assert_array_equal(p.test_votes, p.test_true)
+        else:
+            assert 0.05 < disagree < 0.15
+
+
+def test_the_crowd_never_votes_on_the_test_pool(tmp_path: Path) -> None:
+    world = _world(tmp_path)
+    p = learning.simulate_person(world, 2, "crowd")
+    idx, liked, weights, ids = learning.simulate_crowd(world, "crowd", p, 2)
+    assert len(idx) == 50 * 200 and set(np.unique(ids)) == set(range(1000, 1050))
+    assert not np.isin(idx, p.test).any() and np.isin(idx, p.stream).all()
+    assert set(np.unique(weights)) <= {1.0, learning.SUPER_LIKE_WEIGHT}
+    assert liked.dtype == bool and 0.2 < liked.mean() < 0.4
+    # the same crowd for every budget, redrawn for another person
+    again = learning.simulate_crowd(world, "crowd", p, 2)
+    np.testing.assert_array_equal(again[0], idx)
+    other = learning.simulate_person(world, 3, "crowd")
+    assert not np.array_equal(learning.simulate_crowd(world, "crowd", other, 3)[0], idx)
 
 
 def test_the_unvoted_images_a_person_has_sent() -> None:
@@ -60,7 +125,6 @@ def test_labels_of_any_type_and_shape_are_classes(tmp_path: Path) -> None:
     assert x.shape == (600, 32) and labels.shape == (600,)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
     assert len(np.unique(labels)) == 8 and labels.max() == 7
-    # float labels are classes by value, not truncated to ints (0.3 and 0.6 used to be 0)
     floats = _clustered_npz(tmp_path / "f.npz", np.array([0.0, 0.3, 0.6])[cls % 3])
     assert len(np.unique(learning.load(floats)[1])) == 3
 
@@ -96,20 +160,6 @@ def test_a_file_it_cannot_use_is_one_clear_error(
     assert message in err and "Traceback" not in err
 
 
-def test_an_npy_file_or_a_one_class_subset_is_one_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    npy = tmp_path / "x.npy"
-    np.save(npy, np.ones((5, 4)))
-    one = tmp_path / "one.npz"
-    np.savez(one, embeddings=np.ones((5, 4)), labels=np.zeros(5))
-    for argv in (["--data", str(npy)], ["--data", str(one), "--classes", "0.5"]):
-        with pytest.raises(SystemExit) as exit_info:
-            learning.main(argv)
-        assert exit_info.value.code == 2
-        assert "Traceback" not in capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     "argv",
     [
@@ -118,6 +168,8 @@ def test_an_npy_file_or_a_one_class_subset_is_one_clear_error(
         ["--unvoted", "x"],
         ["--unvoted", "inf"],
         ["--class-seed", "-20000"],
+        ["--kinds", "subjects,cats"],
+        ["--kinds", ""],
     ],
 )
 def test_bad_arguments_are_refused_before_the_run(tmp_path: Path, argv: list[str]) -> None:
@@ -138,6 +190,5 @@ def test_a_plot_into_a_missing_directory_is_refused_before_the_run(
 
 def test_cost_runs_on_a_file_with_fewer_than_ten_classes(tmp_path: Path) -> None:
     x, labels = learning.load(_clustered_npz(tmp_path / "c8.npz"))
-    three = labels % 3
-    c = learning.cost(x, three, reps=1)  # it used to draw 10 liked classes out of 3
-    assert c["train_s_median"] > 0 and c["predict_ms_median"] > 0
+    c = learning.cost(x, labels % 3, reps=1, votes=500, people=20)
+    assert c["train_s_median"] > 0 and c["predict_ms_median"] > 0 and c["crowd_train_s"] > 0

@@ -461,3 +461,18 @@ def test_only_a_first_model_or_a_real_improvement_is_announced() -> None:
     assert not _outcome(promoted=False).worth_announcing
     assert _outcome(had_model=False, previous_auc=None).worth_announcing  # the first model
     assert not _outcome(previous_auc=None).worth_announcing  # could not be compared
+
+
+async def test_a_cold_start_score_leans_the_way_its_closest_lines_do(service: Services) -> None:
+    # It once said "93%" under "closest image you disliked: 0.95" and "closest liked 0.85".
+    await vote_even_liked(service, range(1, 5))
+    checked = 0
+    for seed in range(20, 32):
+        scored = await score(service, seed)
+        assert scored.model_version is None and not scored.by_crowd
+        assert scored.closest_liked is not None and scored.closest_disliked is not None
+        gap = scored.closest_liked - scored.closest_disliked
+        if abs(gap) > 1e-3:  # FAISS computes in float32: leave exact ties alone
+            assert (scored.score > 0.5) == (gap > 0), (scored.score, gap)
+            checked += 1
+    assert checked >= 6

@@ -419,3 +419,16 @@ async def test_every_private_message_gets_an_answer(bot: Harness) -> None:
     sent = await _answer(bot, lambda: bot.api.send_raw_message(ALICE, location=location))
     assert "Send me an image" in sent
     assert "Send me an image" in await _answer(bot, lambda: bot.api.send_text(ALICE, "hello"))
+
+
+async def test_a_newcomers_first_reply_comes_from_the_crowd_model(bot: Harness) -> None:
+    from domain import Person
+    from tests.test_crowd_service import everyone_likes_red
+
+    first = await bot.send_photo(ALICE, image_bytes(30))
+    assert "cold start" in first["text"]
+    voters = [Person("telegram", str(n)) for n in (501, 502, 503)]
+    await everyone_likes_red(bot.services, voters, range(18))
+    assert (await bot.services.crowd_training.retrain("test")).promoted
+    reply = await bot.send_photo(7, image_bytes(31))  # someone who never wrote before
+    assert "Your score: " in reply["text"] and "· crowd model" in reply["text"], reply["text"]

@@ -28,6 +28,10 @@ async def cmd_retrain(update: Update, context: TasteContext) -> None:
     if not await require_admin(update, context, "/retrain"):
         return
     target = (context.args or ["all"])[0]
+    if target == "crowd":
+        crowd = await context.services.crowd_training.retrain("admin")
+        await message.reply_text(admin_text.crowd_text(crowd))
+        return
     if target in ("full", "cancel"):
         await _retrain_backbone(message, context, cancel=target == "cancel")
         return
