@@ -132,21 +132,9 @@ class ClipImageEncoder:
         self.dtype: torch.dtype = torch.float32 if wanted == "openvino" else DTYPES[self.precision]
 
         model = self._load(model_name_or_path, revision)
-        # Hash on the CPU, before moving: same weights + same preprocessing = same version.
-        digest = hash_and_cast(
-            model,
-            self.dtype,
-            extra=self._preprocessing.describe(),
-            release=wanted == "openvino",  # read again only if converted
-        )
-        self.version: str = f"{short_name(model_name_or_path)}@{digest[:12]}"
+        self._hash_version(model, model_name_or_path, release=wanted == "openvino")
         if not text_tower:
             del model.text_model, model.text_projection
-        projection_dim = model.config.projection_dim
-        if projection_dim is None:
-            raise ValueError(f"{model_name_or_path}: CLIP config has no projection_dim")
-        self.dim: int = int(projection_dim)
-        self.input_size: int = self._preprocessing.crop_height  # what decode_image can aim for
         torch.nn.Module.eval(model)
 
         self.engine: str = "torch"
@@ -178,6 +166,23 @@ class ClipImageEncoder:
         model.requires_grad_(False)
         self._preprocessing = PreprocessSettings.from_processor(self.processor)
         return model
+
+    def _hash_version(self, model: CLIPModel, model_name_or_path: str, *, release: bool) -> None:
+        """``self.version`` from the weights and preprocessing (casting the weights to
+        ``self.dtype`` as they are hashed), and the sizes read from the config.
+
+        ``release``: give back the pages of float32 weights kept as they are (read again
+        only if converted to OpenVINO)."""
+        # Hash on the CPU, before moving: same weights + same preprocessing = same version.
+        digest = hash_and_cast(
+            model, self.dtype, extra=self._preprocessing.describe(), release=release
+        )
+        self.version: str = f"{short_name(model_name_or_path)}@{digest[:12]}"
+        projection_dim = model.config.projection_dim
+        if projection_dim is None:
+            raise ValueError(f"{model_name_or_path}: CLIP config has no projection_dim")
+        self.dim: int = int(projection_dim)
+        self.input_size: int = self._preprocessing.crop_height  # what decode_image can aim for
 
     def _start_openvino(
         self,
