@@ -5,7 +5,12 @@ random CLIP saved to a temporary directory. Both go through the same ``from_pret
 
 Nothing here needs torchvision: preprocessing is done with Pillow + numpy + torch, following the
 settings of transformers' PIL CLIP image processor (``CLIPImageProcessorPil``), which the tests
-check it against.
+check it against (learner/preprocess.py).
+
+Where the parts live: the precision and CPU threads in learner/compute.py, the packed bf16
+linear layers in learner/packed_linear.py, hashing and casting the loaded weights in
+learner/weights.py, the projection of a tower's output in learner/clip_features.py; names
+other code imports from here are re-exported (``__all__``).
 
 Precision: the vision tower can run in bfloat16 (CPUs with AVX-512 BF16 or AMX, and CUDA) or
 float16 (CUDA). The weights are cast once at load time (``torch.autocast`` would re-cast every
