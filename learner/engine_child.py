@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from learner import engines
+from learner import engine_cache, engines
 from learner.encoder import ClipImageEncoder
 
 
@@ -19,7 +19,7 @@ def convert_in_child(spec: dict[str, Any]) -> None:
     that it is the same encoder version, convert it."""
     import openvino as ov
 
-    key = engines.CacheKey(**{**spec["key"], "input_size": tuple(spec["key"]["input_size"])})
+    key = engine_cache.CacheKey(**{**spec["key"], "input_size": tuple(spec["key"]["input_size"])})
     encoder = ClipImageEncoder(
         spec["name"], device="cpu", revision=spec["revision"], text_tower=False, torch_threads=0
     )

@@ -1,5 +1,5 @@
-"""Inference engines for CLIP's vision tower: OpenVINO beside torch, and the cache of the
-converted model.
+"""Inference engines for CLIP's vision tower: OpenVINO beside torch (its on-disk cache of
+converted models is learner/engine_cache.py).
 
 Why OpenVINO: an eager torch forward takes the GIL back between its ~1,500 operator calls, so
 a busy event loop slows it several times over; OpenVINO runs the whole graph in C++ without
@@ -16,9 +16,10 @@ same weights and the same encoder version) once per encoder version, and cached:
 bf16; half the file to map) or ``int8`` (NNCF weight-only compression, opt-in).
 A cache directory is written whole into a temporary directory and moved into place with
 ``os.replace``. It is trusted only if its manifest names this encoder version, weights format
-and OpenVINO version, the files' sha256 match the manifest, and the compiled model embeds a
-fixed probe batch within the precision's cosine bound of what torch fp32 gave for it at
-conversion (kept in the manifest); anything else is deleted and converted again.
+and OpenVINO version, the files' sha256 match the manifest (learner/engine_cache.py), and the
+compiled model embeds a fixed probe batch within the precision's cosine bound of what torch
+fp32 gave for it at conversion (kept in the manifest); anything else is deleted and converted
+again.
 
 Memory: OpenVINO maps model.bin and, on its first inference, repacks the weights for this
 CPU; the mapped pages it no longer reads are then given back (:func:`release_file_pages`),
@@ -30,18 +31,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -51,21 +50,28 @@ import numpy.typing as npt
 import torch
 from torch.jit._trace import TracerWarning
 
+from learner.engine_cache import (
+    FILES,
+    CacheKey,
+    cache_directory,
+    file_sha256,
+    invalid,
+    prune,
+    touch,
+    write_atomically,
+)
 from learner.memory import release_file_pages, release_pages
 
 log = logging.getLogger(__name__)
 
 Engine = Literal["auto", "torch", "openvino"]
 ENGINES: tuple[str, ...] = get_args(Engine)
-CACHE_FORMAT = 1  # bump when the layout or the converted graph changes: old caches rebuild
 # Cosine to torch fp32 on the probe batch below which an engine is not used.
 FIDELITY = {"fp32": 0.9999, "bf16": 0.999, "int8": 0.999}
 # The weights on disk for each precision. bf16 runs from fp16 weights: the CPU plugin rounds
 # them to bf16 anyway (fp16 keeps more of the mantissa than bf16), and mapping a half-size
 # file keeps the peak at load ~180 MB lower for ViT-B/32.
 WEIGHTS = {"fp32": "fp32", "bf16": "fp16", "int8": "int8"}
-CACHES_KEPT = 2  # encoder versions whose conversions are kept (current + the one before)
-_FILES = ("model.xml", "model.bin")
 
 
 class EngineFailed(RuntimeError):
@@ -160,24 +166,6 @@ def probe_pixels(size: tuple[int, int], n: int = 2) -> npt.NDArray[np.float32]:
     return rng.standard_normal((n, 3, *size)).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class CacheKey:
-    encoder_version: str
-    weights: str  # "fp32" or "int8"
-    input_size: tuple[int, int]
-    dim: int
-
-    def manifest(self, openvino_version: str) -> dict[str, Any]:
-        return {
-            "format": CACHE_FORMAT,
-            "encoder_version": self.encoder_version,
-            "weights": self.weights,
-            "openvino": openvino_version,
-            "input_size": list(self.input_size),
-            "dim": self.dim,
-        }
-
-
 class OpenVinoVision:
     """A compiled OpenVINO model of :class:`VisionGraph`: (n, 3, H, W) float32 pixels in,
     (n, dim) float32 unit rows out. ``__call__`` runs in C++ with the GIL released.
@@ -235,12 +223,12 @@ def load_openvino(
             _convert(graph, key, Path(tmp), version)
             return _ready(Path(tmp), precision, threads)
 
-    directory = cache_root / _safe(key.encoder_version) / f"openvino-{key.weights}"
-    problem = _invalid(directory, key, version)
+    directory = cache_directory(cache_root, key)
+    problem = invalid(directory, key, version)
     if problem is None:
         try:
             engine = _ready(directory, precision, threads)
-            _touch(directory)
+            touch(directory)
             log.info("OpenVINO model for %s loaded from %s", key.encoder_version, directory)
             return engine
         except EngineFailed as error:
@@ -250,7 +238,7 @@ def load_openvino(
     if directory.exists():
         log.warning("OpenVINO cache %s is not used (%s): converting again", directory, problem)
     started = time.perf_counter()
-    _write_atomically(directory, lambda tmp: _convert_somewhere(graph, key, tmp, version, source))
+    write_atomically(directory, lambda tmp: _convert_somewhere(graph, key, tmp, version, source))
     log.info(
         "converted CLIP %s to OpenVINO (%s) in %.1f s: %s",
         key.encoder_version,
@@ -259,7 +247,7 @@ def load_openvino(
         directory,
     )
     engine = _ready(directory, precision, threads)
-    _prune(cache_root, keep=directory.parent)
+    prune(cache_root, keep=directory.parent)
     return engine
 
 
@@ -354,7 +342,7 @@ def _convert(graph: VisionGraph, key: CacheKey, out: Path, openvino_version: str
     for tensor in graph.state_dict().values():  # torch's copy is not read again
         release_pages(tensor)
     manifest = key.manifest(openvino_version)
-    manifest["sha256"] = {name: _sha256(out / name) for name in _FILES}
+    manifest["sha256"] = {name: file_sha256(out / name) for name in FILES}
     manifest["probe"] = {"embeddings": expected.tolist()}  # torch fp32's, to check against
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
@@ -391,99 +379,3 @@ def _check(
             f"OpenVINO ({engine.precision}) embeds the probe at cosine {cosine:.6f} to torch, "
             f"below {bound}"
         )
-
-
-def _invalid(directory: Path, key: CacheKey, openvino_version: str) -> str | None:
-    """Why the cache in ``directory`` cannot be used; None when its manifest and files check."""
-    manifest_file = directory / "manifest.json"
-    if not manifest_file.is_file():
-        return "no manifest"
-    try:
-        manifest = json.loads(manifest_file.read_text())
-    except (OSError, ValueError) as error:
-        return f"unreadable manifest ({error})"
-    if not isinstance(manifest, dict):
-        return "unreadable manifest"
-    expected = key.manifest(openvino_version)
-    for field, value in expected.items():
-        if manifest.get(field) != value:
-            return f"manifest {field} is {manifest.get(field)!r}, expected {value!r}"
-    hashes = manifest.get("sha256")
-    if not isinstance(hashes, dict):
-        return "manifest has no file hashes"
-    for name in _FILES:
-        path = directory / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if _sha256(path) != hashes.get(name):
-            return f"{name} does not match its hash"
-    return None
-
-
-def _write_atomically(directory: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a fresh temporary directory beside ``directory``, then put it in
-    ``directory``'s place (the old one, if any, is removed first)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(directory.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
-        write(tmp)
-        if directory.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".stale-{directory.name}-", dir=directory.parent))
-            os.replace(directory, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.replace(tmp, directory)
-        except OSError:
-            # Another process put its conversion there first: theirs is checked on next load.
-            if not directory.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-LEFTOVER_SECONDS = 3600  # a temporary directory this old is no conversion in progress
-
-
-def _remove_leftovers(version_dir: Path) -> None:
-    """Remove temporary directories that a process killed while converting left behind."""
-    now = time.time()
-    for leftover in version_dir.glob(".*"):
-        with contextlib.suppress(OSError):
-            if leftover.is_dir() and now - leftover.stat().st_mtime > LEFTOVER_SECONDS:
-                shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _prune(cache_root: Path, keep: Path) -> None:
-    """Remove conversions of all but the :data:`CACHES_KEPT` most recently used encoder
-    versions (a daily fine-tune would otherwise add ~350 MB a day)."""
-    try:
-        versions = [p for p in cache_root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    except OSError:
-        return
-    versions.sort(key=lambda p: (p == keep, _last_used(p)), reverse=True)
-    for old in versions[CACHES_KEPT:]:
-        log.info("removing the OpenVINO cache of an older encoder: %s", old)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _last_used(version_dir: Path) -> float:
-    times = [m.stat().st_mtime for m in version_dir.glob("*/manifest.json")]
-    return max(times, default=0.0)
-
-
-def _touch(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.utime(directory / "manifest.json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-@" else "-" for c in name)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from learner.clip_features import project
 from learner.images import ImageRejected, decode_image
 
 if TYPE_CHECKING:
@@ -150,8 +151,7 @@ class Trainer:
 
     def _features(self, pixels: torch.Tensor) -> torch.Tensor:
         outputs = self.model.vision_model(pixel_values=pixels.to(self.device, non_blocking=True))
-        pooled = outputs.pooler_output if hasattr(outputs, "pooler_output") else outputs[1]
-        return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
+        return project(outputs, self.model.visual_projection)
 
     def embed_frozen(self, pixels: torch.Tensor) -> torch.Tensor:
         # no_grad, not inference_mode: these features are later inputs to head training.

@@ -236,6 +236,27 @@ def decode_image(
     a HEIF with a thumbnail may be far bigger); ``target_size`` is the smallest side worth
     decoding (the model's input size; 0 or a huge value decodes at full size).
     """
+    kind = _checked_kind(data, max_bytes)
+    # Pillow will not even open a PNG that ends after its header, so read the size ourselves:
+    # a 60000x60000 header must be refused as too large, not as unreadable.
+    png_size = _png_header_size(data)
+    if png_size is not None:
+        _check_pixels(*png_size, max_pixels)
+
+    try:
+        im = _open(data, kind)
+    except _BOMB_ERRORS as exc:  # Pillow's own (global) limit, if it is lower than ours
+        raise _too_many_pixels(str(exc), max_pixels) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # UnidentifiedImageError, SyntaxError, OSError, struct.error...
+        raise _corrupt(f"open {kind}: {exc!r}", kind) from exc
+    return _decode(im, kind, max_pixels, target_size)
+
+
+def _checked_kind(data: bytes, max_bytes: int) -> str:
+    """The image kind ``data`` starts as; :class:`ImageRejected` if it is empty, too large,
+    a video, an unsupported image or no image."""
     if not data:
         raise ImageRejected(RejectReason.EMPTY, size_bytes=0, max_bytes=max_bytes)
     if len(data) > max_bytes:
@@ -254,22 +275,12 @@ def decode_image(
         raise ImageRejected(
             RejectReason.NOT_AN_IMAGE, detail=f"starts with {data[:16]!r}", kind=None
         )
+    return kind
 
-    # Pillow will not even open a PNG that ends after its header, so read the size ourselves:
-    # a 60000x60000 header must be refused as too large, not as unreadable.
-    png_size = _png_header_size(data)
-    if png_size is not None:
-        _check_pixels(*png_size, max_pixels)
 
-    try:
-        im = _open(data, kind)
-    except _BOMB_ERRORS as exc:  # Pillow's own (global) limit, if it is lower than ours
-        raise _too_many_pixels(str(exc), max_pixels) from exc
-    except MemoryError:
-        raise
-    except Exception as exc:  # UnidentifiedImageError, SyntaxError, OSError, struct.error...
-        raise _corrupt(f"open {kind}: {exc!r}", kind) from exc
-
+def _decode(im: Image.Image, kind: str, max_pixels: int, target_size: int) -> DecodedImage:
+    """Decode the opened ``im`` (its first frame, at the smallest size worth it), upright and
+    RGB; :class:`ImageRejected` if it is too large or does not decode."""
     width, height = im.size
     fmt = _PILLOW_FORMATS[kind]
     try:

@@ -88,6 +88,12 @@ def load_kwargs(name: str, revision: str | None = None) -> dict[str, Any]:
     return kwargs
 
 
+def short_name(model_name_or_path: str) -> str:
+    """Hub id "openai/clip-vit-base-patch32" -> "clip-vit-base-patch32"; a directory -> its name."""
+    name = Path(model_name_or_path.rstrip("/\\")).name or "clip"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
 def unavailable(name: str, revision: str | None, error: BaseException) -> ModelUnavailable:
     """A :class:`ModelUnavailable` for an error ``from_pretrained`` raised on ``name``."""
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,8 @@ import numpy.typing as npt
 import torch
 from transformers import AutoTokenizer, CLIPModel, CLIPTextConfig
 
-from learner.model_source import ModelUnavailable, load_kwargs
+from learner.clip_features import project
+from learner.model_source import ModelUnavailable, load_kwargs, short_name
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class ClipTextEncoder:
         Returns None, logging once per name, where there is no usable tokenizer: text is then
         disabled and images are scored alone.
         """
-        name = _short_name(model_name_or_path)
+        name = short_name(model_name_or_path)
         path = Path(model_name_or_path)
         if path.is_dir() and not any((path / f).is_file() for f in _TOKENIZER_FILES):
             _warn_once(
@@ -164,9 +164,7 @@ class ClipTextEncoder:
         # text_model + text_projection directly, as ClipImageEncoder does for images. Padding
         # follows the end of text and the mask is causal, so padding never changes an embedding.
         outputs = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask)
-        pooled = outputs.pooler_output if hasattr(outputs, "pooler_output") else outputs[1]
-        features = self.model.text_projection(pooled).float()
-        features = torch.nn.functional.normalize(features, dim=-1)
+        features = project(outputs, self.model.text_projection)
         result: npt.NDArray[np.float32] = features.cpu().numpy().astype(np.float32, copy=False)
         return result
 
@@ -217,9 +215,3 @@ def combine(
         np.float32, copy=False
     )
     return result
-
-
-def _short_name(model_name_or_path: str) -> str:
-    """Hub id "openai/clip-vit-base-patch32" -> "clip-vit-base-patch32"; a directory -> its name."""
-    name = Path(model_name_or_path.rstrip("/\\")).name or "clip"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)

@@ -85,7 +85,7 @@ def test_preprocess_matches_for_other_modes(encoder: ClipImageEncoder, clip_dir:
 def test_a_thin_strip_is_preprocessed_without_resizing_all_of_it(
     encoder: ClipImageEncoder, clip_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import learner.encoder
+    import learner.preprocess
 
     asked: list[tuple[int, int]] = []
     resize = Image.Image.resize
@@ -102,7 +102,7 @@ def test_a_thin_strip_is_preprocessed_without_resizing_all_of_it(
     assert pixels.shape == (1, 3, 224, 224)
     assert max(w * h for w, h in asked) <= 224 * 224  # not 224 x 13.4 million
     # The crop-region path gives the pixels the full resize would: forced on a smaller strip.
-    monkeypatch.setattr(learner.encoder, "MAX_RESIZED_PIXELS", 0)
+    monkeypatch.setattr(learner.preprocess, "MAX_RESIZED_PIXELS", 0)
     images = [noise(30, 700, 7), noise(900, 40, 8)]
     assert (encoder.preprocess(images) - reference_pixels(clip_dir, images)).abs().max() < 0.02
 
@@ -192,7 +192,7 @@ def test_version_follows_the_preprocessing(clip_dir: Path, tmp_path: Path) -> No
 
 
 def test_precision_is_resolved_and_checked(clip_dir: Path) -> None:
-    from learner.encoder import cpu_has_native_bf16, resolve_precision
+    from learner.compute import cpu_has_native_bf16, resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
@@ -221,7 +221,7 @@ def test_bf16_embeddings_stay_close_to_fp32(encoder: ClipImageEncoder, clip_dir:
 
 
 def _native_bf16() -> bool:
-    from learner.encoder import cpu_has_native_bf16
+    from learner.compute import cpu_has_native_bf16
 
     return torch.backends.mkldnn.is_available() and cpu_has_native_bf16()
 
@@ -232,7 +232,7 @@ needs_bf16 = pytest.mark.skipif(not _native_bf16(), reason="no oneDNN bf16 on th
 
 @needs_bf16
 def test_packed_linear_computes_the_plain_linear() -> None:
-    from learner.encoder import PackedLinear
+    from learner.packed_linear import PackedLinear
 
     torch.manual_seed(0)
     plain = torch.nn.Linear(64, 96).to(torch.bfloat16)
@@ -249,7 +249,7 @@ def test_packed_linear_computes_the_plain_linear() -> None:
 
 @needs_bf16
 def test_bf16_on_cpu_packs_the_vision_tower(encoder: ClipImageEncoder, clip_dir: Path) -> None:
-    from learner.encoder import PackedLinear
+    from learner.packed_linear import PackedLinear
 
     bf16 = ClipImageEncoder(str(clip_dir), device="cpu", precision="bf16")
     packed = [m for m in bf16.model.vision_model.modules() if isinstance(m, PackedLinear)]
@@ -262,15 +262,15 @@ def test_bf16_on_cpu_packs_the_vision_tower(encoder: ClipImageEncoder, clip_dir:
 
 
 def test_packing_that_disagrees_is_undone(clip_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from learner import encoder as encoder_module
+    from learner import packed_linear
 
     monkeypatch.setattr(
-        encoder_module.PackedLinear, "forward", lambda self, x: torch.zeros_like(x[..., :1])
+        packed_linear.PackedLinear, "forward", lambda self, x: torch.zeros_like(x[..., :1])
     )
     bf16 = ClipImageEncoder(str(clip_dir), device="cpu", precision="bf16")
     assert bf16.packed_layers == 0
     vision = bf16.model.vision_model
-    assert not any(isinstance(m, encoder_module.PackedLinear) for m in vision.modules())
+    assert not any(isinstance(m, packed_linear.PackedLinear) for m in vision.modules())
     assert sum(isinstance(m, torch.nn.Linear) for m in vision.modules()) == 12
 
 
@@ -303,7 +303,7 @@ def test_stage_seconds_are_reported(encoder: ClipImageEncoder) -> None:
 
 
 def test_torch_threads_zero_picks_a_deliberate_default(clip_dir: Path) -> None:
-    from learner.encoder import default_torch_threads
+    from learner.compute import default_torch_threads
 
     before = torch.get_num_threads()
     try:

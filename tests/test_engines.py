@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from learner import engines
+from learner import engine_cache, engines
 from learner.encoder import ClipImageEncoder
 from learner.engines import EngineFailed
 from testing.tiny_clip import build_tiny_clip
@@ -336,7 +336,7 @@ def other_versions_model(directory: Path) -> None:
     manifest = json.loads((directory / "manifest.json").read_text())
     for name in ("model.xml", "model.bin"):
         shutil.copyfile(converted / name, directory / name)
-        manifest["sha256"][name] = engines._sha256(directory / name)
+        manifest["sha256"][name] = engine_cache.file_sha256(directory / name)
     (directory / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -374,7 +374,7 @@ def test_a_stale_or_corrupt_cache_is_rebuilt(
     assert [r for r in caplog.records if "converting again" in r.getMessage()]
     assert rebuilt.engine == "openvino"
     assert_close_to(rebuilt, reference, 0.9999)
-    assert engines._invalid(directory, _key(reference, "fp32"), _ov_version()) is None
+    assert engine_cache.invalid(directory, _key(reference, "fp32"), _ov_version()) is None
     assert sorted(p.name for p in directory.parent.iterdir()) == ["openvino-fp32"]
 
 
@@ -424,8 +424,8 @@ def test_without_a_cache_directory_nothing_is_written(
     assert_close_to(encoder, reference, 0.9999)
 
 
-def _key(encoder: ClipImageEncoder, weights: str) -> engines.CacheKey:
-    return engines.CacheKey(encoder.version, weights, (224, 224), encoder.dim)
+def _key(encoder: ClipImageEncoder, weights: str) -> engine_cache.CacheKey:
+    return engine_cache.CacheKey(encoder.version, weights, (224, 224), encoder.dim)
 
 
 def _ov_version() -> str:
