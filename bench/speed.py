@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -380,6 +381,51 @@ class BotRun:
             self.log.close()
 
 
+class Tapper(threading.Thread):
+    """Presses vote buttons on earlier replies, one tap at a time, until stopped; records the
+    time from each tap to the bot's answerCallbackQuery (what the person waits for)."""
+
+    def __init__(self, api: FakeBotAPI, users: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.api = api
+        self.users = users
+        self.latencies: list[float] = []
+        self._stop_event = threading.Event()
+
+    def _buttons(self) -> list[tuple[int, dict[str, Any], str]]:
+        found = []
+        for user in self.users:
+            for message in self.api.sent_messages(chat_id=user):
+                rows = (message.get("reply_markup") or {}).get("inline_keyboard") or []
+                for button in rows[0] if rows else []:
+                    if str(button.get("callback_data", "")).startswith("v:"):
+                        found.append((user, message, button["callback_data"]))
+        return found
+
+    def run(self) -> None:
+        buttons = self._buttons()
+        n = 0
+        while buttons and not self._stop_event.is_set():
+            user, message, data = buttons[n % len(buttons)]
+            n += 1
+            pressed = time.monotonic()
+            update = self.api.press_button(user, message, data, strict=False)
+            query_id = update["callback_query"]["id"]
+
+            def answered(query_id: str = query_id) -> float | None:
+                for call in self.api.calls_to("answerCallbackQuery"):
+                    if call.params.get("callback_query_id") == query_id:
+                        return call.time
+                return None
+
+            self.latencies.append(self.api.wait_for_sync(answered, 60) - pressed)
+            self._stop_event.wait(0.02)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=60)
+
+
 def summarise_stages(records: list[dict[str, Any]]) -> dict[str, float]:
     """Median seconds per stage over ``records`` (stages a record lacks count as 0).
 
@@ -436,12 +482,24 @@ def bench_bot(
             bursts = []
             latencies: list[float] = []
             skip = len(bot.stages())
-            for b in range(args.bursts):
-                photos = [screenshot(100_000 * (b + 1) + i) for i in range(args.people)]
-                times = bot.send_at_once(photos, regulars)
-                start = times[0][0]
-                bursts.append((max(r for _, r in times) - start) / len(photos))
-                latencies += [r - q for q, r in times]
+            taps = Tapper(api, regulars)  # people voting on earlier photos during the bursts
+            taps.start()
+            try:
+                for b in range(args.bursts):
+                    photos = [screenshot(100_000 * (b + 1) + i) for i in range(args.people)]
+                    times = bot.send_at_once(photos, regulars)
+                    start = times[0][0]
+                    bursts.append((max(r for _, r in times) - start) / len(photos))
+                    latencies += [r - q for q, r in times]
+            finally:
+                taps.stop()
+            result["taps"] = taps.latencies
+            print(
+                f"  vote answers during the bursts: {len(taps.latencies)} taps, median "
+                f"{ms(statistics.median(taps.latencies))} ms, p99 "
+                f"{ms(percentile(taps.latencies, 0.99))} ms",
+                flush=True,
+            )
             burst_records = bot.stages()[skip:]
             result["burst"] = bursts
             result["burst_latency"] = latencies
