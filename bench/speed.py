@@ -363,7 +363,8 @@ class BotRun:
 
         def replies() -> dict[int, float] | None:
             found: dict[int, float] = {}
-            for call in self.api.calls_to("sendMessage"):
+            # A photo rated before is answered with that picture (sendPhoto).
+            for call in self.api.calls_to("sendMessage") + self.api.calls_to("sendPhoto"):
                 chat = int(call.params.get("chat_id", 0))
                 if chat in waiting and chat not in found and call.time >= queued:
                     found[chat] = call.time
@@ -650,6 +651,9 @@ def main() -> None:
 
     threads = args.threads or default_torch_threads()
     env = {
+        # A random CLIP embeds all screenshots alike (cosine ~0.99): only re-encodings of one
+        # picture should count as "rated before", as with a real model.
+        "DUPLICATE_THRESHOLD": "0.9995",
         "CLIP_PRECISION": args.precision,
         "CLIP_ENGINE": args.engine,
         "TORCH_THREADS": str(args.threads),

@@ -59,6 +59,8 @@ def build_platforms(settings: Settings, open_service: OpenService) -> list[Platf
     return platforms
 
 
+# One function: the settings, the logging set-up and the services' loader are one start-up
+# sequence, and the loader closes over the settings.
 def main() -> None:
     settings = load_settings()
     logging.basicConfig(

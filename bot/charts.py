@@ -76,6 +76,8 @@ def _point(m: ModelVersion) -> _Point:
     return _Point(m.version, m.train_size, None if right is None else float(right), m.status)
 
 
+# One function: every element of the panel (message, points, labels, legend, axes) depends
+# on which kinds of points there are, decided once at the top.
 def _draw_models(ax: Axes, points: Sequence[_Point], votes_needed: int | None) -> None:
     ax.set_title(TITLE_MODELS, loc="left", fontsize=11)
     if not points:

@@ -91,6 +91,7 @@ class CrowdTraining:
         async with self._lock:
             return await self._retrain(trigger)
 
+    # One function, as a head's retrain: the run row must be finished whatever step failed.
     async def _retrain(self, trigger: str) -> CrowdOutcome:
         encoder = self.crowd.encoder_version
         revision = await self.store.votes.latest_revision_overall()

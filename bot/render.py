@@ -231,8 +231,10 @@ def model_summary(m: ModelVersion) -> str:
 
 
 def _agreement(agreed: int, checked: int) -> str:
-    kept = "vote" if checked == 1 else "votes"
-    return f"it agreed with {agreed} of the {checked} {kept} I kept aside to check it"
+    if checked == 1:
+        verdict = "agreed with" if agreed else "got wrong"
+        return f"it {verdict} the one vote I kept aside to check it"
+    return f"it agreed with {agreed} of the {checked} votes I kept aside to check it"
 
 
 def totals_line(t: Totals) -> str:

@@ -221,6 +221,8 @@ class RetrainService:
                 return None
             return await self._retrain_user(user_id, trigger)
 
+    # One function: the run row, the head file and the model row are made in order, and the
+    # except clause must undo exactly what was made before the failure.
     async def _retrain_user(self, user_id: int, trigger: str) -> RetrainOutcome | None:
         user = await self.store.people.get_user(user_id)
         if user is None:

@@ -114,6 +114,8 @@ class ScoringService:
             scored = await self._explain(user, submission_id, image_id, vector, score, active)
         return dataclasses.replace(scored, by_crowd=by_crowd)
 
+    # One function: its cleanup needs every piece that may be in flight (the file being
+    # saved, the scorer being looked up).
     async def _embed_score_and_store(
         self,
         incoming: IncomingImage,

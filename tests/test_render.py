@@ -58,3 +58,21 @@ def test_callback_data_with_non_ascii_digits_is_not_ours() -> None:
 
     assert decode_vote("v:²:l") is None and decode_submission_action("s:١٢", "s") is None
     assert decode_vote("v:12:l") is not None and decode_submission_action("s:12", "s") == 12
+
+
+def test_agreement_is_worded_for_one_vote_and_for_many() -> None:
+    from bot.render import promotion_text
+    from domain import RetrainOutcome, User
+
+    def ready(agreed: int, checked: int) -> str:
+        outcome = RetrainOutcome(
+            User(1, "t", "1"), 1, True, 1.0, None, 9, "", False, agreed, checked
+        )
+        return promotion_text(outcome)
+
+    assert ready(1, 1) == (
+        "Your taste model is ready: it agreed with the one vote I kept aside to check it."
+    )
+    assert "got wrong the one vote" in ready(0, 1)
+    assert ready(3, 4).endswith("it agreed with 3 of the 4 votes I kept aside to check it.")
+    assert "I'll tell you how well it knows you" in ready(0, 0)

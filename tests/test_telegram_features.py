@@ -412,3 +412,28 @@ async def test_admin_commands_accept_a_username_the_bot_has_seen(bot: Harness) -
     listing = await bot.command(ADMIN, "/models @ALICE_K")
     assert "v1" in listing and "I don't know" not in listing
     assert "I don't know user @nobody" in await bot.command(ADMIN, "/models @nobody")
+
+
+async def test_a_first_day_speaks_plainly(settings: Settings, encoder: ClipImageEncoder) -> None:
+    """Everything a new person reads on their first day: no AUC, holdout or ECE, no literal
+    markdown, plurals right."""
+    quick = settings.model_copy(update={"retrain_after_votes": True, "retrain_pause_seconds": 0.1})
+    async with running_bot(quick, encoder) as bot:
+        texts = [await bot.command(ALICE, "/start"), await bot.command(ALICE, "/help")]
+        for seed in range(1, 10):
+            reply = await bot.send_photo(ALICE, image_bytes(seed))
+            texts.append(reply.get("text") or reply.get("caption") or "")
+            texts.append(await bot.vote(ALICE, reply, Vote.LIKE if seed % 2 else Vote.DISLIKE))
+        await bot.api.wait_for(
+            lambda: any(
+                m.get("text", "").startswith("Your taste model")
+                for m in bot.api.sent_messages(chat_id=ALICE)
+            ),
+            timeout=30,
+        )
+        texts.append(await bot.command(ALICE, "/stats"))
+        texts.append(await bot.command(ALICE, "/undo"))
+        texts += [m.get("text") or m.get("caption") or "" for m in bot.api.sent_messages(ALICE)]
+    for text in texts:
+        for jargon in ("AUC", "holdout", "ECE", "*", " 1 votes", " 1 images", " 1 models"):
+            assert jargon not in text, (jargon, text)
