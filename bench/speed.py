@@ -642,6 +642,12 @@ def main() -> None:
     parser.add_argument("--no-bot", action="store_true", help="only the bare engines")
     parser.add_argument("--threads", type=int, default=0, help="the bot's TORCH_THREADS")
     parser.add_argument("--wait-ms", type=float, default=None, help="EMBED_BATCH_WAIT_MS")
+    parser.add_argument(
+        "--messages-per-second",
+        type=float,
+        default=None,
+        help="TELEGRAM_MESSAGES_PER_SECOND (default 30, Telegram's limit: it caps a burst)",
+    )
     parser.add_argument("--soak", type=float, default=0, help="seconds of sustained load")
     parser.add_argument("--faiss", action="store_true", help="also time FAISS at 100k / 1M")
     parser.add_argument("--faiss-only", action="store_true", help="only time FAISS")
@@ -660,6 +666,8 @@ def main() -> None:
     }
     if args.wait_ms is not None:
         env["EMBED_BATCH_WAIT_MS"] = str(args.wait_ms)
+    if args.messages_per_second is not None:
+        env["TELEGRAM_MESSAGES_PER_SECOND"] = str(args.messages_per_second)
     print(cpu_description())
     print(f"cores {len(os.sched_getaffinity(0))}, threads {threads}, load {load_average()}")
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     telegram_bot_token: SecretStr | None = None
     # A self-hosted telegram-bot-api server lifts the 20 MB download limit.
     telegram_api_url: str = "https://api.telegram.org"
+    # Outgoing messages per second, all chats together: Telegram's limit for a bot is ~30
+    # (paid broadcasts lift it); a burst of photos is answered no faster than this.
+    telegram_messages_per_second: float = Field(30.0, gt=0)
     clip_model: str = DEFAULT_CLIP_MODEL
     # The hub revision (a commit) CLIP_MODEL is loaded at. Unset: the pinned commit for the
     # default model, none (the hub's latest) for another; "main" = the latest. A local

@@ -66,7 +66,9 @@ def build_application(
         .job_queue(None)  # scheduling is APScheduler's, in bot/scheduler.py
         # Queues outgoing calls within Telegram's flood limits and retries on RetryAfter,
         # so a burst of replies is delayed rather than dropped.
-        .rate_limiter(AIORateLimiter(max_retries=3))
+        .rate_limiter(
+            AIORateLimiter(overall_max_rate=settings.telegram_messages_per_second, max_retries=3)
+        )
         .build()
     )
     app.bot_data.settings = settings
