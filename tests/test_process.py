@@ -220,6 +220,7 @@ def test_sigterm_is_quick_when_the_bot_api_stops_answering(
         if bot.poll() is None:
             bot.kill()
         bot.communicate()
+    print(f"SIGTERM to exit with a stalled Bot API: {took:.2f} s")
     assert code == 0 and took <= 5.0, (code, took)
     with sqlite3.connect(data_dir / "tastebot.sqlite3") as db:
         assert db.execute("SELECT vote FROM feedback").fetchall() == [("like",)]
