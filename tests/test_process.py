@@ -52,6 +52,13 @@ def start_bot(
     )
 
 
+def run_bot_once(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m bot`` that is expected to stop by itself (a start-up error)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot"], cwd=cwd, capture_output=True, text=True, env=env, timeout=120
+    )
+
+
 def reply_to_photo(api: FakeBotAPI, seed: int) -> dict:
     before = len(api.sent_messages(chat_id=USER))
     api.send_photo(USER, image_bytes(seed))
@@ -96,14 +103,7 @@ def test_a_bad_setting_is_one_line_and_exit_code_2(
 ) -> None:
     name, value = setting.split("=", 1)
     env = {"PATH": os.environ.get("PATH", ""), "TELEGRAM_BOT_TOKEN": "1:x", name: value}
-    result = subprocess.run(
-        [sys.executable, "-m", "bot"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    result = run_bot_once(env, tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), lines
@@ -238,14 +238,7 @@ def test_a_missing_clip_model_is_one_line_and_exit_code_1(
         "DATA_DIR": str(tmp_path / "data"),
         "LOG_LEVEL": "WARNING",  # the INFO lines of a normal start are not what is checked
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "bot"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    result = run_bot_once(env, tmp_path)
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tastebot: "), result.stderr
