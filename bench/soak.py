@@ -341,19 +341,20 @@ class Load:
             calls = self.api.calls[self.seen_calls :]
             self.seen_calls = len(self.api.calls)
         for call in calls:
-            if call.method == "sendMessage" and call.ok:
+            # A photo rated before is answered with that picture (sendPhoto, a caption).
+            if call.method in ("sendMessage", "sendPhoto") and call.ok:
                 self.on_message(call.result, call.time)
             elif call.method == "answerCallbackQuery":
                 self.on_answer(call)
 
     def on_message(self, message: dict[str, Any], now: float) -> None:
-        text = message.get("text", "")
+        text = message.get("text") or message.get("caption") or ""
         user = message["chat"]["id"]
         quoted = message.get("reply_to_message")
         if text.startswith("Something went wrong"):
             self.figures.error_replies.append(text)
         if quoted is None:
-            if text.startswith("Your model v"):
+            if text.startswith("Your taste model"):  # a new or better model of theirs
                 self.figures.notifications += 1
             elif not text.startswith("Something went wrong"):
                 self.figures.error_replies.append(f"unexpected: {text[:80]}")
