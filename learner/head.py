@@ -15,8 +15,11 @@ A head is a blend of three learners, each scored on the person's own votes by le
 (LOO), and the person's votes decide the blend:
 
     lin(x) = gamma * crowd(x) + x . w + b   ridge regression of the +-1 votes on x, offset by
-             the crowd model's logit; the penalty and gamma >= 0 both chosen by exact LOO, so a
-             person unlike the crowd gets gamma ~ 0 and is not pulled towards it
+             the crowd model's logit; the penalty by exact LOO squared error, gamma >= 0 from
+             CROWD_STRENGTHS by LOO likelihood (a gamma > 0 must gain CROWD_EVIDENCE_NATS), so
+             a person unlike the crowd gets gamma = 0 and is not pulled towards it. The same
+             ridge on x stretched along the principal directions of the person's images
+             (``_salient_stretch``) is fitted too, and the LOO likelihood keeps one of the two.
     cen(x) = f(x) . (c_L - c_D)             liked minus disliked centroid direction
     nn(x)  = softmax-weighted mean of the +-1 votes nearest f(x) (k-NN)
     z(x)   = sum_j pi_j part_j(x) / spread_j,   pi on the simplex
@@ -32,8 +35,9 @@ towards equal weights as pi = (1 - r) equal + r pi_hat with r = n / (n + BLEND_P
 picking one learner outright on 20-100 votes is too noisy (DESIGN.md), so few votes lean on
 the default. (a, c, eps) are fitted on the blended LOO scores, so the score shown is calibrated.
 
-With fewer than MIN_PER_CLASS votes on either side there is no boundary to learn: the head is
-the crowd model when there is one, else the cold-start prior (``cold_start_scores``).
+With fewer than MIN_PER_CLASS votes on either side there is no boundary to learn: the head's
+logit is the cold-start prior's (``cold_start_scores``; 0 with no votes) plus the crowd
+model's when there is one. A newcomer (0 votes) is scored by the crowd model alone, or 0.5.
 
 The crowd model is folded into the head's linear part (its direction times gamma), so a head
 does not need the crowd model to score, and a new crowd model reaches a person at their next
