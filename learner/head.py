@@ -15,25 +15,33 @@ A head is a blend of three learners, each scored on the person's own votes by le
 (LOO), and the person's votes decide the blend:
 
     lin(x) = gamma * crowd(x) + x . w + b   ridge regression of the +-1 votes on x, offset by
-             the crowd model's logit; the penalty and gamma >= 0 both chosen by exact LOO, so a
-             person unlike the crowd gets gamma ~ 0 and is not pulled towards it
+             the crowd model's logit; the penalty by exact LOO squared error, gamma >= 0 from
+             CROWD_STRENGTHS by LOO likelihood (a gamma > 0 must gain CROWD_EVIDENCE_NATS), so
+             a person unlike the crowd gets gamma = 0 and is not pulled towards it. The same
+             ridge on x stretched along the principal directions of the person's images
+             (``_salient_stretch``) is fitted too, and the LOO likelihood keeps one of the two.
     cen(x) = f(x) . (c_L - c_D)             liked minus disliked centroid direction
     nn(x)  = softmax-weighted mean of the +-1 votes nearest f(x) (k-NN)
     z(x)   = sum_j pi_j part_j(x) / spread_j,   pi on the simplex
-    p(x)   = eps + (1 - 2 eps) * sigmoid(a z(x) + c)
+    p(x)   = eps + (1 - 2 eps) * sigmoid(a z(x) + c + delta * crowd(x))
 
 f(x) is x centred on the person's images and with its dimensions' variances evened out
 (``_centring_shift``, ``_dimension_scale``): the space where "more like these images" is
 measured. The ridge reads x itself: a taste along a direction of CLIP space (a style) lies in
 its loud dimensions, which f damps.
 
+delta in CROWD_OFFSETS is chosen with (a, c) by the likelihood of the blended LOO scores (a
+delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is diluted by parts
+learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
+
 The blend: pi_hat maximises the LOO likelihood over a grid of the simplex, then is shrunk
 towards equal weights as pi = (1 - r) equal + r pi_hat with r = n / (n + BLEND_PRIOR_VOTES):
 picking one learner outright on 20-100 votes is too noisy (DESIGN.md), so few votes lean on
 the default. (a, c, eps) are fitted on the blended LOO scores, so the score shown is calibrated.
 
-With fewer than MIN_PER_CLASS votes on either side there is no boundary to learn: the head is
-the crowd model when there is one, else the cold-start prior (``cold_start_scores``).
+With fewer than MIN_PER_CLASS votes on either side there is no boundary to learn: the head's
+logit is the cold-start prior's (``cold_start_scores``; 0 with no votes) plus the crowd
+model's when there is one. A newcomer (0 votes) is scored by the crowd model alone, or 0.5.
 
 The crowd model is folded into the head's linear part (its direction times gamma), so a head
 does not need the crowd model to score, and a new crowd model reaches a person at their next
@@ -87,6 +95,10 @@ VOTE_NOISE_CHOICES = (0.0, 0.025, 0.05, 0.075, 0.1)  # eps: the person's inconsi
 CENTRE_COSINE = 0.5
 SCALE_SHRINK = 1.0  # per-dimension scaling shrinkage (format 7's constant, 18 worlds)
 PARTS = ("linear", "centroid", "nearest")
+# The crowd's logit may also be added to the final score at these strengths (1: as calibrated),
+# chosen by the likelihood of the blended LOO scores with the same CROWD_EVIDENCE_NATS margin:
+# inside the blend the crowd is diluted by parts learnt from few votes.
+CROWD_OFFSETS = (0.0, 0.5, 1.0)
 # The salient prior stretches x by sqrt((var_k + SALIENT_SHRINK mean var) / ((1 + SALIENT_SHRINK)
 # mean var)) along the principal directions of the person's images: the same shrinkage as
 # SCALE_SHRINK, for the same reason (directions barely seen among a few images are not
@@ -464,7 +476,9 @@ def _floored_log_likelihood(z: np.ndarray, y: np.ndarray, eps: float) -> float:
     return float(y @ np.log(p) + (1 - y) @ np.log(1 - p))
 
 
-def _fit_platt(s: np.ndarray, y: np.ndarray, eps: float = 0.0) -> tuple[float, float, float]:
+def _fit_platt(
+    s: np.ndarray, y: np.ndarray, eps: float = 0.0, off: np.ndarray | float = 0.0
+) -> tuple[float, float, float]:
     """(a, c, log-likelihood) of p = eps + (1 - 2 eps) sigmoid(a s + c), by damped Newton.
 
     The slope is kept in [MIN_PLATT_SLOPE, MAX_PLATT_SLOPE] per standard deviation of s: LOO
@@ -475,12 +489,14 @@ def _fit_platt(s: np.ndarray, y: np.ndarray, eps: float = 0.0) -> tuple[float, f
     s = s / sd
 
     def objective(a: float, c: float) -> float:
-        return _floored_log_likelihood(a * s + c, y, eps) - 0.5 * PLATT_PRIOR * (a * a + c * c)
+        return _floored_log_likelihood(a * s + c + off, y, eps) - 0.5 * PLATT_PRIOR * (
+            a * a + c * c
+        )
 
     a, c = 1.0, 0.0
     current = objective(a, c)
     for _ in range(50):
-        q = _sigmoid(a * s + c)
+        q = _sigmoid(a * s + c + off)
         p = eps + (1 - 2 * eps) * q
         dp = (1 - 2 * eps) * q * (1 - q)
         r = dp / np.maximum(p * (1 - p), 1e-12)
@@ -505,7 +521,7 @@ def _fit_platt(s: np.ndarray, y: np.ndarray, eps: float = 0.0) -> tuple[float, f
         a, c, current = a_new, c_new, new
         if moved < 1e-8:
             break
-    return a / sd, c, _floored_log_likelihood(a * s + c, y, eps)
+    return a / sd, c, _floored_log_likelihood(a * s + c + off, y, eps)
 
 
 def _blend_grid(k: int) -> np.ndarray:
@@ -606,8 +622,15 @@ def train_head(
     pi = (1.0 - r) * np.full(len(PARTS), 1.0 / len(PARTS)) + r * pi_hat
     z = s @ pi
     best: tuple[float, float, float, float] | None = None
+    crowd_kept = np.zeros(len(kept)) if crowd is None else crowd.logit(x[kept])
+    best_delta, best_dll = 0.0, -np.inf
+    for delta in CROWD_OFFSETS if crowd is not None else (0.0,):
+        dll = _fit_platt(z, yk, 0.0, delta * crowd_kept)[2]
+        dll -= CROWD_EVIDENCE_NATS if delta > 0 else 0.0
+        if dll > best_dll:
+            best_delta, best_dll = delta, dll
     for eps in VOTE_NOISE_CHOICES:
-        a, c, ll = _fit_platt(z, yk, eps)
+        a, c, ll = _fit_platt(z, yk, eps, best_delta * crowd_kept)
         if best is None or ll > best[3]:
             best = (a, c, eps, ll)
     assert best is not None
@@ -615,6 +638,10 @@ def train_head(
     m = dict(zip(PARTS, pi / spread, strict=True))
     f_weights, f_bias = m["centroid"] * centroid, 0.0
     mix = np.array([m["linear"], 1.0, m["nearest"]])
+    if crowd is not None and best_delta > 0:  # delta * crowd(x) folded into the linear part
+        k = best_delta / (a * m["linear"])
+        w = w + k * crowd.platt_a * crowd.direction
+        b += k * crowd.platt_c
     meta: dict[str, Any] = {
         "kind": "blend",
         "n_train": n,
@@ -622,6 +649,7 @@ def train_head(
         "lambda": lam,
         "salient_prior": bool(salient),
         "crowd_weight": gamma,
+        "crowd_offset": best_delta,
         **{f"blend_{p}": float(v) for p, v in zip(PARTS, pi, strict=True)},
         "platt_a": a,
         "platt_c": c,
