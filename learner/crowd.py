@@ -24,15 +24,13 @@ them.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from learner.durable import fsync_directory
+from learner.durable import save_npz_atomically
 from learner.metrics import roc_auc
 
 FORMAT_VERSION = 1
@@ -102,17 +100,7 @@ class CrowdModel:
             "platt_c": self.platt_c,
             "info": self.meta,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, direction=self.direction, meta=np.array(json.dumps(meta)))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_directory(path.parent)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_npz_atomically(path, direction=self.direction, meta=np.array(json.dumps(meta)))
 
     @classmethod
     def load(cls, path: Path) -> CrowdModel:
@@ -146,6 +134,8 @@ def _within_person(
     return xc, tc
 
 
+# One function: the folds, their Gram matrices and the held-out scores serve both the choice
+# of penalty and the calibration.
 def train_crowd(
     embeddings: np.ndarray,
     liked: np.ndarray,

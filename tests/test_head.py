@@ -11,10 +11,10 @@ from learner.head import (
     FORMAT_VERSION,
     SUPER_LIKE_WEIGHT,
     TasteHead,
-    cold_start_scores,
     train_head,
 )
 from learner.metrics import roc_auc
+from learner.prior import cold_start_scores
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -344,7 +344,7 @@ def _weighted_ridge(x: np.ndarray, t: np.ndarray, sw: np.ndarray, lam: float) ->
 
 @pytest.mark.parametrize("n", [6, 40])  # d = 8: the n x n kernel path, then the Gram path
 def test_ridge_loo_predictions_are_refits_without_each_vote(n: int) -> None:
-    from learner.head import _ridge_loo
+    from learner.head_fit import _ridge_loo
 
     rng = np.random.default_rng(n)
     x = rng.normal(size=(n, 8)) * 0.2
@@ -367,7 +367,7 @@ def test_ridge_loo_predictions_are_refits_without_each_vote(n: int) -> None:
 
 
 def test_ridge_loo_takes_the_crowd_only_where_it_explains_the_votes() -> None:
-    from learner.head import CROWD_STRENGTHS, _ridge_loo
+    from learner.head_fit import CROWD_STRENGTHS, _ridge_loo
 
     rng = np.random.default_rng(11)
     x = rng.normal(size=(24, 40)) * 0.2  # too few votes for the ridge alone
@@ -380,7 +380,7 @@ def test_ridge_loo_takes_the_crowd_only_where_it_explains_the_votes() -> None:
 
 
 def test_centroid_loo_leaves_each_vote_out_of_its_own_centroid() -> None:
-    from learner.head import _centroid_loo
+    from learner.head_fit import _centroid_loo
 
     rng = np.random.default_rng(3)
     x = _unit(rng.normal(size=(30, 6)) + 1.0).astype(np.float64)
@@ -400,7 +400,7 @@ def test_centroid_loo_leaves_each_vote_out_of_its_own_centroid() -> None:
 
 @pytest.mark.parametrize("k", [0, 1, 3, 7])
 def test_top_finds_each_rows_k_largest(k: int) -> None:
-    from learner.head import _top
+    from learner.head_fit import _top
 
     sims = np.random.default_rng(k).normal(size=(5, 7))
     top = _top(sims, k)
@@ -411,7 +411,7 @@ def test_top_finds_each_rows_k_largest(k: int) -> None:
 
 def test_platt_slope_never_turns_the_ranking_upside_down() -> None:
     """LOO scores of few votes can anti-correlate with them; the slope stays positive."""
-    from learner.head import MIN_PLATT_SLOPE, _fit_platt
+    from learner.head_fit import MIN_PLATT_SLOPE, _fit_platt
 
     s = np.array([1.0, 2.0, 3.0, 4.0])
     y = np.array([1.0, 1.0, 0.0, 0.0])  # higher score, fewer likes
@@ -420,7 +420,7 @@ def test_platt_slope_never_turns_the_ranking_upside_down() -> None:
 
 
 def test_dimension_scale_is_the_shrunk_inverse_spread_per_dimension() -> None:
-    from learner.head import SCALE_SHRINK, _dimension_scale
+    from learner.head_fit import SCALE_SHRINK, _dimension_scale
 
     rng = np.random.default_rng(5)
     images = _unit(rng.normal(size=(200, 10)) * np.linspace(0.2, 3.0, 10) + 0.5)
@@ -430,7 +430,7 @@ def test_dimension_scale_is_the_shrunk_inverse_spread_per_dimension() -> None:
 
 
 def test_centring_brings_one_subjects_images_to_the_target_cosine() -> None:
-    from learner.head import CENTRE_COSINE, _centring_shift, _f_space
+    from learner.head_fit import CENTRE_COSINE, _centring_shift, _f_space
 
     rng = np.random.default_rng(2)
     x = _unit(rng.normal(size=(1, 16)) * 3 + rng.normal(size=(400, 16)))

@@ -1,0 +1,292 @@
+"""The numerics a taste head is fitted with (learner.head trains and applies it): the person's
+"f-space" (centring, per-dimension scaling, the salient stretch), leave-one-out ridge and
+centroid fits, the nearest-vote scores, and the Platt calibration of blended LOO scores.
+Pure numpy; every constant says how it was chosen (bench/results/learning.md has the runs)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+MAX_NEAREST = 2000  # votes kept for the nearest-vote part: bounds file size and scoring time
+BLEND_GRID = 8  # the simplex of blend weights is searched in steps of 1/8
+# Ridge penalties: LOO picks one per person. The range is the previous head's (format 1-7),
+# from "interpolates the votes" to "little more than their mean".
+RIDGE_LAMBDAS = tuple(float(v) for v in np.logspace(-3, 2, 11))
+# Strengths of the crowd prior tried, in +-1 target units per unit of the crowd's (calibrated)
+# logit. A calibrated logit o means E[target] = tanh(o / 2) ~ o / 2, so 0.5 is "as the crowd
+# says"; a crowd that knows little has a flat logit and adds little at any strength.
+CROWD_STRENGTHS = (0.0, 0.125, 0.25, 0.5, 1.0)
+CROWD_EVIDENCE_NATS = 1.0  # the crowd prior is one more parameter: it must buy 1 nat (AIC)
+NEAREST_K = 7  # votes read by the nearest-vote part (the k-NN reference's k)
+NEAREST_TEMPERATURE = 0.05  # softmax temperature over their cosines in f-space (format 5-7's)
+MIN_PLATT_SLOPE = 1e-3  # logit per LOO standard deviation: the ranking is kept (see _fit_platt)
+MAX_PLATT_SLOPE = 4.0  # steeper saturates scores into ties (format 1-7's bound)
+PLATT_PRIOR = 0.01  # precision of the N(0, 10^2) prior on the Platt slope and intercept
+# Centring target: the mean pairwise cosine of the person's images after the shift (format 6's
+# constant, measured there on 19 held-out worlds).
+CENTRE_COSINE = 0.5
+SCALE_SHRINK = 1.0  # per-dimension scaling shrinkage (format 7's constant, 18 worlds)
+# The salient prior stretches x by sqrt((var_k + SALIENT_SHRINK mean var) / ((1 + SALIENT_SHRINK)
+# mean var)) along the principal directions of the person's images: the same shrinkage as
+# SCALE_SHRINK, for the same reason (directions barely seen among a few images are not
+# erased). 0.1 measured the same as 1 on pets (8 people, style and graded).
+SALIENT_SHRINK = 1.0
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
+    return out
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    out: np.ndarray = x / np.maximum(norms, 1e-12)[:, None]
+    return out
+
+
+def _centring_shift(images: np.ndarray) -> np.ndarray:
+    """beta * m, subtracted from every embedding (before re-normalising).
+
+    m is the mean of the person's (unit) images and c their mean pairwise cosine. Shifted
+    by beta * m, two images' mean inner product is about c (1 - beta)^2 and an image's
+    squared norm 1 - 2 beta c + beta^2 c; beta makes their ratio CENTRE_COSINE. Images whose
+    c is already at most that are not shifted (zero vector): a person whose images all show
+    one subject has every cosine high, and the common direction says nothing about taste."""
+    n, d = images.shape
+    if n < 2:
+        return np.zeros(d)
+    m = images.astype(np.float64).mean(axis=0)
+    c = (n * n * float(m @ m) - n) / (n * (n - 1))  # without each image's cosine with itself
+    t = CENTRE_COSINE
+    if c <= t:
+        return np.zeros(d)
+    beta = 1.0 - np.sqrt(max(1.0 - (c - t) / (c * (1.0 - t)), 0.0))
+    shift: np.ndarray = beta * m
+    return shift
+
+
+def _dimension_scale(images: np.ndarray) -> np.ndarray:
+    """(d,) factors, mean 1, that even out the variance of the person's images per dimension.
+
+    A few CLIP dimensions vary far more than the rest across any set of photos and dominate
+    every cosine; 1 / sqrt(var_j + SCALE_SHRINK * mean var) damps them, and the shrinkage
+    keeps dimensions that barely vary among a few images from being blown up."""
+    n, d = images.shape
+    if n < 2:
+        return np.ones(d)
+    mean = images.mean(axis=0, dtype=np.float64)
+    var = np.einsum("ij,ij->j", images, images, dtype=np.float64) / n - mean * mean
+    var = np.maximum(var, 0.0)
+    if not var.any():  # all alike: nothing to even out
+        return np.ones(d)
+    scale: np.ndarray = (var + SCALE_SHRINK * var.mean()) ** -0.5
+    scale /= scale.mean()
+    return scale
+
+
+def _f_space(x: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """float32 f(x) = unit(unit(x - shift) * scale)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    if shift.any():
+        x64 = _unit_rows(x64 - shift)
+    out: np.ndarray = _unit_rows(x64 * scale).astype(np.float32)
+    return out
+
+
+def _salient_stretch(x: np.ndarray, unlabeled: np.ndarray | None) -> np.ndarray:
+    """(d, d) symmetric map stretching x along the principal directions of the person's
+    images (votes and unvoted) by sqrt of their shrunk relative variance (SALIENT_SHRINK)."""
+    d = x.shape[1]
+    u = np.zeros((0, d)) if unlabeled is None else np.asarray(unlabeled).reshape(-1, d)
+    images = np.vstack([x, u]).astype(np.float64)
+    if len(images) < 2:
+        return np.eye(d)
+    centred = images - images.mean(axis=0)
+    ev, vec = np.linalg.eigh(centred.T @ centred / (len(images) - 1))
+    ev = np.maximum(ev, 0.0)
+    m = float(ev.mean())
+    if m <= 0:
+        return np.eye(d)
+    out: np.ndarray = (
+        vec * np.sqrt((ev + SALIENT_SHRINK * m) / ((1 + SALIENT_SHRINK) * m))
+    ) @ vec.T
+    return out
+
+
+def _centroid(rows: np.ndarray) -> np.ndarray:
+    return _unit(rows.astype(np.float64).mean(axis=0)) if len(rows) else np.zeros(rows.shape[1])
+
+
+def _top(sims: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's min(k, columns) largest similarities, in no order."""
+    n = sims.shape[1]
+    k = min(k, n)
+    if 0 < k < n:
+        top: np.ndarray = np.argpartition(sims, n - k, axis=1)[:, n - k :]
+        return top
+    return np.broadcast_to(np.arange(k), (sims.shape[0], k))
+
+
+def _nearest(sims: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Softmax-weighted (NEAREST_TEMPERATURE) mean of ``values`` over each row's NEAREST_K most
+    similar columns; -inf similarities (a vote left out of its own score) never count."""
+    top = _top(sims, NEAREST_K)
+    s = np.take_along_axis(sims, top, axis=1).astype(np.float64)
+    w = np.exp((s - s.max(axis=1, keepdims=True)) / NEAREST_TEMPERATURE)
+    out: np.ndarray = (w * values[top]).sum(axis=1) / w.sum(axis=1)
+    return out
+
+
+# One function: one eigendecomposition serves every penalty and crowd strength tried.
+def _ridge_loo(
+    x: np.ndarray, t: np.ndarray, sw: np.ndarray, offset: np.ndarray | None
+) -> tuple[float, float, np.ndarray, float, np.ndarray]:
+    """Weighted ridge of targets t - gamma * offset on x; lambda and gamma >= 0 by exact LOO.
+
+    The bias is a column of ones, penalised like the weights: centring x on the mean of all
+    the votes instead leaks each vote into its own LOO refit (through the mean), and with few
+    votes and little penalty the LOO scores were near perfect while new images were not.
+
+    The hat matrix depends on lambda only, so the LOO residuals of t and of the offset come
+    from the same products. For each crowd strength gamma (CROWD_STRENGTHS) lambda minimises
+    the LOO squared error; gamma > 0 is kept only if its LOO scores beat gamma = 0's in
+    likelihood by more than CROWD_EVIDENCE_NATS. Returns (lambda, gamma, w, b, LOO
+    predictions of t); the prediction is gamma * offset + x . w + b."""
+    n, d = x.shape
+    root = np.sqrt(sw)
+    targets = np.stack([t, np.zeros(n) if offset is None else offset], axis=1)  # (n, 2)
+    tw = targets * root[:, None]
+    if n <= d + 1:  # few votes: eigenvectors of the n x n kernel
+        z = np.hstack([x, np.ones((n, 1))]).astype(np.float64) * root[:, None]
+        s2, u = np.linalg.eigh(z @ z.T)
+        s2 = np.maximum(s2, 0.0)
+        zv = u * np.sqrt(s2)
+        zv_t = np.sqrt(s2)[:, None] * (u.T @ tw)
+
+        def coefficients(lam: float, target: np.ndarray) -> np.ndarray:
+            out: np.ndarray = z.T @ (u @ ((u.T @ (target * root)) / (s2 + lam)))
+            return out
+
+    else:  # many votes: the (d+1)^2 Gram matrix
+        z32 = np.empty((n, d + 1), dtype=np.float32)
+        np.multiply(x, root[:, None], out=z32[:, :d])
+        z32[:, d] = root
+        s2, v = np.linalg.eigh((z32.T @ z32).astype(np.float64))
+        s2 = np.maximum(s2, 0.0)
+        zv = z32 @ v.astype(np.float32)
+        zv_t = (zv.T @ tw.astype(np.float32)).astype(np.float64)
+
+        def coefficients(lam: float, target: np.ndarray) -> np.ndarray:
+            rhs = (zv.T @ (target * root).astype(np.float32)).astype(np.float64)
+            out: np.ndarray = v @ (rhs / (s2 + lam))
+            return out
+
+    lams = np.array(RIDGE_LAMBDAS)
+    inv = 1.0 / (s2[:, None] + lams[None, :])  # (r, L)
+    h = ((zv * zv) @ inv.astype(zv.dtype)).astype(np.float64)  # (n, L) leverages
+    scale = 1.0 / np.maximum(1.0 - h, 1e-9)
+    resid = []
+    for col in range(2):
+        fitted = (zv @ (inv * zv_t[:, col : col + 1]).astype(zv.dtype)).astype(np.float64)
+        fitted /= root[:, None]
+        resid.append((targets[:, col : col + 1] - fitted) * scale)  # LOO residuals (n, L)
+    e_t, e_o = resid
+    strengths = (0.0,) if offset is None else CROWD_STRENGTHS
+    rows = np.arange(0, n, max(1, n // MAX_NEAREST))  # enough votes to compare likelihoods
+    y = (t[rows] > 0).astype(np.float64)
+    best_ll, lam, gamma, loo = -np.inf, 0.0, 0.0, t
+    for g in strengths:
+        i = int(np.argmin(sw @ (e_t - g * e_o) ** 2))  # the first of equal errors: smallest
+        cand = t - (e_t[:, i] - g * e_o[:, i])
+        ll = 0.0 if len(strengths) == 1 else _fit_platt(cand[rows], y)[2]
+        if g > 0:
+            ll -= CROWD_EVIDENCE_NATS
+        if ll > best_ll:
+            best_ll, lam, gamma, loo = ll, float(lams[i]), g, cand
+    beta = coefficients(lam, t - gamma * targets[:, 1])
+    return lam, gamma, beta[:d], float(beta[d]), loo
+
+
+def _centroid_loo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(c_L - c_D, leave-one-out cen(x_i): each vote left out of its own centroid)."""
+    sums = np.stack([x[y == 0].sum(axis=0), x[y == 1].sum(axis=0)]).astype(np.float64)
+    norms = np.linalg.norm(sums, axis=1)
+    safe = np.maximum(norms, 1e-12)
+    unit = sums / safe[:, None]
+    xs = x.astype(np.float64) @ sums.T  # (n, 2)
+    sq = np.einsum("ij,ij->i", x, x).astype(np.float64)
+    mine = np.where(y == 1, xs[:, 1], xs[:, 0])
+    own_sq = np.where(y == 1, norms[1], norms[0]) ** 2 - 2.0 * mine + sq
+    own_cos = (mine - sq) / np.maximum(np.sqrt(np.maximum(own_sq, 0.0)), 1e-12)
+    alone = np.bincount(y, minlength=2)[y] == 1  # own side is x_i alone: no centroid left
+    own_cos[alone] = 0.0
+    other_cos = np.where(y == 1, xs[:, 0] / safe[0], xs[:, 1] / safe[1])
+    loo = np.where(y == 1, own_cos - other_cos, other_cos - own_cos)
+    return unit[1] - unit[0], loo
+
+
+def _floored_log_likelihood(z: np.ndarray, y: np.ndarray, eps: float) -> float:
+    """Log-likelihood of labels y under p = eps + (1 - 2 eps) * sigmoid(z)."""
+    p = np.clip(eps + (1 - 2 * eps) * _sigmoid(z), 1e-12, 1 - 1e-12)
+    return float(y @ np.log(p) + (1 - y) @ np.log(1 - p))
+
+
+def _fit_platt(
+    s: np.ndarray, y: np.ndarray, eps: float = 0.0, off: np.ndarray | float = 0.0
+) -> tuple[float, float, float]:
+    """(a, c, log-likelihood) of p = eps + (1 - 2 eps) sigmoid(a s + c), by damped Newton.
+
+    The slope is kept in [MIN_PLATT_SLOPE, MAX_PLATT_SLOPE] per standard deviation of s: LOO
+    scores of few votes can anti-correlate with them (leaving a vote out moves its side's mean
+    away from it), and a negative slope would turn the ranking upside down. A weak Gaussian
+    prior on (a, c) keeps them finite when the scores separate the votes."""
+    sd = max(float(np.std(s)), 1e-12)
+    s = s / sd
+
+    def objective(a: float, c: float) -> float:
+        return _floored_log_likelihood(a * s + c + off, y, eps) - 0.5 * PLATT_PRIOR * (
+            a * a + c * c
+        )
+
+    a, c = 1.0, 0.0
+    current = objective(a, c)
+    for _ in range(50):
+        q = _sigmoid(a * s + c + off)
+        p = eps + (1 - 2 * eps) * q
+        dp = (1 - 2 * eps) * q * (1 - q)
+        r = dp / np.maximum(p * (1 - p), 1e-12)
+        g = r * (y - p)
+        fisher = r * dp
+        grad = np.array([g @ s - PLATT_PRIOR * a, g.sum() - PLATT_PRIOR * c])
+        info = np.array([[fisher @ (s * s), fisher @ s], [fisher @ s, fisher.sum()]])
+        step = np.linalg.solve(info + PLATT_PRIOR * np.eye(2), grad)
+        if (a <= MIN_PLATT_SLOPE and step[0] < 0) or (a >= MAX_PLATT_SLOPE and step[0] > 0):
+            step = np.array([0.0, grad[1] / (info[1, 1] + PLATT_PRIOR)])  # slope at its bound
+        # eps > 0 makes the likelihood non-concave: halve a step until it does not fall
+        for _ in range(30):
+            a_new = min(max(a + float(step[0]), MIN_PLATT_SLOPE), MAX_PLATT_SLOPE)
+            c_new = c + float(step[1])
+            new = objective(a_new, c_new)
+            if new >= current:
+                break
+            step = step / 2
+        else:
+            break
+        moved = max(abs(a_new - a), abs(c_new - c))
+        a, c, current = a_new, c_new, new
+        if moved < 1e-8:
+            break
+    return a / sd, c, _floored_log_likelihood(a * s + c + off, y, eps)
+
+
+def _blend_grid(k: int) -> np.ndarray:
+    """Every point of the k-simplex whose coordinates are multiples of 1 / BLEND_GRID."""
+    pts = [c for c in itertools.product(range(BLEND_GRID + 1), repeat=k) if sum(c) == BLEND_GRID]
+    return np.array(pts, dtype=np.float64) / BLEND_GRID
