@@ -122,10 +122,16 @@ class RetrainService:
             return
         loop = asyncio.get_running_loop()
         self._due_at[user_id] = loop.time() + self.pause_seconds
-        if user_id not in self._soon:
+        running = self._soon.get(user_id)
+        # A task that has left its loop but not yet finished would not see this vote.
+        if running is None or running.done():
             task = loop.create_task(self._retrain_when_paused(user_id))
             self._soon[user_id] = task
-            task.add_done_callback(lambda _: self._soon.pop(user_id, None))
+            task.add_done_callback(lambda done: self._forget_task(user_id, done))
+
+    def _forget_task(self, user_id: int, task: asyncio.Task[None]) -> None:
+        if self._soon.get(user_id) is task:
+            del self._soon[user_id]
 
     async def _retrain_when_paused(self, user_id: int) -> None:
         loop = asyncio.get_running_loop()

@@ -476,3 +476,28 @@ async def test_a_cold_start_score_leans_the_way_its_closest_lines_do(service: Se
             assert (scored.score > 0.5) == (gap > 0), (scored.score, gap)
             checked += 1
     assert checked >= 6
+
+
+async def test_a_vote_after_a_finished_retrain_task_starts_another(service: Services) -> None:
+    """A task that has left its loop (but whose done-callback has not run yet) must not
+    swallow the next vote's retrain."""
+    retraining = service.retraining
+    retraining.pause_seconds = 0.0
+    calls: list[int] = []
+
+    async def counted(user_id: int, trigger: str, *, min_new_votes: int = 0) -> None:
+        calls.append(user_id)
+
+    retraining.retrain_user = counted  # type: ignore[assignment,method-assign]
+    finished = asyncio.get_running_loop().create_future()
+    finished.set_result(None)
+    done_task = asyncio.ensure_future(finished)
+    await done_task
+    retraining._soon[7] = done_task  # finished, still listed: the race's window
+    retraining.after_vote(7)
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+        if calls:
+            break
+    assert calls == [7]
+    assert 7 not in retraining._soon or retraining._soon[7] is not done_task
