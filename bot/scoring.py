@@ -8,7 +8,6 @@ head or the cold-start prior → store the submission in one transaction → exp
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -111,8 +110,9 @@ class ScoringService:
         submission_id, image_id, vector, text_vector, score, active, by_crowd = stored
         await self.text.record(submission_id, incoming.caption, text_vector, data)
         with timing.stage("explain"):  # FAISS neighbours and earlier votes
-            scored = await self._explain(user, submission_id, image_id, vector, score, active)
-        return dataclasses.replace(scored, by_crowd=by_crowd)
+            return await self._explain(
+                user, submission_id, image_id, vector, score, active, by_crowd
+            )
 
     # One function: its cleanup needs every piece that may be in flight (the file being
     # saved, the scorer being looked up).
@@ -188,6 +188,7 @@ class ScoringService:
         vector: np.ndarray,
         score: float,
         active: ModelVersion | None,
+        by_crowd: bool,
     ) -> Scored:
         """Nearest liked/disliked images, and whether this person rated this image before."""
         k = self.settings.similar_neighbours
@@ -212,6 +213,7 @@ class ScoringService:
             rated_before=None if earlier is None else earlier[1],
             vote_target=submission_id if earlier is None else earlier[0],
             matched_file=matched_file,
+            by_crowd=by_crowd,
         )
 
     async def _image_path(self, image_id: int) -> Path | None:
@@ -241,8 +243,7 @@ class ScoringService:
         text_vector = await self.text.text_vector_of(submission_id)
         score_with, active, by_crowd = await self.heads.scorer(user)
         score = score_with(vector, text_vector)
-        scored = await self._explain(user, submission_id, image_id, vector, score, active)
-        return dataclasses.replace(scored, by_crowd=by_crowd)
+        return await self._explain(user, submission_id, image_id, vector, score, active, by_crowd)
 
     async def similar_liked_images(
         self, person: Person, submission_id: int, k: int = 3

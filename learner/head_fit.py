@@ -11,8 +11,8 @@ import numpy as np
 
 MAX_NEAREST = 2000  # votes kept for the nearest-vote part: bounds file size and scoring time
 BLEND_GRID = 8  # the simplex of blend weights is searched in steps of 1/8
-# Ridge penalties: LOO picks one per person. The range is the previous head's (format 1-7),
-# from "interpolates the votes" to "little more than their mean".
+# Ridge penalties: LOO picks one per person. The range spans "interpolates the votes" to
+# "little more than their mean".
 RIDGE_LAMBDAS = tuple(float(v) for v in np.logspace(-3, 2, 11))
 # Strengths of the crowd prior tried, in +-1 target units per unit of the crowd's (calibrated)
 # logit. A calibrated logit o means E[target] = tanh(o / 2) ~ o / 2, so 0.5 is "as the crowd
@@ -20,14 +20,14 @@ RIDGE_LAMBDAS = tuple(float(v) for v in np.logspace(-3, 2, 11))
 CROWD_STRENGTHS = (0.0, 0.125, 0.25, 0.5, 1.0)
 CROWD_EVIDENCE_NATS = 1.0  # the crowd prior is one more parameter: it must buy 1 nat (AIC)
 NEAREST_K = 7  # votes read by the nearest-vote part (the k-NN reference's k)
-NEAREST_TEMPERATURE = 0.05  # softmax temperature over their cosines in f-space (format 5-7's)
+NEAREST_TEMPERATURE = 0.05  # softmax temperature over their cosines in f-space
 MIN_PLATT_SLOPE = 1e-3  # logit per LOO standard deviation: the ranking is kept (see _fit_platt)
-MAX_PLATT_SLOPE = 4.0  # steeper saturates scores into ties (format 1-7's bound)
+MAX_PLATT_SLOPE = 4.0  # steeper saturates scores into ties
 PLATT_PRIOR = 0.01  # precision of the N(0, 10^2) prior on the Platt slope and intercept
-# Centring target: the mean pairwise cosine of the person's images after the shift (format 6's
-# constant, measured there on 19 held-out worlds).
+# Centring target: the mean pairwise cosine of the person's images after the shift (measured
+# on 19 held-out worlds; bench/results/learning.md).
 CENTRE_COSINE = 0.5
-SCALE_SHRINK = 1.0  # per-dimension scaling shrinkage (format 7's constant, 18 worlds)
+SCALE_SHRINK = 1.0  # per-dimension scaling shrinkage (measured on 18 held-out worlds)
 # The salient prior stretches x by sqrt((var_k + SALIENT_SHRINK mean var) / ((1 + SALIENT_SHRINK)
 # mean var)) along the principal directions of the person's images: the same shrinkage as
 # SCALE_SHRINK, for the same reason (directions barely seen among a few images are not

@@ -6,6 +6,8 @@ method is one transaction, so a caller never holds one open across its own await
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from storage.db import Database
 from storage.images import ImageStore
 from storage.models import ModelStore
@@ -26,10 +28,8 @@ class Store:
         self.runs = RunStore(db)
 
     @classmethod
-    async def open(cls, path: object) -> Store:
-        from pathlib import Path
-
-        return cls(await Database.open(Path(str(path))))
+    async def open(cls, path: Path) -> Store:
+        return cls(await Database.open(path))
 
     async def close(self) -> None:
         await self.db.close()
