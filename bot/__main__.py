@@ -1,8 +1,10 @@
-"""`python -m bot`: read settings, load CLIP once, run Telegram and/or Discord on one event
-loop until SIGINT/SIGTERM (see bot/runner.py)."""
+"""`python -m bot [--role all|worker|trainer]`: read settings, load CLIP once, run Telegram
+and/or Discord (not on a trainer) and the role's training work on one event loop until
+SIGINT/SIGTERM (see bot/runner.py and bot/roles.py)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -23,14 +25,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("bot")
 
 
-def load_settings() -> Settings:
-    """Settings, or one clear line on stderr and exit code 2."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
+    parser.add_argument(
+        "--role",
+        choices=("all", "worker", "trainer"),
+        help="what this process runs (default: the ROLE setting, else all); "
+        "see docs/operations.md, Roles",
+    )
+    return parser.parse_args(argv)
+
+
+def load_settings(role: str | None = None) -> Settings:
+    """Settings, or one clear line on stderr and exit code 2. ``role`` overrides ROLE."""
+    overrides = {} if role is None else {"role": role}
     env_file = os.environ.get("TASTEBOT_ENV_FILE", ".env")
     if env_file != ".env" and not Path(env_file).is_file():
         print(f"tastebot: TASTEBOT_ENV_FILE names {env_file}, which is not a file", file=sys.stderr)
         raise SystemExit(2)
     try:
-        return Settings(_env_file=env_file)  # type: ignore[call-arg]  # the rest: environment
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg,arg-type]
     except ValidationError as error:
         problems = []
         for e in error.errors():
@@ -48,6 +62,8 @@ def load_settings() -> Settings:
 
 def build_platforms(settings: Settings, open_service: OpenService) -> list[Platform]:
     platforms: list[Platform] = []
+    if settings.role == "trainer":  # its messages go through a worker (bot/job_notices.py)
+        return platforms
     if settings.telegram_bot_token is not None:
         from bot.telegram_adapter.app import TelegramPlatform
 
@@ -62,7 +78,7 @@ def build_platforms(settings: Settings, open_service: OpenService) -> list[Platf
 # One function: the settings, the logging set-up and the services' loader are one start-up
 # sequence, and the loader closes over the settings.
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings(parse_args().role)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -79,6 +79,7 @@ class ActiveHeads:
         """What scores a vector for ``user``: their active head, else a prior from the votes
         they have (with the crowd model when there is one). Also the model version to name
         beside the score (None for a prior), and whether the crowd model is that prior."""
+        await self.crowd.refresh()  # one another process promoted
         active, head = await self.active_head(user.id)
         if head is None:
             head = await self._prior(user.id)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 import zipfile
 
 import numpy as np
@@ -32,15 +34,27 @@ class SharedCrowd:
     """The active crowd model for the served encoder (None until one is trained), shared by
     scoring and head training."""
 
-    def __init__(self, store: Store, data_dir: DataDir, encoder_version: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        data_dir: DataDir,
+        encoder_version: str,
+        *,
+        refresh_seconds: float = 0.0,
+    ) -> None:
         self.store = store
         self.data_dir = data_dir
         self.encoder_version = encoder_version
         self.model: CrowdModel | None = None
+        self.model_id: int | None = None  # its model_versions row
+        # Another process (a trainer) may promote one: checked at most this often.
+        self.refresh_seconds = refresh_seconds
+        self._checked_at = -math.inf
 
     async def load(self) -> None:
         """Read the active crowd model, if it was trained on the served encoder's vectors."""
-        self.model = None
+        self.model, self.model_id = None, None
+        self._checked_at = time.monotonic()
         active = await self.store.models.active_global(KIND)
         if active is None or active.encoder_version != self.encoder_version:
             return
@@ -49,6 +63,25 @@ class SharedCrowd:
             self.model = await asyncio.to_thread(CrowdModel.load, path)
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
             log.exception("cannot read the crowd model %s; scoring without it", path)
+            return
+        self.model_id = active.id
+
+    async def refresh(self) -> bool:
+        """Load the active crowd model if it is not the one held (another process promoted
+        it); at most one query every ``refresh_seconds``. True if it changed."""
+        if time.monotonic() - self._checked_at < self.refresh_seconds:
+            return False
+        self._checked_at = time.monotonic()
+        active = await self.store.models.active_global(KIND)
+        fits = active is not None and active.encoder_version == self.encoder_version
+        if (active.id if active is not None and fits else None) == self.model_id:
+            return False
+        await self.load()
+        log.info("crowd model changed to model %s", self.model_id)
+        return True
+
+    def promoted(self, model_id: int, model: CrowdModel) -> None:
+        self.model, self.model_id = model, model_id
 
     async def switch(self, encoder_version: str) -> None:
         """Another encoder: a crowd model of the old one's vectors cannot score the new."""
@@ -152,7 +185,7 @@ class CrowdTraining:
             )
             return CrowdOutcome(None, False, f"failed: {error}", people=n_people)
         if promote:
-            self.crowd.model = candidate
+            self.crowd.promoted(model.id, candidate)
         await self.store.runs.finish_training_run(
             run_id,
             outcome="promoted" if promote else "rejected",

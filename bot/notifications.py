@@ -16,6 +16,9 @@ class Notifications:
     def __init__(self) -> None:
         self._by_platform: dict[str, Notifier] = {}
         self.stopping = False  # set at shutdown: the platforms are closing
+        # For a platform this process does not serve (a trainer serves none): e.g. leave
+        # the message for a worker that does.
+        self.fallback: Notifier | None = None
 
     def register(self, platform: str, notifier: Notifier) -> None:
         self._by_platform[platform] = notifier
@@ -25,7 +28,7 @@ class Notifications:
 
     async def send(self, user: User, text: str) -> None:
         """Best effort: a blocked bot or a deleted chat must not stop what called this."""
-        notifier = self._by_platform.get(user.platform)
+        notifier = self._by_platform.get(user.platform, self.fallback)
         if notifier is None:
             return
         if self.stopping:

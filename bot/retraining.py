@@ -80,6 +80,7 @@ class RetrainService:
         min_votes: int,
         min_new_votes: int,
         pause_seconds: float | None,
+        hand_off: Callable[[int], Awaitable[object]] | None = None,
     ) -> None:
         self.store = store
         self.data_dir = data_dir
@@ -93,6 +94,8 @@ class RetrainService:
         self.min_votes = min_votes
         self.min_new_votes = min_new_votes
         self.pause_seconds = pause_seconds  # None: no retrain after votes, the schedule only
+        # A worker does not train: a person due after their pause is queued for a trainer.
+        self.hand_off = hand_off
         self._due_at: dict[int, float] = {}  # person -> when their pause in voting ends
         self._soon: dict[int, asyncio.Task[None]] = {}  # one per person with votes pending
         self._training_now: set[int] = set()
@@ -108,10 +111,10 @@ class RetrainService:
         if user is None:
             return None
         outcome = await self.retrain_user(user.id, trigger)
-        await self._announce(outcome)
+        await self.announce(outcome)
         return outcome
 
-    async def _announce(self, outcome: RetrainOutcome | None) -> None:
+    async def announce(self, outcome: RetrainOutcome | None) -> None:
         if outcome is not None and outcome.worth_announcing:
             await self.notifications.send(outcome.user, promotion_text(outcome))
 
@@ -143,14 +146,24 @@ class RetrainService:
             del self._due_at[user_id]
             self._training_now.add(user_id)
             try:
-                # A first model as soon as the votes allow one; later, every few new votes.
-                has_model = await self.store.models.active_model(user_id) is not None
-                due = self.min_new_votes if has_model else 1
-                await self._announce(await self.retrain_user(user_id, "votes", min_new_votes=due))
+                await self._after_pause(user_id)
             except Exception:  # the scheduled round retries; the vote itself is saved
                 log.exception("retraining user %d after their votes failed", user_id)
             finally:
                 self._training_now.discard(user_id)
+
+    async def due_threshold(self, user_id: int) -> int:
+        """New votes that make the person due: a first model as soon as the votes allow
+        one; later, every RETRAIN_MIN_NEW_VOTES."""
+        has_model = await self.store.models.active_model(user_id) is not None
+        return self.min_new_votes if has_model else 1
+
+    async def _after_pause(self, user_id: int) -> None:
+        due = await self.due_threshold(user_id)
+        if self.hand_off is None:
+            await self.announce(await self.retrain_user(user_id, "votes", min_new_votes=due))
+        elif await self.store.votes.new_votes(user_id) >= due:
+            await self.hand_off(user_id)
 
     async def retrain_due_heads(
         self,
@@ -181,7 +194,7 @@ class RetrainService:
                 # them on these votes meanwhile (and reports on them).
                 if outcome is not None:
                     outcomes.append(outcome)
-                    await self._announce(outcome)
+                    await self.announce(outcome)
                 if on_progress is not None:
                     await on_progress(done, len(due))
             return outcomes
@@ -242,6 +255,7 @@ class RetrainService:
             # Not a run: nothing is trained, and the scheduler would log one every tick.
             return RetrainOutcome(user, None, False, None, None, 0, why_not)
 
+        await self.crowd.refresh()  # another trainer may have promoted one
         embeddings = await self.text.training_vectors(labelled)
         unlabelled = await self.text.unvoted_vectors(user_id, encoder)
         active, active_head = await self.heads.active_head(user_id)

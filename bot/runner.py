@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from bot.settings import Settings
 
 if TYPE_CHECKING:  # importing the services loads torch; the runner is handed them
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
+    from bot.roles import RoleTasks
     from bot.services import Services
 
 log = logging.getLogger("bot")
@@ -82,7 +81,7 @@ async def serve(
     raises ConnectFailed.
     """
     started: list[Platform] = []
-    scheduler = None
+    role_tasks = None
     try:
         for platform in platforms:
             started.append(platform)
@@ -91,10 +90,10 @@ async def serve(
             except Exception as error:  # the adapters' own errors: httpx, PTB, discord.py
                 cause = _without_tokens(f"{type(error).__name__}: {error}", settings)
                 raise ConnectFailed(f"{platform.name}: could not connect ({cause})") from error
-        from bot.scheduler import start_scheduler  # APScheduler, only once serving
+        from bot.roles import start_role  # APScheduler, only once serving
 
         services = await shared.get()
-        scheduler = start_scheduler(services, settings)
+        role_tasks = start_role(services, settings)
         watched: list[asyncio.Future[object]] = []
         for platform in platforms:
             done = await platform.start(services)
@@ -108,11 +107,11 @@ async def serve(
             future.result()  # raises the platform's error
             raise RuntimeError("a platform stopped on its own")
     finally:
-        await _shut_down(scheduler, shared.services, started)
+        await _shut_down(role_tasks, shared.services, started)
 
 
 async def _shut_down(
-    scheduler: AsyncIOScheduler | None, services: Services | None, started: Sequence[Platform]
+    role_tasks: RoleTasks | None, services: Services | None, started: Sequence[Platform]
 ) -> None:
     """Order matters: no new jobs, let a retrain round stop between two people, stop
     receiving (handlers in flight finish, within the budget), then close the database. The
@@ -122,8 +121,8 @@ async def _shut_down(
     def left(share: float = 1.0) -> float:
         return max(0.1, (deadline - asyncio.get_running_loop().time()) * share)
 
-    if scheduler is not None:
-        scheduler.pause()
+    if role_tasks is not None:
+        role_tasks.pause()
     if services is not None:
         await services.drain(timeout=left(0.4))
     for platform in reversed(started):
@@ -136,7 +135,7 @@ async def _shut_down(
     if services is not None:
         # A round waiting on a send has it fail now the platforms are closed.
         await services.drain(timeout=left(0.5))
-    if scheduler is not None:
-        scheduler.shutdown(wait=False)
+    if role_tasks is not None:
+        await role_tasks.stop(timeout=left(0.5))
     if services is not None:
         await services.close()

@@ -1,4 +1,9 @@
-"""The scheduled retrain: APScheduler 3 on the bot's event loop."""
+"""The scheduled retrain: APScheduler 3 on the bot's event loop.
+
+In one process (role all) each tick trains; on a trainer it only enqueues what is due
+(bot.training_jobs), and the trainer's job loop (bot.trainer) runs it: with several
+trainers, each tick of each enqueues the same due points, which are one job each.
+"""
 
 from __future__ import annotations
 
@@ -44,10 +49,33 @@ async def crowd_tick(services: Services) -> None:
     log.info("scheduled crowd model: %s", outcome.reason)
 
 
+async def enqueue_heads_tick(services: Services, min_new_votes: int) -> None:
+    """Queue every person with enough new votes for a trainer."""
+    queued = await services.queue.enqueue_due_heads(min_new_votes)
+    if queued:
+        log.info("scheduled retrain: %d head job(s) queued", queued)
+
+
+async def enqueue_crowd_tick(services: Services) -> None:
+    if await services.crowd_training.why_not_due() is None:
+        await services.queue.enqueue_crowd()
+
+
+async def enqueue_finetune_tick(services: Services) -> None:
+    # Checked again by whoever claims the job: a fine-tune takes long, and due changes.
+    why_not = await services.backbone.why_not_due()
+    if why_not is not None:
+        log.info("scheduled fine-tune skipped: %s", why_not)
+        return
+    await services.queue.enqueue_finetune()
+
+
 def start_scheduler(services: Services, settings: Settings) -> AsyncIOScheduler:
+    """The training schedule: trains here (role all) or enqueues jobs (role trainer)."""
     scheduler = AsyncIOScheduler()
+    enqueue = settings.role == "trainer"
     scheduler.add_job(
-        retrain_tick,
+        enqueue_heads_tick if enqueue else retrain_tick,
         "interval",
         minutes=settings.retrain_check_minutes,
         args=(services, settings.retrain_min_new_votes),
@@ -57,7 +85,7 @@ def start_scheduler(services: Services, settings: Settings) -> AsyncIOScheduler:
         coalesce=True,
     )
     scheduler.add_job(
-        crowd_tick,
+        enqueue_crowd_tick if enqueue else crowd_tick,
         "interval",
         minutes=settings.crowd_check_minutes,
         args=(services,),
@@ -67,7 +95,7 @@ def start_scheduler(services: Services, settings: Settings) -> AsyncIOScheduler:
     )
     if settings.finetune_cron:
         scheduler.add_job(
-            finetune_tick,
+            enqueue_finetune_tick if enqueue else finetune_tick,
             crontab_trigger(settings.finetune_cron),
             args=(services,),
             id="finetune_backbone",

@@ -193,6 +193,7 @@ class ScoringService:
         """Nearest liked/disliked images, and whether this person rated this image before."""
         k = self.settings.similar_neighbours
         with timing.stage("faiss"):
+            await self.indexes.refresh(user.id)  # votes other workers stored
             liked = self.indexes.nearest_liked(user.id, vector, k, exclude_image_id=image_id)
             disliked = self.indexes.nearest_disliked(user.id, vector, 1, exclude_image_id=image_id)
         earlier = await self.store.votes.image_vote(user.id, image_id)
@@ -255,6 +256,7 @@ class ScoringService:
             return None
         image_id, vector = found_vector
         user = await self.store.people.user_of(person)
+        await self.indexes.refresh(user.id)
         found = []
         for n in self.indexes.nearest_liked(user.id, vector, k, exclude_image_id=image_id):
             path = await self._image_path(n.image_id)

@@ -17,12 +17,15 @@ from bot.backbone import BackboneTuner
 from bot.crowd import CrowdTraining, SharedCrowd
 from bot.encoding import ImageEmbedder, ServedEncoder, TextEmbedder
 from bot.finetune_process import FinetuneRunner
+from bot.job_notices import NoticeDelivery
 from bot.notifications import Notifications
 from bot.people import PeopleService
 from bot.retraining import RetrainService
 from bot.scoring import ScoringService
 from bot.settings import Settings
 from bot.text_features import TextFeatures
+from bot.trainer import JobRunner, process_name
+from bot.training_jobs import TrainingQueue
 from bot.vote_indexes import VoteIndexes
 from bot.votes import VoteService
 from learner.finetune import FinetuneConfig, finetune
@@ -49,7 +52,9 @@ class Services:
         self.data_dir = data_dir
         self.encoder = ServedEncoder(embedder, settings)
         self.indexes = VoteIndexes(store, data_dir.faiss, embedder.version, embedder.dim)
-        self.crowd = SharedCrowd(store, data_dir, embedder.version)
+        self.crowd = SharedCrowd(
+            store, data_dir, embedder.version, refresh_seconds=settings.model_refresh_seconds
+        )
         self.heads = ActiveHeads(
             store,
             data_dir,
@@ -71,6 +76,9 @@ class Services:
         )
         self.training_lock = asyncio.Lock()  # one head training (or model switch) at a time
         self.notifications = Notifications()
+        self.queue = TrainingQueue(store)  # training handed to trainers (bot/roles.py)
+        if settings.role == "trainer":  # no platform here: a worker sends its messages
+            self.notifications.fallback = self.queue.leave_notice
         self.scoring = ScoringService(
             store=store,
             data_dir=data_dir,
@@ -102,6 +110,7 @@ class Services:
             min_votes=settings.head_min_votes,
             min_new_votes=settings.retrain_min_new_votes,
             pause_seconds=settings.retrain_pause_seconds if settings.retrain_after_votes else None,
+            hand_off=self.queue.enqueue_head if settings.role == "worker" else None,
         )
         self.votes = VoteService(store, self.indexes, on_change=self.retraining.after_vote)
         self.crowd_training = CrowdTraining(
@@ -114,6 +123,24 @@ class Services:
             min_new_votes=settings.crowd_min_new_votes,
         )
         self.backbone = self.make_backbone_tuner()
+        name = process_name(settings.role)
+        lease, attempts = settings.job_lease_seconds, settings.job_max_attempts
+        self.jobs = JobRunner(
+            store=store,
+            retraining=self.retraining,
+            crowd_training=self.crowd_training,
+            backbone=self.backbone,
+            name=name,
+            lease_seconds=lease,
+            max_attempts=attempts,
+        )
+        self.notices = NoticeDelivery(
+            store=store,
+            notifications=self.notifications,
+            name=name,
+            lease_seconds=lease,
+            max_attempts=attempts,
+        )
 
     @classmethod
     async def open(

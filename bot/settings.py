@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     head_cache_people: int = Field(256, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # What this process runs (`python -m bot --role` overrides it): all = chat platforms and
+    # training in one process; worker = platforms, scoring and votes, training handed to a
+    # trainer through the jobs table; trainer = the training schedule and the jobs, no
+    # platform (no token needed). Every process must reach the same DATA_DIR and database.
+    role: Literal["all", "worker", "trainer"] = "all"
+    # A trainer looks for jobs (and a worker for messages a trainer left) this often.
+    job_poll_seconds: float = Field(1.0, gt=0)
+    # A claimed job is another trainer's to take over once its lease runs out; a live
+    # trainer renews it every third of this while the job runs.
+    job_lease_seconds: float = Field(120.0, ge=3)
+    job_max_attempts: int = Field(3, ge=1)  # a job whose trainer died this often: failed
+    # How often a process checks for a crowd model (or CLIP fine-tune) another promoted.
+    model_refresh_seconds: float = Field(10.0, ge=0)
+
     @field_validator(
         "telegram_bot_token", "discord_bot_token", "webhook_url", "webhook_secret", mode="before"
     )
@@ -171,6 +185,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _some_platform(self) -> Settings:
+        # A trainer talks to no platform; the other roles need one.
+        if self.role == "trainer":
+            return self
         if self.telegram_bot_token is None and self.discord_bot_token is None:
             raise ValueError(NO_TOKEN)
         return self

@@ -225,6 +225,12 @@ class VoteIndex:
                 person.ids.discard(image_id)
                 person.dirty = True
 
+    def ids_of(self, user_id: int) -> set[int] | None:
+        """The image ids in the person's index; None if it is not loaded."""
+        with self._lock:
+            person = self._people.get(user_id)
+            return None if person is None else set(person.ids)
+
     def count(self, user_id: int) -> int:
         with self._lock:
             person = self._people.get(user_id)
@@ -264,7 +270,8 @@ class VoteIndex:
                 if not person.dirty:
                     continue
                 path = self._path(user_id)
-                tmp = path.with_suffix(".tmp")
+                # Per process: workers sharing DATA_DIR each write their own copy.
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
                 faiss.write_index(person.index, str(tmp))
                 os.replace(tmp, path)
                 person.dirty = False
