@@ -150,7 +150,7 @@ class Services:
         text_encoder: TextEmbedder | None = None,
     ) -> Services:
         """Open the database, mark runs a dead process left 'running' as failed, sync FAISS."""
-        data_dir = DataDir(settings.data_dir)
+        data_dir = DataDir(settings.data_dir, images=settings.image_dir)
         store = await Store.open(data_dir.database)
         abandoned = await store.runs.fail_abandoned_runs()
         if abandoned:

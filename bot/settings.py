@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # directory has no revisions.
     clip_revision: str | None = None
     data_dir: Path = Path("./data")
+    # Retained image files; unset = DATA_DIR/images. Every process (worker, trainer) must
+    # reach the same directory: a shared filesystem across machines.
+    image_dir: Path | None = None
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()  # Telegram user ids
 
     discord_bot_token: SecretStr | None = None
@@ -129,7 +132,12 @@ class Settings(BaseSettings):
     model_refresh_seconds: float = Field(10.0, ge=0)
 
     @field_validator(
-        "telegram_bot_token", "discord_bot_token", "webhook_url", "webhook_secret", mode="before"
+        "telegram_bot_token",
+        "discord_bot_token",
+        "webhook_url",
+        "webhook_secret",
+        "image_dir",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

@@ -22,11 +22,17 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-class DataDir:
-    """Where everything durable lives; paths stored in SQLite are relative to `root`."""
+IMAGES = "images/"  # the stored relative paths of retained images start with it
 
-    def __init__(self, root: Path) -> None:
+
+class DataDir:
+    """Where everything durable lives; paths stored in SQLite are relative to `root`, but
+    retained images' (``images/…``) are relative to ``images`` when it is given (IMAGE_DIR:
+    a directory every process can reach, e.g. a shared mount)."""
+
+    def __init__(self, root: Path, images: Path | None = None) -> None:
         self.root = root
+        self.images = images
 
     @property
     def database(self) -> Path:
@@ -38,7 +44,7 @@ class DataDir:
 
     def image_relpath(self, sha256: str, image_format: str) -> str:
         # Two-level fan-out keeps directories small.
-        return f"images/{sha256[:2]}/{sha256}.{image_format.lower()}"
+        return f"{IMAGES}{sha256[:2]}/{sha256}.{image_format.lower()}"
 
     def heads_relpath(self, user_id: int) -> str:
         """The folder of a person's head files (forgetting them removes it whole)."""
@@ -48,6 +54,8 @@ class DataDir:
         return f"{self.heads_relpath(user_id)}/v{version}.npz"
 
     def path(self, relpath: str) -> Path:
+        if self.images is not None and relpath.startswith(IMAGES):
+            return self.images / relpath.removeprefix(IMAGES)
         return self.root / relpath
 
     def save_image(self, sha256: str, image_format: str, data: bytes) -> str:

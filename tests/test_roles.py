@@ -232,3 +232,18 @@ async def test_a_trainer_process_serves_no_platform_and_runs_the_queued_jobs(
 async def _status_is(services: Services, job_id: int, status: str) -> bool:
     job = await services.store.jobs.get(job_id)
     return job is not None and job.status == status
+
+
+async def test_retained_images_go_to_image_dir(
+    settings: Settings, encoder: ClipImageEncoder, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared-images"
+    services = await Services.open(settings.model_copy(update={"image_dir": shared}), encoder)
+    try:
+        await score(services, 3)
+        [path] = [p for p in shared.rglob("*") if p.is_file()]
+        [stored] = await services.store.db.fetch_all("SELECT file_path FROM images")
+        assert services.data_dir.path(stored[0]) == path
+        assert not (settings.data_dir / "images").exists()
+    finally:
+        await services.close()
