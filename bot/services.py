@@ -149,10 +149,13 @@ class Services:
         embedder: ImageEmbedder,
         text_encoder: TextEmbedder | None = None,
     ) -> Services:
-        """Open the database, mark runs a dead process left 'running' as failed, sync FAISS."""
+        """Open the database, mark runs a dead process left 'running' as failed, sync FAISS.
+        A trainer starting beside another marks that one's run under way failed too, until
+        it finishes (its model and job are recorded either way)."""
         data_dir = DataDir(settings.data_dir, images=settings.image_dir)
         store = await Store.open(data_dir.database)
-        abandoned = await store.runs.fail_abandoned_runs()
+        # A worker trains nothing of its own: a run under way is a live trainer's.
+        abandoned = 0 if settings.role == "worker" else await store.runs.fail_abandoned_runs()
         if abandoned:
             log.warning("marked %d abandoned training run(s) as failed", abandoned)
         services = cls(
@@ -162,7 +165,8 @@ class Services:
             settings=settings,
             text_encoder=text_encoder,
         )
-        await services.indexes.sync()
+        if settings.role != "trainer":  # a trainer searches no FAISS index
+            await services.indexes.sync()
         await services.crowd.load()
         return services
 

@@ -117,3 +117,18 @@ async def test_forgotten_votes_leave_the_next_crowd_model(crowded: Services) -> 
     await everyone_likes_red(crowded, [Person("telegram", "4")], range(16))
     again = await crowded.crowd_training.retrain("test")
     assert again.version == 2 and again.people == 3
+
+
+async def test_a_crowd_model_another_process_promoted_scores_newcomers_here(
+    crowded: Services, encoder: ClipImageEncoder
+) -> None:
+    worker_settings = crowded.settings.model_copy(update={"model_refresh_seconds": 0.0})
+    worker = await Services.open(worker_settings, encoder)
+    try:
+        assert not (await send(worker, NEWCOMER, "w0", coloured(1001, True))).by_crowd
+        outcome = await crowded.crowd_training.retrain("test")  # "the trainer"
+        assert outcome.promoted
+        after = await send(worker, NEWCOMER, "w1", coloured(1003, True))
+        assert after.by_crowd and worker.crowd.model is not None
+    finally:
+        await worker.close()
