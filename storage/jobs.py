@@ -61,9 +61,24 @@ def _job(row: Row) -> Job:
     )
 
 
+def _claimable_where(
+    kinds: Sequence[str], now: float, platforms: Sequence[str] | None
+) -> tuple[str, list[object]]:
+    where = f"kind IN ({', '.join('?' for _ in kinds)}) AND {_CLAIMABLE}"
+    params: list[object] = [*kinds, now]
+    if platforms is not None:
+        people = ", ".join("?" for _ in platforms)
+        where += f" AND user_id IN (SELECT id FROM users WHERE platform IN ({people}))"
+        params += platforms
+    return where, params
+
+
 class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # PostgreSQL: concurrent claimers skip rows another has locked instead of waiting on
+        # them. SQLite has one writer at a time, so its claim never contends inside.
+        self.skip_locked = False
 
     async def enqueue(
         self, kind: str, user_id: int | None, due_key: str, now: float, detail: str | None = None
@@ -95,42 +110,34 @@ class JobStore:
     ) -> Job | None:
         """Take the oldest claimable job of ``kinds`` (for people of ``platforms``, if
         given) under a lease until ``now + lease_seconds``; None if there is none."""
-        await self._give_up_expired(now, max_attempts)
-        for job_id in await self._candidates(kinds, now, platforms):
-            async with self.db.transaction() as tx:
-                result = await tx.execute(
-                    "UPDATE jobs SET status = 'running', claimed_by = ?, lease_until = ?,"
-                    f" attempts = attempts + 1 WHERE id = ? AND {_CLAIMABLE} AND {_NONE_RUNNING}",
-                    (worker, now + lease_seconds, job_id, now, now),
-                )
-            if result.rowcount == 1:
-                return await self.get(job_id)
-        return None
-
-    async def _candidates(
-        self, kinds: Sequence[str], now: float, platforms: Sequence[str] | None
-    ) -> list[int]:
-        marks = ", ".join("?" for _ in kinds)
-        sql = f"SELECT jobs.id FROM jobs WHERE jobs.kind IN ({marks}) AND {_CLAIMABLE}"
-        params: list[object] = [*kinds, now]
-        if platforms is not None:
-            if not platforms:
-                return []
-            people = ", ".join("?" for _ in platforms)
-            sql += f" AND jobs.user_id IN (SELECT id FROM users WHERE platform IN ({people}))"
-            params += platforms
-        rows = await self.db.fetch_all(f"{sql} ORDER BY jobs.id LIMIT 20", params)
-        return [int(r[0]) for r in rows]
-
-    async def _give_up_expired(self, now: float, max_attempts: int) -> None:
-        """Jobs whose last allowed attempt died with its trainer: failed, not claimed again."""
+        if platforms is not None and not platforms:
+            return None
+        where, params = _claimable_where(kinds, now, platforms)
+        # A read first: an empty queue, polled every second by every process, takes no lock.
+        if await self.db.fetch_one(f"SELECT 1 FROM jobs WHERE {where} LIMIT 1", params) is None:
+            return None
+        claimed = None
         async with self.db.transaction() as tx:
             await tx.execute(
                 "UPDATE jobs SET status = 'failed', finished_at = ?,"
-                " detail = COALESCE(detail, 'the trainer stopped during every attempt')"
+                " detail = COALESCE(detail, 'its trainer stopped during every attempt')"
                 " WHERE status = 'running' AND lease_until < ? AND attempts >= ?",
                 (now, now, max_attempts),
             )
+            lock = " FOR UPDATE SKIP LOCKED" if self.skip_locked else ""
+            rows = await tx.fetch_all(
+                f"SELECT id FROM jobs WHERE {where} ORDER BY id LIMIT 20{lock}", params
+            )
+            for row in rows:
+                result = await tx.execute(
+                    "UPDATE jobs SET status = 'running', claimed_by = ?, lease_until = ?,"
+                    f" attempts = attempts + 1 WHERE id = ? AND {_CLAIMABLE} AND {_NONE_RUNNING}",
+                    (worker, now + lease_seconds, int(row[0]), now, now),
+                )
+                if result.rowcount == 1:
+                    claimed = int(row[0])
+                    break
+        return None if claimed is None else await self.get(claimed)
 
     async def renew(self, job_id: int, worker: str, lease_until: float) -> bool:
         """Extend a claim still held; False if it was lost (expired and claimed again)."""

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from storage.jobs import JobStore
 from storage.store import Store
 
 LEASE = 60.0
@@ -69,14 +68,15 @@ async def test_two_claimers_racing_for_one_job_one_wins(
     assert await a.jobs.enqueue("head", await _person(a), "r1", 1.0)
     # Both have seen the job as claimable before either claims it: the window of the race.
     both_looked = asyncio.Barrier(2)
-    candidates = JobStore._candidates
+    for store in (a, b):
 
-    async def look_together(self: JobStore, *args: Any) -> list[int]:
-        found = await candidates(self, *args)
-        await both_looked.wait()
-        return found
+        async def look_together(sql: str, params: Any = (), read: Any = store.db.fetch_one) -> Any:
+            found = await read(sql, params)
+            if sql.startswith("SELECT 1 FROM jobs"):
+                await both_looked.wait()
+            return found
 
-    monkeypatch.setattr(JobStore, "_candidates", look_together)
+        monkeypatch.setattr(store.db, "fetch_one", look_together)
     got = await asyncio.gather(claim(a, "t1", 2.0), claim(b, "t2", 2.0))
     winners = [job for job in got if job is not None]
     assert len(winners) == 1
