@@ -8,6 +8,7 @@ trainers, each tick of each enqueues the same due points, which are one job each
 from __future__ import annotations
 
 import logging
+import time
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -70,6 +71,16 @@ async def enqueue_finetune_tick(services: Services) -> None:
     await services.queue.enqueue_finetune()
 
 
+# Finished jobs kept this long: enough to see what ran overnight and why.
+JOBS_KEPT_SECONDS = 7 * 24 * 3600
+
+
+async def prune_jobs_tick(services: Services) -> None:
+    pruned = await services.store.jobs.prune(time.time() - JOBS_KEPT_SECONDS)
+    if pruned:
+        log.info("deleted %d finished job(s) older than a week", pruned)
+
+
 def start_scheduler(services: Services, settings: Settings) -> AsyncIOScheduler:
     """The training schedule: trains here (role all) or enqueues jobs (role trainer)."""
     scheduler = AsyncIOScheduler()
@@ -101,6 +112,10 @@ def start_scheduler(services: Services, settings: Settings) -> AsyncIOScheduler:
             id="finetune_backbone",
             max_instances=1,
             coalesce=True,
+        )
+    if enqueue:
+        scheduler.add_job(
+            prune_jobs_tick, "interval", hours=1, args=(services,), id="prune_jobs", coalesce=True
         )
     scheduler.start()
     return scheduler

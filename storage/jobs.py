@@ -171,6 +171,16 @@ class JobStore:
             )
             return result.rowcount == 1
 
+    async def prune(self, finished_before: float) -> int:
+        """Delete jobs done or failed before then; how many. A due point pruned and queued
+        again is harmless: whoever runs it finds it no longer due."""
+        async with self.db.transaction() as tx:
+            result = await tx.execute(
+                "DELETE FROM jobs WHERE status IN ('done', 'failed') AND finished_at < ?",
+                (finished_before,),
+            )
+            return int(result.rowcount)
+
     async def get(self, job_id: int) -> Job | None:
         row = await self.db.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return None if row is None else _job(row)

@@ -169,3 +169,15 @@ async def test_notices_are_claimed_by_the_platform_that_serves_the_person(
         "w2", kinds=("notify",), now=2.0, lease_seconds=LEASE, max_attempts=2, platforms=["discord"]
     )
     assert job is not None and job.detail == "hello"
+
+
+async def test_finished_jobs_are_pruned_and_running_ones_kept(stores: tuple[Store, Store]) -> None:
+    a, _ = stores
+    for n in range(3):
+        assert await a.jobs.enqueue("head", await _person(a, str(n)), "r1", 1.0)
+    done, running = await claim(a, "t1", 2.0), await claim(a, "t1", 2.0)
+    assert done is not None and running is not None
+    assert await a.jobs.finish(done.id, "t1", now=10.0, detail="ok")
+    assert await a.jobs.prune(finished_before=10.0) == 0
+    assert await a.jobs.prune(finished_before=11.0) == 1
+    assert sorted(j.status for j in await a.jobs.jobs()) == ["queued", "running"]
