@@ -124,7 +124,7 @@ class Services:
     ) -> Services:
         """Open the database, mark runs a dead process left 'running' as failed, sync FAISS."""
         data_dir = DataDir(settings.data_dir)
-        store = await Store.open(data_dir.database)
+        store = await Store.connect(settings.database())
         abandoned = await store.runs.fail_abandoned_runs()
         if abandoned:
             log.warning("marked %d abandoned training run(s) as failed", abandoned)
