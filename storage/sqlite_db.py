@@ -23,13 +23,15 @@ class SqliteTransaction:
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self._conn = connection
 
+    # execute and fetch_all take one trip to aiosqlite's thread each; a cursor's close would
+    # be another, and the cursor goes with its last reference anyway.
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> ExecResult:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            return ExecResult(cursor.rowcount)
+        cursor = await self._conn.execute(sql, tuple(params))
+        return ExecResult(cursor.rowcount)
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> ExecResult:
-        async with self._conn.executemany(sql, [tuple(row) for row in rows]) as cursor:
-            return ExecResult(cursor.rowcount)
+        cursor = await self._conn.executemany(sql, [tuple(row) for row in rows])
+        return ExecResult(cursor.rowcount)
 
     async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         async with self._conn.execute(sql, tuple(params)) as cursor:
@@ -37,8 +39,7 @@ class SqliteTransaction:
             return row
 
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._conn.execute_fetchall(sql, tuple(params)))
 
 
 class SqliteDatabase(Database):
@@ -140,8 +141,8 @@ class SqliteDatabase(Database):
                     await self._conn.execute("PRAGMA synchronous = NORMAL")
 
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
-        async with self._lock, self._conn.execute(sql, tuple(params)) as cursor:
-            return list(await cursor.fetchall())
+        async with self._lock:
+            return list(await self._conn.execute_fetchall(sql, tuple(params)))
 
     async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         async with self._lock, self._conn.execute(sql, tuple(params)) as cursor:

@@ -5,6 +5,7 @@ database per test; skipped where PostgreSQL is not installed)."""
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -61,8 +62,9 @@ on_both_backends = pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 
 @pytest.fixture
 def backend() -> str:
-    """The database under `settings`: SQLite, unless a test parametrizes "backend"."""
-    return "sqlite"
+    """The database under `settings`: SQLite, unless a test parametrizes "backend" or
+    TASTEBOT_TEST_BACKEND=postgres runs every such test on PostgreSQL."""
+    return os.environ.get("TASTEBOT_TEST_BACKEND", "sqlite")
 
 
 @pytest.fixture
