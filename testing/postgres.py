@@ -70,6 +70,8 @@ def _free_port() -> int:
 class TempPostgres:
     """A PostgreSQL cluster in a temp dir; `.url` names a database created in it."""
 
+    available = staticmethod(available)
+
     def __init__(self, *, database: str = "tastebot") -> None:
         self.database = database
         self.url = ""
