@@ -3,9 +3,11 @@
 psycopg 3 rather than asyncpg: its ``%s`` placeholders map one to one from the ``?`` the
 stores write (asyncpg numbers them, ``$1``), it ships an async pool (psycopg_pool), it
 returns BYTEA as bytes, and it is the maintained successor of psycopg2, the driver most
-PostgreSQL deployments already know. Results come in binary format: embeddings arrive as
-their bytes rather than hex text (half the time for a person's 200 labelled vectors). Every connection runs in autocommit: a statement
-outside `transaction()` is its own transaction, and `transaction()` is BEGIN … COMMIT.
+PostgreSQL deployments already know.
+
+Every connection runs in autocommit: a statement outside `transaction()` is its own
+transaction, and `transaction()` is BEGIN … COMMIT. Results come in binary format:
+embeddings arrive as their bytes, not as hex text to decode (half the time for 200).
 
 Transactions run at READ COMMITTED. Where SQLite's single writer made a read-then-write
 safe, the store takes a row lock first (see VoteStore.upsert_vote); everything else is one
