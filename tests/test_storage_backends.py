@@ -258,3 +258,42 @@ async def test_an_unreachable_postgres_fails_at_once_in_libpq_words() -> None:
     with pytest.raises(psycopg.OperationalError, match="refused"):
         await open_database(f"postgresql://tastebot:secret@127.0.0.1:{port}/tastebot")
     assert time.monotonic() - started < 5  # not a pool's timeout
+
+
+async def test_an_sqlite_install_copies_into_postgres_ids_and_all(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from storage.transfer import copy_database
+
+    lite = await Store.connect(sqlite_url(tmp_path / "t.sqlite3"))
+    pg = await Store.connect(postgres_url)
+    try:
+        alice = await lite.people.get_or_create_user("telegram", "1", "Alice", "alice")
+        bob = await lite.people.get_or_create_user("telegram", "2")
+        dave = await lite.people.get_or_create_user("telegram", "4")
+        await lite.people.forget_user(bob.id)  # ids with a gap, as a real install has
+        vector = np.arange(4, dtype=np.float32).tobytes()
+        ids = [await _submission(lite, alice.id, n, vector) for n in range(1, 4)]
+        for sid in ids:
+            await lite.votes.upsert_vote(alice.id, sid, Vote.LIKE)
+        await lite.votes.delete_vote(alice.id, ids[-1])  # the counter stays past its number
+        head = NewModel(alice.id, "head", 1, "h.npz", "enc", 2, 0, {"auc": 0.5}, 2)
+        model = await lite.models.add_model_version(head, promote=True)
+
+        copied = await copy_database(lite.db, pg.db)
+        assert (copied["users"], copied["feedback"], copied["embeddings"]) == (2, 2, 3)
+        assert await pg.people.find_user("telegram", "4") == dave
+        assert await pg.models.active_model(alice.id) == model
+        assert await pg.people.find_user("telegram", "@ALICE") == alice
+        assert await pg.votes.labelled_embeddings(alice.id, "enc") == (
+            await lite.votes.labelled_embeddings(alice.id, "enc")
+        )
+        carol = await pg.people.get_or_create_user("telegram", "3")  # a fresh id, no clash
+        assert carol.id == dave.id + 1
+        change = await pg.votes.upsert_vote(alice.id, ids[-1], Vote.DISLIKE)
+        assert change is not None and await pg.votes.latest_revision(alice.id) == 4
+        with pytest.raises(RuntimeError, match="not empty"):
+            await copy_database(lite.db, pg.db)
+    finally:
+        await lite.db.close()
+        await pg.db.close()
