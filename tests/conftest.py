@@ -1,6 +1,6 @@
 """Shared fixtures: a tiny random CLIP on disk, settings in a temp DATA_DIR, the core service,
 and the database on either backend (PostgreSQL: one throw-away cluster per session, a fresh
-database per test; skipped where PostgreSQL is not installed)."""
+schema per test; skipped where PostgreSQL is not installed)."""
 
 from __future__ import annotations
 
