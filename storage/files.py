@@ -23,7 +23,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 class DataDir:
-    """Where everything durable lives; paths stored in the database are relative to `root`."""
+    """Where everything durable lives; paths stored in SQLite are relative to `root`."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
