@@ -43,6 +43,7 @@ from learner.encoder import ClipImageEncoder
 from learner.finetune import FinetuneConfig, FinetuneProgress, finetune
 from storage.files import DataDir
 from storage.store import Store
+from storage.urls import parse_database_url
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,10 @@ class EncoderSwitch(Protocol):
 async def model_to_load(settings: Settings) -> str:
     """The active fine-tuned encoder's directory if there is one, else CLIP_MODEL."""
     data_dir = DataDir(settings.data_dir)
-    if not data_dir.database.exists():
+    sqlite_file = parse_database_url(settings.database()).path
+    if sqlite_file is not None and not sqlite_file.exists():
         return settings.clip_model
-    store = await Store.open(data_dir.database)
+    store = await Store.connect(settings.database())
     try:
         active = await store.models.active_global("backbone")
     finally:

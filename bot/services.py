@@ -153,7 +153,7 @@ class Services:
         A trainer starting beside another marks that one's run under way failed too, until
         it finishes (its model and job are recorded either way)."""
         data_dir = DataDir(settings.data_dir, images=settings.image_dir)
-        store = await Store.open(data_dir.database)
+        store = await Store.connect(settings.database())
         # A worker trains nothing of its own: a run under way is a live trainer's.
         abandoned = 0 if settings.role == "worker" else await store.runs.fail_abandoned_runs()
         if abandoned:

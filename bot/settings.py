@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.cron import crontab_trigger
 from learner.model_source import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_REVISION
+from storage.files import DataDir
+from storage.urls import parse_database_url, sqlite_url
 
 
 class Settings(BaseSettings):
@@ -31,6 +33,9 @@ class Settings(BaseSettings):
     # Retained image files; unset = DATA_DIR/images. Every process (worker, trainer) must
     # reach the same directory: a shared filesystem across machines.
     image_dir: Path | None = None
+    # sqlite:///path or postgresql://user:password@host:5432/dbname. Empty: the SQLite file
+    # DATA_DIR/tastebot.sqlite3 (what every install before this setting used).
+    database_url: str = ""
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()  # Telegram user ids
 
     discord_bot_token: SecretStr | None = None
@@ -171,6 +176,19 @@ class Settings(BaseSettings):
         if value:
             crontab_trigger(value)
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_url(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            parse_database_url(value)  # one line naming what is accepted, before connecting
+        return value
+
+    def database(self) -> str:
+        """DATABASE_URL, or the SQLite file in DATA_DIR when it is empty (resolved on use:
+        a copy with another DATA_DIR gets that dir's database)."""
+        return self.database_url or sqlite_url(DataDir(self.data_dir).database)
 
     @field_validator("telegram_api_url")
     @classmethod

@@ -18,7 +18,7 @@ class ImageStore:
             " WHERE i.sha256 = ? AND e.encoder_version = ? AND e.kind = 'image'",
             (sha256, encoder_version),
         )
-        return None if row is None else (row[0], row[1])
+        return None if row is None else (int(row[0]), bytes(row[1]))
 
     async def find_embedding_by_image(self, image_id: int, encoder_version: str) -> bytes | None:
         row = await self.db.fetch_one(
@@ -43,8 +43,9 @@ class ImageStore:
     ) -> None:
         async with self.db.transaction() as conn:
             await conn.executemany(
-                "INSERT OR REPLACE INTO embeddings (image_id, encoder_version, kind, dim, vector)"
-                " VALUES (?, ?, 'image', ?, ?)",
+                "INSERT INTO embeddings (image_id, encoder_version, kind, dim, vector)"
+                " VALUES (?, ?, 'image', ?, ?) ON CONFLICT (image_id, encoder_version, kind)"
+                " DO UPDATE SET dim = excluded.dim, vector = excluded.vector",
                 [(image_id, encoder_version, dim, vector) for image_id, vector in vectors],
             )
 

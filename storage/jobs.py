@@ -73,12 +73,18 @@ def _claimable_where(
     return where, params
 
 
+# Any constant unique to this lock among the advisory locks Tastebot takes.
+CLAIM_LOCK = 7_361_202
+
+
 class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        # PostgreSQL: concurrent claimers skip rows another has locked instead of waiting on
-        # them. SQLite has one writer at a time, so its claim never contends inside.
-        self.skip_locked = False
+        # SQLite has one writer at a time, so a claim never contends inside its transaction.
+        # PostgreSQL's READ COMMITTED would let two claims of different jobs for one person
+        # both see none of theirs running: claims there queue on one advisory lock (they
+        # take milliseconds), and skip rows another transaction has locked.
+        self.serialise_claims = self.skip_locked = db.backend == "postgresql"
 
     async def enqueue(
         self, kind: str, user_id: int | None, due_key: str, now: float, detail: str | None = None
@@ -118,6 +124,8 @@ class JobStore:
             return None
         claimed = None
         async with self.db.transaction() as tx:
+            if self.serialise_claims:
+                await tx.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
             await tx.execute(
                 "UPDATE jobs SET status = 'failed', finished_at = ?,"
                 " detail = COALESCE(detail, 'its trainer stopped during every attempt')"

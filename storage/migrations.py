@@ -1,14 +1,29 @@
-"""Schema, as an ordered list of migrations applied by `PRAGMA user_version`.
+"""Schema, as an ordered list of migrations; the same numbers on both backends.
 
-Never edit a released migration: append a new one. Migration N brings the
-database from user_version N-1 to N.
+Never edit a released migration: append a new one. Migration N brings the database from
+version N-1 to N (SQLite: `PRAGMA user_version`; PostgreSQL: the `schema_version` table).
+A migration is one script both backends run, or a (SQLite, PostgreSQL) pair; the
+PostgreSQL halves are in `storage.migrations_pg`.
 """
 
 from __future__ import annotations
 
-MIGRATIONS: tuple[str, ...] = (
+from storage import migrations_pg as pg
+
+Migration = str | tuple[str, str]
+
+
+def script_for(migration: Migration, backend: str) -> str:
+    """The script of ``migration`` for "sqlite" or "postgresql"."""
+    if isinstance(migration, str):
+        return migration
+    return migration[0] if backend == "sqlite" else migration[1]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: the data model of DESIGN.md.
-    """
+    (
+        """
     CREATE TABLE users (
         id               INTEGER PRIMARY KEY,
         platform         TEXT NOT NULL,
@@ -102,9 +117,12 @@ MIGRATIONS: tuple[str, ...] = (
         detail           TEXT
     );
     """,
+        pg.M1,
+    ),
     # 2: text that goes with a submission (its caption, then text read from the image),
     # embedded with CLIP's text tower; keyed by the text encoder's version.
-    """
+    (
+        """
     CREATE TABLE submission_texts (
         submission_id   INTEGER NOT NULL REFERENCES submissions (id) ON DELETE CASCADE,
         encoder_version TEXT NOT NULL,
@@ -113,10 +131,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (submission_id, encoder_version)
     );
     """,
+        pg.M2,
+    ),
     # 3: the last feedback revision handed out. MAX(revision) + 1 gave a deleted newest vote's
     # number (/undo, /forget) to the next vote, which a model trained through that number
     # then never counted as new. Seeded past every number already used or trained through.
-    """
+    (
+        """
     CREATE TABLE revision_counter (
         id    INTEGER PRIMARY KEY CHECK (id = 1),
         value INTEGER NOT NULL
@@ -126,6 +147,8 @@ MIGRATIONS: tuple[str, ...] = (
         (SELECT IFNULL(MAX(trained_through), 0) FROM model_versions)
     ));
     """,
+        pg.M3,
+    ),
     # 4: a person's @username (Telegram) or user name (Discord), so admins can name people
     # the bot has seen; looked up without regard to case, as the platforms do.
     """
@@ -135,7 +158,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 5: the crowd model (everyone's votes, one global model per encoder) is a model version
     # too. SQLite cannot change a CHECK, so the table is rebuilt as its ALTER TABLE page
     # says: foreign keys are off while migrations run (storage.db) and checked before COMMIT.
-    """
+    (
+        """
     CREATE TABLE model_versions_new (
         id              INTEGER PRIMARY KEY,
         owner_user_id   INTEGER REFERENCES users (id) ON DELETE CASCADE,  -- NULL = global
@@ -159,12 +183,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX one_active_model
         ON model_versions (IFNULL(owner_user_id, -1), kind) WHERE status = 'active';
     """,
+        pg.M5,
+    ),
     # 6: the durable inbox and training jobs, for running as several processes. Every update
     # received is stored before it is confirmed to the platform and marked done once handled,
     # so a process killed mid-update leaves it for a restart (or another worker) to finish.
     # A job is one training task, claimed by one trainer under a lease; a trainer that dies
     # leaves the lease to expire and the job to be claimed again. Times are unix seconds.
-    """
+    (
+        """
     CREATE TABLE inbox (
         platform    TEXT NOT NULL,
         update_id   INTEGER NOT NULL,
@@ -195,4 +222,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX one_job_per_due_point ON jobs (kind, IFNULL(user_id, -1), due_key);
     CREATE INDEX jobs_to_claim ON jobs (status, lease_until);
     """,
+        pg.M6,
+    ),
 )

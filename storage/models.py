@@ -39,16 +39,16 @@ class ModelStore:
         rows = await self.db.fetch_all(
             "SELECT file_path FROM model_versions"
             " WHERE owner_user_id = ? AND kind = 'head' AND status != 'active'"
-            " ORDER BY version DESC LIMIT -1 OFFSET ?",
-            (user_id, keep),
+            " ORDER BY version DESC",
+            (user_id,),
         )
-        return [str(r[0]) for r in rows]
+        return [str(r[0]) for r in rows[keep:]]
 
     async def next_model_version(self, user_id: int | None, kind: str = "head") -> int:
         """1 + the newest version of this owner's models of `kind` (None = global models)."""
         row = await self.db.fetch_one(
-            "SELECT IFNULL(MAX(version), 0) + 1 FROM model_versions"
-            " WHERE owner_user_id IS ? AND kind = ?",
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions"
+            " WHERE owner_user_id IS NOT DISTINCT FROM ? AND kind = ?",
             (user_id, kind),
         )
         return int(row[0]) if row else 1
@@ -60,7 +60,7 @@ class ModelStore:
             if promote:
                 await conn.execute(
                     "UPDATE model_versions SET status = 'retired'"
-                    " WHERE owner_user_id IS ? AND kind = ? AND status = 'active'",
+                    " WHERE owner_user_id IS NOT DISTINCT FROM ? AND kind = ? AND status = 'active'",
                     (model.owner_user_id, model.kind),
                 )
             return await insert_model(conn, model, "active" if promote else "rejected")
@@ -68,11 +68,10 @@ class ModelStore:
     async def activate_model_version(self, user_id: int, version: int, kind: str = "head") -> bool:
         """Roll back (or forward): make `version` the active one, retiring the current one."""
         async with self.db.transaction() as conn:
-            async with conn.execute(
+            row = await conn.fetch_one(
                 "SELECT id FROM model_versions WHERE owner_user_id = ? AND kind = ? AND version = ?",
                 (user_id, kind, version),
-            ) as cur:
-                row = await cur.fetchone()
+            )
             if row is None:
                 return False
             await conn.execute(
@@ -113,7 +112,7 @@ class ModelStore:
                 for model in (backbone, *heads):
                     await conn.execute(
                         "UPDATE model_versions SET status = 'retired'"
-                        " WHERE owner_user_id IS ? AND kind = ? AND status = 'active'",
+                        " WHERE owner_user_id IS NOT DISTINCT FROM ? AND kind = ? AND status = 'active'",
                         (model.owner_user_id, model.kind),
                     )
                 for head in heads:

@@ -37,18 +37,13 @@ class PeopleStore:
         if row is not None and (row[1], row[2]) == (display_name, username):
             return User(int(row[0]), platform, platform_user_id)
         async with self.db.transaction() as conn:
-            await conn.execute(
+            found = await conn.fetch_one(
                 "INSERT INTO users (platform, platform_user_id, display_name, username)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (platform, platform_user_id)"
                 " DO UPDATE SET display_name = excluded.display_name,"
-                " username = excluded.username",
+                " username = excluded.username RETURNING id",
                 (platform, platform_user_id, display_name, username),
             )
-            async with conn.execute(
-                "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?",
-                (platform, platform_user_id),
-            ) as cur:
-                found = await cur.fetchone()
         assert found is not None
         return User(id=found["id"], platform=platform, platform_user_id=platform_user_id)
 
@@ -83,11 +78,11 @@ class PeopleStore:
 
     async def user_counts(self, user_id: int) -> UserCounts:
         row = await self.db.fetch_one(
-            "SELECT (SELECT COUNT(*) FROM submissions WHERE user_id = ?1),"
-            " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'like'),"
-            " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'super_like'),"
-            " (SELECT COUNT(*) FROM feedback WHERE user_id = ?1 AND vote = 'dislike')",
-            (user_id,),
+            "SELECT (SELECT COUNT(*) FROM submissions WHERE user_id = ?),"
+            " (SELECT COUNT(*) FROM feedback WHERE user_id = ? AND vote = 'like'),"
+            " (SELECT COUNT(*) FROM feedback WHERE user_id = ? AND vote = 'super_like'),"
+            " (SELECT COUNT(*) FROM feedback WHERE user_id = ? AND vote = 'dislike')",
+            (user_id,) * 4,
         )
         assert row is not None
         return UserCounts(images=row[0], likes=row[1], super_likes=row[2], dislikes=row[3])
@@ -141,8 +136,7 @@ class PeopleStore:
         async with self.db.transaction(durable=True) as conn:
 
             async def scalar_list(sql: str) -> list[Any]:
-                async with conn.execute(sql, (user_id,)) as cur:
-                    return [r[0] for r in await cur.fetchall()]
+                return [r[0] for r in await conn.fetch_all(sql, (user_id,))]
 
             model_files = await scalar_list(
                 "SELECT file_path FROM model_versions WHERE owner_user_id = ?"
@@ -152,23 +146,22 @@ class PeopleStore:
             )
             [submissions] = await scalar_list("SELECT COUNT(*) FROM submissions WHERE user_id = ?")
             [votes] = await scalar_list("SELECT COUNT(*) FROM feedback WHERE user_id = ?")
-            async with conn.execute(
+            rows = await conn.fetch_all(
                 "SELECT DISTINCT f.user_id, s.image_id FROM feedback f"
                 " JOIN submissions s ON s.id = f.submission_id"
-                " WHERE s.user_id = ?1 AND f.user_id != ?1",
-                (user_id,),
-            ) as cur:
-                others_votes = [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
+                " WHERE s.user_id = ? AND f.user_id != ?",
+                (user_id, user_id),
+            )
+            others_votes = [(int(r[0]), int(r[1])) for r in rows]
             await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))  # cascades
             image_files: list[str] = []
             deleted_images = 0
             for image_id in image_ids:
-                async with conn.execute(
+                gone = await conn.fetch_one(
                     "DELETE FROM images WHERE id = ? AND NOT EXISTS"
                     " (SELECT 1 FROM submissions WHERE image_id = images.id) RETURNING file_path",
                     (image_id,),
-                ) as cur:
-                    gone = await cur.fetchone()
+                )
                 if gone is not None:
                     deleted_images += 1
                     if gone[0]:

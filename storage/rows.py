@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from domain.records import ModelVersion, NewModel, Submission
-from storage.db import Database, Transaction
+from storage.db import Database, Row, Transaction
 
 # A vote (feedback row f) changed since the newest head of its person, of any status: a
 # rejected candidate also consumed the votes it was trained on.
 NEW_VOTE = (
-    "f.revision > IFNULL((SELECT MAX(m.trained_through) FROM model_versions m"
+    "f.revision > COALESCE((SELECT MAX(m.trained_through) FROM model_versions m"
     " WHERE m.owner_user_id = f.user_id AND m.kind = 'head'), 0)"
 )
 
@@ -20,7 +19,7 @@ SUBMISSION_COLUMNS = (
 )
 
 
-def submission_from_row(row: sqlite3.Row) -> Submission:
+def submission_from_row(row: Row) -> Submission:
     return Submission(
         id=row["id"],
         user_id=row["user_id"],
@@ -33,7 +32,7 @@ def submission_from_row(row: sqlite3.Row) -> Submission:
     )
 
 
-def model_version_from_row(r: sqlite3.Row) -> ModelVersion:
+def model_version_from_row(r: Row) -> ModelVersion:
     return ModelVersion(
         id=r["id"],
         owner_user_id=r["owner_user_id"],
@@ -58,7 +57,7 @@ async def get_submission(db: Database, submission_id: int) -> Submission | None:
 
 
 async def insert_model(conn: Transaction, model: NewModel, status: str) -> ModelVersion:
-    async with conn.execute(
+    row = await conn.fetch_one(
         "INSERT INTO model_versions (owner_user_id, kind, version, parent_id, file_path,"
         " encoder_version, train_size, holdout_size, metrics_json, trained_through, status)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
@@ -75,7 +74,6 @@ async def insert_model(conn: Transaction, model: NewModel, status: str) -> Model
             model.trained_through,
             status,
         ),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     assert row is not None
     return model_version_from_row(row)

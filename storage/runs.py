@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from storage.db import Database
+from storage.timestamps import utc_now
 
 
 class RunStore:
@@ -10,14 +11,12 @@ class RunStore:
         self.db = db
 
     async def start_training_run(self, user_id: int | None, kind: str, trigger: str) -> int:
-        async with (
-            self.db.transaction() as conn,
-            conn.execute(
-                "INSERT INTO training_runs (user_id, kind, trigger) VALUES (?, ?, ?) RETURNING id",
-                (user_id, kind, trigger),
-            ) as cur,
-        ):
-            row = await cur.fetchone()
+        async with self.db.transaction() as conn:
+            row = await conn.fetch_one(
+                "INSERT INTO training_runs (user_id, kind, trigger, started_at)"
+                " VALUES (?, ?, ?, ?) RETURNING id",
+                (user_id, kind, trigger, utc_now()),
+            )
         assert row is not None
         return int(row[0])
 
@@ -32,8 +31,8 @@ class RunStore:
     ) -> None:
         await self.db.execute(
             "UPDATE training_runs SET outcome = ?, n_labels = ?, model_version_id = ?, detail = ?,"
-            " finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?",
-            (outcome, n_labels, model_version_id, detail, run_id),
+            " finished_at = ? WHERE id = ?",
+            (outcome, n_labels, model_version_id, detail, utc_now(), run_id),
         )
 
     async def fail_abandoned_runs(self) -> int:
@@ -42,6 +41,7 @@ class RunStore:
             cur = await conn.execute(
                 "UPDATE training_runs SET outcome = 'failed',"
                 " detail = 'abandoned: the bot stopped while it ran',"
-                " finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE outcome = 'running'"
+                " finished_at = ? WHERE outcome = 'running'",
+                (utc_now(),),
             )
             return cur.rowcount

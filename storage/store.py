@@ -1,6 +1,6 @@
 """Every query Tastebot runs, grouped by what it stores, over one `Database`.
 
-One connection and one transaction discipline (storage.db) under all of them: a store
+One database interface (storage.db) under all of them, SQLite or PostgreSQL: a store
 method is one transaction, so a caller never holds one open across its own awaits.
 """
 
@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from storage.connect import open_database
 from storage.db import Database
 from storage.images import ImageStore
 from storage.jobs import JobStore
 from storage.models import ModelStore
 from storage.people import PeopleStore
 from storage.runs import RunStore
+from storage.sqlite_db import SqliteDatabase
 from storage.submissions import SubmissionStore
 from storage.vote_stamps import VoteStampStore
 from storage.votes import VoteStore
@@ -33,7 +35,13 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path) -> Store:
-        return cls(await Database.open(path))
+        """The SQLite database in the file at ``path``."""
+        return cls(await SqliteDatabase.open(path))
+
+    @classmethod
+    async def connect(cls, url: str) -> Store:
+        """The database a DATABASE_URL names (sqlite:///… or postgresql://…)."""
+        return cls(await open_database(url))
 
     async def close(self) -> None:
         await self.db.close()

@@ -59,30 +59,28 @@ class SubmissionStore:
             await conn.execute(
                 "INSERT INTO images (sha256, byte_size, width, height, format, file_path)"
                 " VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (sha256) DO UPDATE SET file_path = COALESCE(file_path, excluded.file_path)",
+                " ON CONFLICT (sha256) DO UPDATE SET file_path = COALESCE(images.file_path, excluded.file_path)",
                 (sha256, byte_size, width, height, image_format, file_path),
             )
-            async with conn.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)) as cur:
-                image_row = await cur.fetchone()
+            image_row = await conn.fetch_one("SELECT id FROM images WHERE sha256 = ?", (sha256,))
             assert image_row is not None
             image_id = int(image_row[0])
             await conn.execute(
-                "INSERT OR IGNORE INTO embeddings (image_id, encoder_version, kind, dim, vector)"
-                " VALUES (?, ?, 'image', ?, ?)",
+                "INSERT INTO embeddings (image_id, encoder_version, kind, dim, vector)"
+                " VALUES (?, ?, 'image', ?, ?) ON CONFLICT DO NOTHING",
                 (image_id, encoder_version, dim, vector),
             )
             await conn.execute(
-                "INSERT OR IGNORE INTO submissions"
+                "INSERT INTO submissions"
                 " (user_id, image_id, chat_id, message_id, caption, score, model_version_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (user_id, image_id, chat_id, message_id, caption, score, model_version_id),
             )
-            async with conn.execute(
+            row = await conn.fetch_one(
                 f"SELECT {SUBMISSION_COLUMNS} FROM submissions"
                 " WHERE user_id = ? AND chat_id = ? AND message_id = ?",
                 (user_id, chat_id, message_id),
-            ) as cur:
-                row = await cur.fetchone()
+            )
         assert row is not None
         return submission_from_row(row)
 
@@ -90,8 +88,9 @@ class SubmissionStore:
         self, submission_id: int, encoder_version: str, text: str, vector: bytes
     ) -> None:
         await self.db.execute(
-            "INSERT OR REPLACE INTO submission_texts (submission_id, encoder_version, text, vector)"
-            " VALUES (?, ?, ?, ?)",
+            "INSERT INTO submission_texts (submission_id, encoder_version, text, vector)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (submission_id, encoder_version)"
+            " DO UPDATE SET text = excluded.text, vector = excluded.vector",
             (submission_id, encoder_version, text, vector),
         )
 

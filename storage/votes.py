@@ -9,13 +9,14 @@ from domain.records import (
     VoteChange,
 )
 from domain.votes import Vote
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.rows import (
     NEW_VOTE,
     SUBMISSION_COLUMNS,
     get_submission,
     submission_from_row,
 )
+from storage.timestamps import utc_now
 
 
 class VoteStore:
@@ -28,31 +29,24 @@ class VoteStore:
         The revision is bumped only when the vote actually changes, so a repeated
         tap or a redelivered callback changes nothing twice.
         """
-        async with self.db.transaction(
-            durable=True
-        ) as conn:  # acknowledged votes survive power loss
-            async with conn.execute(
+        # durable: acknowledged votes survive power loss
+        async with self.db.transaction(durable=True) as conn:
+            sub_row = await conn.fetch_one(
                 f"SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?", (submission_id,)
-            ) as cur:
-                sub_row = await cur.fetchone()
+            )
             if sub_row is None:
                 return None
-            async with conn.execute(
-                "SELECT vote FROM feedback WHERE user_id = ? AND submission_id = ?",
-                (user_id, submission_id),
-            ) as cur:
-                old = await cur.fetchone()
-            previous = None if old is None else Vote(old[0])
+            previous = await _current_vote(conn, user_id, submission_id)
             if previous is not vote:
+                # The counter's row lock orders vote writers (SQLite's are serial anyway).
+                # Read again under it: on PostgreSQL another worker may have committed this
+                # same tap since the read above, and it must not count twice.
                 await conn.execute("UPDATE revision_counter SET value = value + 1")
-                await conn.execute(
-                    "INSERT INTO feedback (user_id, submission_id, vote, revision)"
-                    " VALUES (?, ?, ?, (SELECT value FROM revision_counter))"
-                    " ON CONFLICT (user_id, submission_id) DO UPDATE SET"
-                    "  vote = excluded.vote, revision = excluded.revision,"
-                    "  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-                    (user_id, submission_id, vote.value),
-                )
+                previous = await _current_vote(conn, user_id, submission_id)
+                if previous is vote:  # give the number back: the row lock kept it ours
+                    await conn.execute("UPDATE revision_counter SET value = value - 1")
+                else:
+                    await _write_vote(conn, user_id, submission_id, vote)
         return VoteChange(
             submission_from_row(sub_row), vote, previous, changed=previous is not vote
         )
@@ -143,7 +137,7 @@ class VoteStore:
 
     async def latest_revision(self, user_id: int) -> int:
         row = await self.db.fetch_one(
-            "SELECT IFNULL(MAX(revision), 0) FROM feedback WHERE user_id = ?", (user_id,)
+            "SELECT COALESCE(MAX(revision), 0) FROM feedback WHERE user_id = ?", (user_id,)
         )
         return int(row[0]) if row else 0
 
@@ -183,7 +177,7 @@ class VoteStore:
         return [RetainedVote(int(r[0]), int(r[1]), Vote(r[2]), str(r[3])) for r in rows]
 
     async def latest_revision_overall(self) -> int:
-        row = await self.db.fetch_one("SELECT IFNULL(MAX(revision), 0) FROM feedback")
+        row = await self.db.fetch_one("SELECT COALESCE(MAX(revision), 0) FROM feedback")
         return int(row[0]) if row else 0
 
     async def votes_after(self, revision: int) -> int:
@@ -191,3 +185,24 @@ class VoteStore:
             "SELECT COUNT(*) FROM feedback WHERE revision > ?", (revision,)
         )
         return int(row[0]) if row else 0
+
+
+async def _current_vote(conn: Transaction, user_id: int, submission_id: int) -> Vote | None:
+    # fetch_all: at most one row (a unique key), and one trip to aiosqlite's thread, not three.
+    rows = await conn.fetch_all(
+        "SELECT vote FROM feedback WHERE user_id = ? AND submission_id = ?",
+        (user_id, submission_id),
+    )
+    return Vote(rows[0][0]) if rows else None
+
+
+async def _write_vote(conn: Transaction, user_id: int, submission_id: int, vote: Vote) -> None:
+    """The vote, numbered with the revision just taken from the counter."""
+    now = utc_now()
+    await conn.execute(
+        "INSERT INTO feedback (user_id, submission_id, vote, revision, created_at, updated_at)"
+        " VALUES (?, ?, ?, (SELECT value FROM revision_counter WHERE id = 1), ?, ?)"
+        " ON CONFLICT (user_id, submission_id) DO UPDATE SET"
+        " vote = excluded.vote, revision = excluded.revision, updated_at = excluded.updated_at",
+        (user_id, submission_id, vote.value, now, now),
+    )

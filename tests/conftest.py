@@ -1,9 +1,12 @@
-"""Shared fixtures: a tiny random CLIP on disk, settings in a temp DATA_DIR, the core service."""
+"""Shared fixtures: a tiny random CLIP on disk, settings in a temp DATA_DIR, the core service,
+and the database on either backend (PostgreSQL: one throw-away cluster per session, a fresh
+schema per test; skipped where PostgreSQL is not installed)."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,8 @@ from PIL import Image
 from bot.services import Services
 from bot.settings import Settings
 from learner.encoder import ClipImageEncoder
+from storage.urls import sqlite_url
+from testing.postgres import TempPostgres, available
 from testing.tiny_clip import build_tiny_clip
 
 
@@ -27,13 +32,52 @@ def encoder(clip_dir: Path) -> ClipImageEncoder:
     return ClipImageEncoder(str(clip_dir), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[TempPostgres]:
+    ok, reason = available()
+    if not ok:
+        pytest.skip(reason)
+    with TempPostgres() as cluster:
+        yield cluster
+
+
 @pytest.fixture
-def settings(tmp_path: Path, clip_dir: Path) -> Settings:
+def postgres_url(postgres_cluster: TempPostgres) -> Iterator[str]:
+    """An empty database (a schema of its own) for this test."""
+    with postgres_cluster.fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A DATABASE_URL on each backend in turn: for tests of storage itself."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "t.sqlite3")
+    return str(request.getfixturevalue("postgres_url"))
+
+
+# On a test that uses `settings` (or `service`, or a bot built on them): run it on both.
+on_both_backends = pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+
+
+@pytest.fixture
+def backend() -> str:
+    """The database under `settings`: SQLite, unless a test parametrizes "backend" or
+    TASTEBOT_TEST_BACKEND=postgres runs every such test on PostgreSQL."""
+    return os.environ.get("TASTEBOT_TEST_BACKEND", "sqlite")
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, clip_dir: Path, backend: str, request: pytest.FixtureRequest
+) -> Settings:
+    database = "" if backend == "sqlite" else str(request.getfixturevalue("postgres_url"))
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         telegram_bot_token="123456:TEST-TOKEN",
         clip_model=str(clip_dir),
         data_dir=tmp_path / "data",
+        database_url=database,
         admin_ids=frozenset({1000}),
         head_min_votes=6,
         retrain_min_new_votes=3,

@@ -15,15 +15,24 @@ PACKAGES = ("bot", "domain", "learner", "storage", "testing")
 HEAVY = ("torch", "transformers", "faiss", "aiosqlite")
 
 FORBIDDEN = {
-    "learner": {"telegram", "discord", "bot", "storage", "aiosqlite", "sqlite3"},
+    "learner": {"telegram", "discord", "bot", "storage", "aiosqlite", "sqlite3", "psycopg"},
     "storage": {"telegram", "discord", "bot", "learner", "torch", "transformers"},
-    "bot/telegram_adapter": {"torch", "transformers", "faiss", "sqlite3", "aiosqlite", "storage"},
+    "bot/telegram_adapter": {
+        "torch",
+        "transformers",
+        "faiss",
+        "sqlite3",
+        "aiosqlite",
+        "psycopg",
+        "storage",
+    },
     "bot/discord_adapter": {
         "torch",
         "transformers",
         "faiss",
         "sqlite3",
         "aiosqlite",
+        "psycopg",
         "storage",
         "telegram",
     },

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +14,10 @@ LEASE = 60.0
 
 
 @pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
-    """Two connections to one database, as two processes have."""
-    first = await Store.open(tmp_path / "jobs.sqlite3")
-    second = await Store.open(tmp_path / "jobs.sqlite3")
+async def stores(database_url: str) -> AsyncIterator[tuple[Store, Store]]:
+    """Two connections to one database, as two processes have, on each backend."""
+    first = await Store.connect(database_url)
+    second = await Store.connect(database_url)
     yield first, second
     await first.close()
     await second.close()

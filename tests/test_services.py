@@ -20,7 +20,7 @@ from domain import (
     User,
     Vote,
 )
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, on_both_backends
 
 ALICE = Person("telegram", "1", "Alice")
 
@@ -58,6 +58,7 @@ async def vote_even_liked(service: Services, seeds: range) -> None:
         await service.votes.record_vote(ALICE, scored.submission_id, vote)
 
 
+@on_both_backends
 async def test_cold_start_then_first_model(service: Services) -> None:
     first = await score(service, 1)
     assert first.model_version is None and first.score == 0.5  # no votes: the prior says 50 %
@@ -96,6 +97,7 @@ async def test_same_content_embedded_once_and_redelivery(service: Services) -> N
     assert outcome == AlreadyAnswered(a.submission_id)
 
 
+@on_both_backends
 async def test_repeated_vote_changes_nothing_twice(service: Services) -> None:
     s = await score(service, 3)
     first = await service.votes.record_vote(ALICE, s.submission_id, Vote.LIKE)
@@ -280,6 +282,7 @@ async def test_switching_encoders_waits_for_the_images_being_scored(
     assert isinstance(await scoring, Scored) and isinstance(await later, Scored)
 
 
+@on_both_backends
 async def test_forgetting_a_person_takes_others_votes_on_their_images_out_of_faiss_too(
     service: Services,
 ) -> None:

@@ -1,4 +1,5 @@
-"""SQLite schema and FAISS cache, on real files in a temp dir."""
+"""The schema and every store on both backends (SQLite files in a temp dir, PostgreSQL
+databases in a throw-away cluster), and the FAISS cache."""
 
 from __future__ import annotations
 
@@ -7,37 +8,55 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.db import Database
+import storage.migrations
+from storage.connect import open_database
+from storage.db import Transaction
 from storage.migrations import MIGRATIONS
 from storage.store import Store
 from storage.vectors import VoteIndex
 
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
-async def test_fresh_database_is_migrated_with_pragmas(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "t.sqlite3")
+
+async def test_a_fresh_database_is_migrated_once(database_url: str) -> None:
+    db = await open_database(database_url)
     try:
         assert await db.schema_version() == len(MIGRATIONS)
-        assert (await db.fetch_one("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
-        assert (await db.fetch_one("PRAGMA foreign_keys"))[0] == 1  # type: ignore[index]
-        assert (await db.fetch_one("PRAGMA busy_timeout"))[0] == 5000  # type: ignore[index]
+        assert {r[0] for r in await db.fetch_all("SELECT platform FROM users")} == set()
     finally:
         await db.close()
-    # Reopening applies nothing twice.
-    db = await Database.open(tmp_path / "t.sqlite3")
+    # Reopening applies nothing twice (a second CREATE TABLE would fail).
+    db = await open_database(database_url)
     assert await db.schema_version() == len(MIGRATIONS)
     await db.close()
 
 
-async def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "t.sqlite3")
-    await db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+@sqlite_only
+async def test_sqlite_runs_with_its_pragmas(database_url: str) -> None:
+    db = await open_database(database_url)
+    try:
+        assert (await db.fetch_one("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+        assert (await db.fetch_one("PRAGMA foreign_keys"))[0] == 1  # type: ignore[index]
+        assert (await db.fetch_one("PRAGMA busy_timeout"))[0] == 5000  # type: ignore[index]
+        assert (await db.fetch_one("PRAGMA synchronous"))[0] == 1  # type: ignore[index]
+    finally:
+        await db.close()
+
+
+async def test_newer_schema_is_refused(database_url: str) -> None:
+    db = await open_database(database_url)
+    newer = len(MIGRATIONS) + 1
+    if db.backend == "sqlite":
+        await db.execute(f"PRAGMA user_version = {newer}")
+    else:
+        await db.execute("UPDATE schema_version SET version = ?", (newer,))
     await db.close()
     with pytest.raises(RuntimeError, match="newer than this code"):
-        await Database.open(tmp_path / "t.sqlite3")
+        await open_database(database_url)
 
 
-async def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
-    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+async def test_failed_transaction_leaves_nothing(database_url: str) -> None:
+    store = await Store.connect(database_url)
     with pytest.raises(ZeroDivisionError):
         async with store.db.transaction() as conn:
             await conn.execute("INSERT INTO users (platform, platform_user_id) VALUES ('t', '1')")
@@ -47,11 +66,11 @@ async def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
 
 
 async def test_a_write_cancelled_while_it_waits_to_begin_leaves_no_transaction_open(
-    tmp_path: Path,
+    database_url: str,
 ) -> None:
     import asyncio
 
-    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    store = await Store.connect(database_url)
     try:
         task = asyncio.create_task(store.people.get_or_create_user("t", "cancelled"))
         await asyncio.sleep(0)  # now awaiting BEGIN IMMEDIATE on aiosqlite's thread
@@ -88,27 +107,28 @@ async def _vote_fixture(store: Store) -> tuple[int, int]:
     return user.id, submission.id
 
 
-async def test_votes_survive_a_crash(tmp_path: Path) -> None:
-    """Committed votes are on disk even when the process never closes the connection."""
-    path = tmp_path / "t.sqlite3"
-    store = Store(await Database.open(path))
+async def test_votes_survive_a_crash(database_url: str) -> None:
+    """Committed votes are stored even when the process never closes the connection."""
+    store = await Store.connect(database_url)
     user_id, submission_id = await _vote_fixture(store)
     from domain import Vote
 
     await store.votes.upsert_vote(user_id, submission_id, Vote.LIKE)
     # No close(): a fresh connection, as after kill -9, sees the committed vote.
-    other = Store(await Database.open(path))
+    other = await Store.connect(database_url)
     counts = await other.people.user_counts(user_id)
     assert (counts.images, counts.likes) == (1, 1)
     await other.db.close()
     await store.db.close()
 
 
-async def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
+async def test_foreign_keys_are_enforced(database_url: str) -> None:
     import sqlite3
 
-    store = Store(await Database.open(tmp_path / "t.sqlite3"))
-    with pytest.raises(sqlite3.IntegrityError):
+    import psycopg
+
+    store = await Store.connect(database_url)
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError), match=r"(?i)foreign key"):
         await store.db.execute(
             "INSERT INTO feedback (user_id, submission_id, vote, revision) VALUES (99, 99, 'like', 1)"
         )
@@ -170,10 +190,10 @@ def test_liked_index_add_remove_no_duplicates(tmp_path: Path) -> None:
     assert index.count(1) == 0 and index.search(1, vector, k=1) == []
 
 
-async def test_a_vote_after_the_newest_was_undone_counts_as_new(tmp_path: Path) -> None:
+async def test_a_vote_after_the_newest_was_undone_counts_as_new(database_url: str) -> None:
     from domain import NewModel, Vote
 
-    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    store = await Store.connect(database_url)
     try:
         user_id, first = await _vote_fixture(store)
         later = []
@@ -202,13 +222,13 @@ async def test_a_vote_after_the_newest_was_undone_counts_as_new(tmp_path: Path) 
 
 
 async def test_the_revision_counter_starts_past_every_revision_of_an_older_database(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import storage.db
     from domain import Vote
 
-    monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS[:2])  # a database from before 3
-    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    # a database from before 3
+    monkeypatch.setattr(storage.migrations, "MIGRATIONS", MIGRATIONS[:2])
+    store = await Store.connect(database_url)
     try:
         # The rows as the code of that time wrote them (today's code needs later columns).
         await store.db.execute("INSERT INTO users (platform, platform_user_id) VALUES ('t', '1')")
@@ -227,8 +247,8 @@ async def test_the_revision_counter_starts_past_every_revision_of_an_older_datab
         )
     finally:
         await store.db.close()
-    monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS)
-    store = Store(await Database.open(tmp_path / "t.sqlite3"))  # migration 3 runs here
+    monkeypatch.setattr(storage.migrations, "MIGRATIONS", MIGRATIONS)
+    store = await Store.connect(database_url)  # migration 3 runs here
     try:
         await store.votes.upsert_vote(user_id, submission_id, Vote.DISLIKE)
         assert await store.votes.latest_revision(user_id) == 42
@@ -237,11 +257,11 @@ async def test_the_revision_counter_starts_past_every_revision_of_an_older_datab
 
 
 async def test_people_are_found_by_id_or_username_and_unchanged_ones_cost_no_write(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from domain import Person
 
-    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    store = await Store.connect(database_url)
     try:
         alice = await store.people.user_of(Person("telegram", "7", "Alice", "Alice_K"))
         assert await store.people.find_user("telegram", "@alice_k") == alice
@@ -267,14 +287,15 @@ async def test_people_are_found_by_id_or_username_and_unchanged_ones_cost_no_wri
         await store.db.close()
 
 
-async def test_only_durable_transactions_wait_for_the_disk(tmp_path: Path) -> None:
+@sqlite_only
+async def test_only_durable_transactions_wait_for_the_disk(database_url: str) -> None:
     """Votes and deletions sync to disk at commit (synchronous=FULL); the rest commit in
     WAL with NORMAL, which a killed process cannot lose (only a power cut can)."""
-    db = await Database.open(tmp_path / "t.sqlite3")
+    db = await open_database(database_url)
 
-    async def synchronous(conn: object) -> int:
-        async with conn.execute("PRAGMA synchronous") as cur:  # type: ignore[attr-defined]
-            row = await cur.fetchone()
+    async def synchronous(conn: Transaction) -> int:
+        row = await conn.fetch_one("PRAGMA synchronous")
+        assert row is not None
         return int(row[0])
 
     try:
@@ -292,15 +313,14 @@ async def test_only_durable_transactions_wait_for_the_disk(tmp_path: Path) -> No
 
 
 async def test_the_model_table_rebuild_keeps_every_row_and_reference(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Migration 5 rebuilds model_versions (to allow 'crowd'): rows, ids and the submissions
     and runs that point at them survive; nothing cascades."""
-    import storage.db
     from domain import NewModel
 
-    monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS[:4])
-    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    monkeypatch.setattr(storage.migrations, "MIGRATIONS", MIGRATIONS[:4])
+    store = await Store.connect(database_url)
     try:
         user_id, submission_id = await _vote_fixture(store)
         head = NewModel(user_id, "head", 1, "models/heads/1/v1.npz", "enc", 5, 1, {"auc": 0.9}, 3)
@@ -312,8 +332,8 @@ async def test_the_model_table_rebuild_keeps_every_row_and_reference(
         await store.runs.finish_training_run(run, outcome="promoted", model_version_id=model.id)
     finally:
         await store.db.close()
-    monkeypatch.setattr(storage.db, "MIGRATIONS", MIGRATIONS)
-    store = Store(await Database.open(tmp_path / "t.sqlite3"))
+    monkeypatch.setattr(storage.migrations, "MIGRATIONS", MIGRATIONS)
+    store = await Store.connect(database_url)
     try:
         assert await store.db.schema_version() == len(MIGRATIONS)
         assert await store.models.active_model(user_id) == model
@@ -323,6 +343,7 @@ async def test_the_model_table_rebuild_keeps_every_row_and_reference(
         assert [r[0] for r in rows] == [model.id]
         crowd = NewModel(None, "crowd", 1, "models/crowd/v1.npz", "enc", 50, 10, {}, 3)
         assert (await store.models.add_model_version(crowd, promote=True)).kind == "crowd"
-        assert (await store.db.fetch_all("PRAGMA foreign_keys"))[0][0] == 1
+        if store.db.backend == "sqlite":
+            assert (await store.db.fetch_all("PRAGMA foreign_keys"))[0][0] == 1
     finally:
         await store.db.close()

@@ -20,7 +20,7 @@ from bot.telegram_adapter.callback_data import decode_vote, encode_vote
 from domain import Vote
 from learner.encoder import ClipImageEncoder
 from testing.fake_bot_api import FakeBotAPI
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, on_both_backends
 from tests.test_images import png_header_only
 
 ADMIN = 1000
@@ -169,6 +169,7 @@ async def bot(settings: Settings, encoder: ClipImageEncoder) -> AsyncIterator[Ha
         yield harness
 
 
+@on_both_backends  # PostgreSQL: the same loop, through the real Application, on a pool
 async def test_whole_loop(bot: Harness) -> None:
     assert "Send me an image" in await bot.command(ALICE, "/start")
 
