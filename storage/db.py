@@ -10,12 +10,40 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+from aiosqlite.context import Result
 
 from storage.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
 Row = aiosqlite.Row
+
+
+class Transaction:
+    """What `Database.transaction()` yields: statements inside one transaction.
+
+    New code uses only `execute` (its result's ``rowcount``), `fetch_one` and `fetch_all`
+    with ``?`` placeholders and SQL that PostgreSQL runs too (``ON CONFLICT``, ``RETURNING``
+    instead of ``lastrowid``); `execute`'s aiosqlite result is also an async context manager,
+    which older stores still use.
+    """
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._conn = connection
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Result[aiosqlite.Cursor]:
+        return self._conn.execute(sql, tuple(params))
+
+    def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> Result[aiosqlite.Cursor]:
+        return self._conn.executemany(sql, [tuple(row) for row in rows])
+
+    async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
+        async with self._conn.execute(sql, tuple(params)) as cursor:
+            return await cursor.fetchone()
+
+    async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+        async with self._conn.execute(sql, tuple(params)) as cursor:
+            return list(await cursor.fetchall())
 
 
 class Database:
@@ -89,7 +117,7 @@ class Database:
                     await self._conn.execute("PRAGMA foreign_keys = ON")
 
     @asynccontextmanager
-    async def transaction(self, *, durable: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self, *, durable: bool = False) -> AsyncIterator[Transaction]:
         """BEGIN IMMEDIATE … COMMIT, rolled back on any exception. ``durable``: the commit is
         on disk (fsync) before this returns, and so is every commit before it."""
         async with self._lock:
@@ -102,7 +130,7 @@ class Database:
                     # end it, or the shared connection stays in a transaction and every later
                     # write fails.
                     await self._conn.execute("BEGIN IMMEDIATE")
-                    yield self._conn
+                    yield Transaction(self._conn)
                 except BaseException:
                     await self._conn.rollback()
                     raise

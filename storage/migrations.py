@@ -159,4 +159,40 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX one_active_model
         ON model_versions (IFNULL(owner_user_id, -1), kind) WHERE status = 'active';
     """,
+    # 6: the durable inbox and training jobs, for running as several processes. Every update
+    # received is stored before it is confirmed to the platform and marked done once handled,
+    # so a process killed mid-update leaves it for a restart (or another worker) to finish.
+    # A job is one training task, claimed by one trainer under a lease; a trainer that dies
+    # leaves the lease to expire and the job to be claimed again. Times are unix seconds.
+    """
+    CREATE TABLE inbox (
+        platform    TEXT NOT NULL,
+        update_id   INTEGER NOT NULL,
+        payload     TEXT NOT NULL,  -- the update as received (JSON)
+        received_at REAL NOT NULL,
+        claimed_by  TEXT,           -- the process handling it
+        lease_until REAL,           -- after this, another process may take it over
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        done_at     REAL,
+        PRIMARY KEY (platform, update_id)
+    );
+    CREATE INDEX inbox_not_done ON inbox (platform, update_id) WHERE done_at IS NULL;
+
+    CREATE TABLE jobs (
+        id          INTEGER PRIMARY KEY,
+        kind        TEXT NOT NULL,             -- 'head', 'crowd', 'finetune'
+        user_id     INTEGER REFERENCES users (id) ON DELETE CASCADE,  -- NULL: not one person's
+        due_key     TEXT NOT NULL,             -- what made it due: one job per due point
+        status      TEXT NOT NULL DEFAULT 'queued'
+                    CHECK (status IN ('queued', 'running', 'done', 'failed')),
+        claimed_by  TEXT,
+        lease_until REAL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        created_at  REAL NOT NULL,
+        finished_at REAL,
+        detail      TEXT
+    );
+    CREATE UNIQUE INDEX one_job_per_due_point ON jobs (kind, IFNULL(user_id, -1), due_key);
+    CREATE INDEX jobs_to_claim ON jobs (status, lease_until);
+    """,
 )

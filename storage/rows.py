@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import aiosqlite
-
 from domain.records import ModelVersion, NewModel, Submission
-from storage.db import Database
+from storage.db import Database, Transaction
 
 # A vote (feedback row f) changed since the newest head of its person, of any status: a
 # rejected candidate also consumed the votes it was trained on.
@@ -59,7 +57,7 @@ async def get_submission(db: Database, submission_id: int) -> Submission | None:
     return None if row is None else submission_from_row(row)
 
 
-async def insert_model(conn: aiosqlite.Connection, model: NewModel, status: str) -> ModelVersion:
+async def insert_model(conn: Transaction, model: NewModel, status: str) -> ModelVersion:
     async with conn.execute(
         "INSERT INTO model_versions (owner_user_id, kind, version, parent_id, file_path,"
         " encoder_version, train_size, holdout_size, metrics_json, trained_through, status)"
