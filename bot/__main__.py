@@ -48,10 +48,23 @@ def load_settings() -> Settings:
 
 def build_platforms(settings: Settings, open_service: OpenService) -> list[Platform]:
     platforms: list[Platform] = []
+    http = None
+    # First in the list: the runner starts it first (/healthz says "starting" while CLIP
+    # loads) and stops it last (the webhook answers 503 while the handlers finish).
+    if settings.webhook_url is not None and settings.telegram_bot_token is not None:
+        from bot.http_server import HttpServer
+
+        http = HttpServer(settings.webhook_listen, settings.webhook_port)
+    elif settings.http_port:
+        from bot.http_server import HttpServer
+
+        http = HttpServer(settings.http_listen, settings.http_port)
+    if http is not None:
+        platforms.append(http)
     if settings.telegram_bot_token is not None:
         from bot.telegram_adapter.app import TelegramPlatform
 
-        platforms.append(TelegramPlatform(settings))
+        platforms.append(TelegramPlatform(settings, http=http))
     if settings.discord_bot_token is not None:
         from bot.discord_adapter.app import DiscordPlatform
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from storage.db import Database
 from storage.images import ImageStore
+from storage.inbox import InboxStore
 from storage.models import ModelStore
 from storage.people import PeopleStore
 from storage.runs import RunStore
 from storage.submissions import SubmissionStore
+from storage.telemetry import TelemetryStore
 from storage.votes import VoteStore
 
 
@@ -26,6 +28,8 @@ class Store:
         self.votes = VoteStore(db)
         self.models = ModelStore(db)
         self.runs = RunStore(db)
+        self.inbox = InboxStore(db)
+        self.telemetry = TelemetryStore(db)
 
     @classmethod
     async def open(cls, path: Path) -> Store:

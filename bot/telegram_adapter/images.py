@@ -13,8 +13,9 @@ import logging
 
 from telegram import Document, Message, PhotoSize, Update
 
-from bot import render
+from bot import metrics, render
 from bot.telegram_adapter.context import (
+    PLATFORM,
     Album,
     TasteContext,
     in_group,
@@ -60,7 +61,9 @@ async def _score(message: Message, person: Person, context: TasteContext) -> Sco
         telegram_file = await context.bot.get_file(media.file_id)
         return bytes(await telegram_file.download_as_bytearray())
 
-    return await context.services.scoring.score_image(incoming, download)
+    outcome = await context.services.scoring.score_image(incoming, download)
+    metrics.count_photo(PLATFORM, outcome)
+    return outcome
 
 
 async def on_image(update: Update, context: TasteContext) -> None:
