@@ -236,3 +236,24 @@ async def test_a_webhook_worker_takes_over_only_expired_leases(
     assert first["text"] == render.SEND_AN_IMAGE and "/undo" in both[1]["text"]
     assert api.poll_count == 0
     api.close()
+
+
+async def test_an_albums_updates_are_done_only_once_it_is_answered(
+    settings: Settings, encoder: ClipImageEncoder
+) -> None:
+    """Its first image's handler answers the whole album: were the others done before that
+    reply, a kill meanwhile would leave them unanswered for good."""
+    api = FakeBotAPI()
+    settings = fake_settings(settings, api, album_wait_seconds=1.5)
+    async with running(settings, encoder, api) as bot:
+        album = [api.send_photo(ALICE, image_bytes(s), media_group_id="a1") for s in (1, 2)]
+        await api.wait_for(lambda: not api.pending_updates)
+        await asyncio.sleep(0.5)
+        assert [row[2] for row in await inbox_rows(bot.services)] == [None, None]
+        await api.wait_for(lambda: replies_to(api, album[0]["message"]))
+        for _ in range(50):
+            if all(row[2] is not None for row in await inbox_rows(bot.services)):
+                break
+            await asyncio.sleep(0.1)
+        assert all(row[2] is not None for row in await inbox_rows(bot.services))
+    api.close()
