@@ -8,11 +8,12 @@ Telegram at its next start, and one killed after finds it in the inbox.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Sequence
 
 from telegram import Bot
-from telegram.error import Forbidden, InvalidToken, TelegramError
+from telegram.error import Forbidden, InvalidToken, RetryAfter, TelegramError
 
 from bot.telegram_adapter.inbox import Inbox
 
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 10  # how long Telegram holds a getUpdates open when there is nothing new
 MAX_BACKOFF_SECONDS = 30.0
+
+
+def _seconds(delay: float | dt.timedelta) -> float:
+    return delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
 
 
 class Poller:
@@ -55,6 +60,10 @@ class Poller:
                 backoff = 1.0
             except (InvalidToken, Forbidden):
                 raise  # the token was revoked: nothing to retry
+            except RetryAfter as error:  # flood control: Telegram says how long to wait
+                log.warning("getUpdates: flood control, waiting %s", error.retry_after)
+                await asyncio.sleep(_seconds(error.retry_after))
+                continue
             except (TelegramError, OSError) as error:
                 log.warning("getUpdates failed (%s); again in %.0f s", error, backoff)
             except Exception:  # storing failed: not confirmed, Telegram sends them again
