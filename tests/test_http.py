@@ -8,9 +8,11 @@ import re
 import httpx
 import pytest
 
+from bot.__main__ import build_platforms
 from bot.http_server import HttpServer
 from bot.services import Services
 from bot.settings import Settings
+from bot.telegram_adapter.app import TelegramPlatform
 from learner.encoder import ClipImageEncoder
 from storage.inbox import InboxStore
 from storage.telemetry import TelemetryStore
@@ -130,3 +132,23 @@ async def test_healthz_is_503_until_the_services_are_attached_and_when_the_datab
             assert broken.status_code == 503 and "database is locked" in broken.text
     finally:
         await http.stop()
+
+
+async def _never() -> Services:
+    raise AssertionError("not opened here")
+
+
+def test_python_m_bot_serves_webhook_health_and_metrics_on_one_port(settings: Settings) -> None:
+    webhook = settings.model_copy(
+        update={"webhook_url": "https://bot.example.com/tg", "webhook_port": 9000}
+    )
+    http, telegram = build_platforms(webhook, _never)
+    assert isinstance(http, HttpServer) and isinstance(telegram, TelegramPlatform)
+    assert (http.listen, http.port) == ("0.0.0.0", 9000)
+    routes = {(r.method, r.resource.canonical) for r in http.application().router.routes()}
+    assert {("POST", "/tg"), ("GET", "/healthz"), ("GET", "/metrics")} <= routes
+    # Long polling: health and metrics only where HTTP_PORT says, and no server without it.
+    http, _ = build_platforms(settings.model_copy(update={"http_port": 9100}), _never)
+    assert isinstance(http, HttpServer) and (http.listen, http.port) == ("127.0.0.1", 9100)
+    [only] = build_platforms(settings, _never)
+    assert isinstance(only, TelegramPlatform)

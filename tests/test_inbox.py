@@ -17,6 +17,7 @@ from bot import render
 from bot.runner import Platform, SharedService, serve
 from bot.services import Services
 from bot.settings import Settings
+from bot.telegram_adapter import commands
 from bot.telegram_adapter.app import TelegramPlatform
 from learner.encoder import ClipImageEncoder
 from storage.db import Database
@@ -257,3 +258,40 @@ async def test_an_albums_updates_are_done_only_once_it_is_answered(
             await asyncio.sleep(0.1)
         assert all(row[2] is not None for row in await inbox_rows(bot.services))
     api.close()
+
+
+async def test_an_update_cut_short_by_a_stop_is_answered_at_the_next_start(
+    settings: Settings, encoder: ClipImageEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = FakeBotAPI()
+    settings = fake_settings(settings, api)
+
+    async def stuck(*args: object) -> None:
+        await asyncio.sleep(60)  # longer than the runner's shutdown budget
+
+    with monkeypatch.context() as patch:
+        patch.setattr(commands, "on_help", stuck)
+        async with running(settings, encoder, api) as bot:
+            update = api.send_text(ALICE, "/help")
+            await api.wait_for(lambda: not api.pending_updates)
+            await asyncio.sleep(0.2)
+        assert [(r[0], r[2]) for r in await _rows_on_disk(settings)] == [
+            (update["update_id"], None)
+        ]
+    assert api.sent_messages(chat_id=ALICE) == []
+    async with running(settings, encoder, api) as bot:
+        [reply] = await api.wait_for(lambda: api.sent_messages(chat_id=ALICE))
+        assert "/undo" in reply["text"]
+        await asyncio.sleep(0.3)
+        [(_, _, done_at, attempts)] = await inbox_rows(bot.services)
+        assert done_at is not None and attempts == 2
+    api.close()
+
+
+async def _rows_on_disk(settings: Settings) -> list[tuple[int, str | None, float | None]]:
+    db, _ = await open_inbox(settings)
+    try:
+        rows = await db.fetch_all("SELECT update_id, claimed_by, done_at FROM inbox")
+    finally:
+        await db.close()
+    return [(int(r[0]), r[1], r[2]) for r in rows]
