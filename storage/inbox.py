@@ -52,14 +52,15 @@ class InboxStore:
         return new
 
     async def abandoned(
-        self, platform: str, *, expired_before: float, limit: int = 100
+        self, platform: str, *, expired_before: float, after: int = -1, limit: int = 100
     ) -> list[InboxRow]:
-        """Rows not done whose lease ended before ``expired_before``, oldest first."""
+        """Rows not done whose lease ended before ``expired_before``, oldest first, from the
+        update after ``after`` on."""
         rows = await self.db.fetch_all(
             "SELECT update_id, payload, received_at, attempts FROM inbox"
-            " WHERE platform = ? AND done_at IS NULL"
+            " WHERE platform = ? AND done_at IS NULL AND update_id > ?"
             " AND (lease_until IS NULL OR lease_until < ?) ORDER BY update_id LIMIT ?",
-            (platform, expired_before, limit),
+            (platform, after, expired_before, limit),
         )
         return [InboxRow(int(r[0]), str(r[1]), float(r[2]), int(r[3])) for r in rows]
 

@@ -18,6 +18,7 @@ from bot.runner import Platform, SharedService, serve
 from bot.services import Services
 from bot.settings import Settings
 from bot.telegram_adapter import commands
+from bot.telegram_adapter import inbox as inbox_module
 from bot.telegram_adapter.app import TelegramPlatform
 from learner.encoder import ClipImageEncoder
 from storage.db import Database
@@ -295,3 +296,23 @@ async def _rows_on_disk(settings: Settings) -> list[tuple[int, str | None, float
     finally:
         await db.close()
     return [(int(r[0]), r[1], r[2]) for r in rows]
+
+
+async def test_a_restart_takes_over_every_page_of_the_inbox(
+    settings: Settings, encoder: ClipImageEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbox_module, "REPLAY_PAGE", 2)
+    api = FakeBotAPI()
+    settings = fake_settings(settings, api)
+    updates = [api.send_text(ALICE, f"hello {n}") for n in range(5)]
+    api.drop_pending()
+    db, inbox = await open_inbox(settings)
+    now = time.time()
+    pairs = [(u["update_id"], json.dumps(u)) for u in updates]
+    await inbox.add("telegram", pairs, claimed_by="dead", now=now, lease_until=now + 30)
+    await db.close()
+    async with running(settings, encoder, api):
+        await api.wait_for(lambda: len(api.sent_messages(chat_id=ALICE)) == 5)
+        await asyncio.sleep(0.3)
+    assert len(api.sent_messages(chat_id=ALICE)) == 5
+    api.close()

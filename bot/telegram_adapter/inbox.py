@@ -71,8 +71,9 @@ class Inbox:
         says (long polling: Telegram lets one process poll, so none other is handling them)."""
         self.store = store
         self.accepting = True
-        while await self.replay(takeover=takeover) == REPLAY_PAGE:
-            pass
+        after: int | None = -1
+        while after is not None:
+            after = await self.replay(takeover=takeover, after=after)
         self._maintenance = asyncio.create_task(self._maintain(), name="inbox maintenance")
 
     async def stop(self) -> None:
@@ -132,14 +133,15 @@ class Inbox:
         finally:
             in_flight.dec()
 
-    async def replay(self, *, takeover: bool = False) -> int:
-        """Claim and handle one page of abandoned updates; how many rows were looked at."""
+    async def replay(self, *, takeover: bool = False, after: int = -1) -> int | None:
+        """Claim and handle one page of abandoned updates (from the one after ``after`` on);
+        where the next page starts, or None when this was the last."""
         assert self.store is not None
         now = time.time()
         # Taking over: every lease ends before this (a lease is at most `lease` long).
         expired_before = now + self.lease + 1 if takeover else now
         rows = await self.store.abandoned(
-            PLATFORM, expired_before=expired_before, limit=REPLAY_PAGE
+            PLATFORM, expired_before=expired_before, after=after, limit=REPLAY_PAGE
         )
         for row in rows:
             if row.update_id in self._tasks:
@@ -160,7 +162,7 @@ class Inbox:
             log.info("update %d: taken over from the inbox", row.update_id)
             metrics.INBOX_REPLAYED.labels(PLATFORM).inc()
             self._handle(row.update_id, json.loads(row.payload), row.received_at)
-        return len(rows)
+        return rows[-1].update_id if len(rows) == REPLAY_PAGE else None
 
     async def _maintain(self) -> None:
         """Every third of a lease: renew ours, replay others', now and then purge."""
