@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -62,12 +63,26 @@ def load_settings(role: str | None = None) -> Settings:
 
 def build_platforms(settings: Settings, open_service: OpenService) -> list[Platform]:
     platforms: list[Platform] = []
+    http = None
+    # First in the list: the runner starts it first (/healthz says "starting" while CLIP
+    # loads) and stops it last (the webhook answers 503 while the handlers finish).
+    webhook = settings.webhook_url is not None and settings.telegram_bot_token is not None
+    if webhook and settings.role != "trainer":
+        from bot.http_server import HttpServer
+
+        http = HttpServer(settings.webhook_listen, settings.webhook_port)
+    elif settings.http_port:
+        from bot.http_server import HttpServer
+
+        http = HttpServer(settings.http_listen, settings.http_port)
+    if http is not None:
+        platforms.append(http)
     if settings.role == "trainer":  # its messages go through a worker (bot/job_notices.py)
         return platforms
     if settings.telegram_bot_token is not None:
         from bot.telegram_adapter.app import TelegramPlatform
 
-        platforms.append(TelegramPlatform(settings))
+        platforms.append(TelegramPlatform(settings, http=http))
     if settings.discord_bot_token is not None:
         from bot.discord_adapter.app import DiscordPlatform
 
@@ -136,6 +151,9 @@ def main() -> None:
 
     try:
         asyncio.run(run())
+        # Everything is closed and flushed by now. The interpreter's last garbage collection
+        # walks torch's and OpenVINO's object graphs, seconds on a loaded machine: skip it.
+        gc.disable()
     except (ConnectFailed, ModelUnavailable) as error:
         # A wrong token, no network, a CLIP model that cannot be loaded: say so, no traceback.
         print(f"tastebot: {error}", file=sys.stderr)

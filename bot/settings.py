@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     webhook_port: int = Field(8443, ge=1, le=65535)
     # Checked on every webhook request; empty = a random one per start.
     webhook_secret: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,256}$")
+    # /healthz and /metrics: on the webhook's server in webhook mode; with long polling (or
+    # Discord alone) on HTTP_LISTEN:HTTP_PORT, 0 = no HTTP server.
+    http_listen: str = "127.0.0.1"
+    http_port: int = Field(0, ge=0, le=65535)
+    # The durable inbox: an update whose process died mid-handling is taken over by another
+    # process once its lease (renewed every third of it while handling) has run out.
+    inbox_lease_seconds: float = Field(30.0, ge=3)
+    # Handled updates are kept this long, so a redelivered one is recognised and skipped.
+    inbox_retention_hours: float = Field(24.0, gt=0)
 
     retrain_min_new_votes: int = Field(5, ge=1)
     # A person is retrained in the background as soon as their votes allow a first model (and

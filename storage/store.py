@@ -11,12 +11,14 @@ from pathlib import Path
 from storage.connect import open_database
 from storage.db import Database
 from storage.images import ImageStore
+from storage.inbox import InboxStore
 from storage.jobs import JobStore
 from storage.models import ModelStore
 from storage.people import PeopleStore
 from storage.runs import RunStore
 from storage.sqlite_db import SqliteDatabase
 from storage.submissions import SubmissionStore
+from storage.telemetry import TelemetryStore
 from storage.vote_stamps import VoteStampStore
 from storage.votes import VoteStore
 
@@ -32,6 +34,8 @@ class Store:
         self.runs = RunStore(db)
         self.jobs = JobStore(db)
         self.stamps = VoteStampStore(db)
+        self.inbox = InboxStore(db)
+        self.telemetry = TelemetryStore(db)
 
     @classmethod
     async def open(cls, path: Path) -> Store:

@@ -690,6 +690,14 @@ class FakeBotAPI:
             for _ in range(times):
                 self._injected_errors.append((method, ApiError(description, error_code, params)))
 
+    def drop_pending(self) -> list[dict[str, Any]]:
+        """Forget the queued updates, as Telegram does once a bot confirmed them; returns them."""
+        with self._lock:
+            dropped = [q.update for q in self._queue]
+            self._queue.clear()
+            self._notify()
+            return dropped
+
     @property
     def pending_updates(self) -> list[dict[str, Any]]:
         """Updates not yet confirmed by the bot."""

@@ -19,6 +19,9 @@ from testing.fake_bot_api import FakeBotAPI
 from tests.conftest import image_bytes
 
 USER = 7
+# The bot runs with a temporary directory as its working directory (no .env there); this
+# checkout's code, not whatever an editable install points at, is what runs.
+CODE = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 @pytest.fixture
@@ -34,6 +37,7 @@ def start_bot(
 ) -> subprocess.Popen[str]:
     env = {
         "PATH": os.environ.get("PATH", ""),
+        **CODE,
         "TELEGRAM_BOT_TOKEN": token,
         "TELEGRAM_API_URL": url,
         "CLIP_MODEL": str(clip_dir),
@@ -55,7 +59,12 @@ def start_bot(
 def run_bot_once(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """``python -m bot`` that is expected to stop by itself (a start-up error)."""
     return subprocess.run(
-        [sys.executable, "-m", "bot"], cwd=cwd, capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "bot"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**CODE, **env},
+        timeout=120,
     )
 
 
@@ -81,7 +90,7 @@ def test_missing_token_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env={"PATH": os.environ.get("PATH", "")},
+        env={"PATH": os.environ.get("PATH", ""), **CODE},
         timeout=60,
     )
     assert result.returncode == 2

@@ -259,11 +259,19 @@ async def test_animated_gif_uses_first_frame(bot: Harness) -> None:
 async def test_duplicate_updates_change_nothing_twice(bot: Harness) -> None:
     update = bot.api.send_photo(ALICE, image_bytes(4))
     replies = await bot.api.wait_for(lambda: bot.api.sent_messages(chat_id=ALICE))
-    bot.api.redeliver(update)  # Telegram re-sends after a crash
     press = bot.api.press_button(
         ALICE, replies[0], encode_vote(_submission_id(replies[0]), Vote.LIKE)
     )
     await bot.api.wait_for(lambda: len(bot.api.answered_callbacks()) == 1)
+    # Telegram re-sends after a crash: the inbox knows both updates and drops them.
+    bot.api.redeliver(update)
+    bot.api.redeliver(press)
+    await bot.api.wait_for(lambda: not bot.api.pending_updates)
+    await asyncio.sleep(0.3)
+    assert len(bot.api.calls_to("answerCallbackQuery")) == 1
+    # Past the inbox's retention the handlers themselves change nothing twice.
+    await bot.services.store.db.execute("DELETE FROM inbox")
+    bot.api.redeliver(update)
     bot.api.redeliver(press)  # its late answer fails ("query is too old"), as on Telegram
     await bot.api.wait_for(lambda: len(bot.api.calls_to("answerCallbackQuery")) == 2)
     await bot.api.wait_for(lambda: not bot.api.pending_updates)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import discord
 from discord import app_commands
 
-from bot import admin_text, render
+from bot import admin_text, metrics, render
 from bot.charts import learning_curve_png
 from bot.discord_adapter.views import vote_view
 from domain import AlreadyAnswered, IncomingImage, Person, Refused, Vote
@@ -109,6 +109,7 @@ async def score_and_reply(
         return await client.download(url, limit=client.settings.max_image_bytes)
 
     outcome = await client.services.scoring.score_image(incoming, download)
+    metrics.count_photo(PLATFORM, outcome)
     if isinstance(outcome, AlreadyAnswered):
         return  # a message event seen twice (gateway resume)
     if isinstance(outcome, Refused):
@@ -145,6 +146,7 @@ async def on_vote(
             # The database is slow (a long write holds it): acknowledge now, answer once committed.
             await interaction.response.defer()
             outcome = await commit
+        metrics.count_vote(PLATFORM, outcome)
         if outcome is None:
             await _answer(interaction, text=render.UNKNOWN_IMAGE)
         elif isinstance(interaction.channel, discord.DMChannel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -19,10 +20,14 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
+from bot.http_server import HttpServer
 from bot.settings import Settings
 from bot.telegram_adapter import admin, buttons, commands, images
 from bot.telegram_adapter.callback_data import FORGET_PATTERN, MY_SCORE_PATTERN, SIMILAR_PATTERN
 from bot.telegram_adapter.context import PLATFORM, BotState, TasteApplication, TasteContext
+from bot.telegram_adapter.inbox import Inbox
+from bot.telegram_adapter.polling import Poller
+from bot.telegram_adapter.webhook import webhook_handler
 from domain import User
 
 if TYPE_CHECKING:  # the services load torch, FAISS and SQLite; the adapter only calls them
@@ -37,6 +42,7 @@ COMMANDS = [
     BotCommand("export", "your data as a file"),
     BotCommand("forget", "delete everything the bot knows about you"),
 ]
+UPDATES = ["message", "callback_query"]
 
 
 def build_application(
@@ -64,6 +70,9 @@ def build_application(
         # Photos take ~100 ms of CLIP each; without this every button tap would wait behind them.
         .concurrent_updates(True)
         .job_queue(None)  # scheduling is APScheduler's, in bot/scheduler.py
+        # Updates come through the durable inbox (inbox.py), fetched by polling.py or
+        # posted to webhook.py, not through PTB's Updater, which confirms before handling.
+        .updater(None)
         # Queues outgoing calls within Telegram's flood limits and retries on RetryAfter,
         # so a burst of replies is delayed rather than dropped.
         .rate_limiter(
@@ -120,41 +129,64 @@ async def attach_services(app: TasteApplication, services: Services) -> None:
 
 
 class TelegramPlatform:
-    """Telegram as the runner drives it: long polling, or a webhook when WEBHOOK_URL is set."""
+    """Telegram as the runner drives it: long polling, or a webhook when WEBHOOK_URL is set;
+    either way through the durable inbox. ``http``: the process's HTTP server, driven by the
+    runner, which serves the webhook; without one, webhook mode runs its own."""
 
     name = PLATFORM
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Settings, *, http: HttpServer | None = None, **kwargs: Any
+    ) -> None:
         self.settings = settings
         self.app = build_application(settings, **kwargs)
-        # Telegram sends this secret with every webhook request; PTB refuses requests
-        # without it (403). A fresh one per start is fine: setWebhook runs at every start.
+        self.inbox = Inbox(
+            self.app,
+            lease_seconds=settings.inbox_lease_seconds,
+            retention_seconds=settings.inbox_retention_hours * 3600,
+        )
+        self.poller: Poller | None = None
+        # Telegram sends this secret with every webhook request; requests without it are
+        # refused (403). A fresh one per start is fine: setWebhook runs at every start.
         self.webhook_secret = settings.webhook_secret or secrets.token_urlsafe(32)
+        self.own_http: HttpServer | None = None
+        if settings.webhook_url is not None:
+            if http is None:
+                http = self.own_http = HttpServer(settings.webhook_listen, settings.webhook_port)
+            path = urlsplit(settings.webhook_url).path or "/"
+            http.add_webhook(path, webhook_handler(self.webhook_secret, self.inbox))
 
     async def connect(self) -> None:
         await self.app.initialize()  # getMe: checks the token before CLIP loads
+        if self.own_http is not None:
+            await self.own_http.connect()
 
-    async def start(self, services: Services) -> None:
+    async def start(self, services: Services) -> Awaitable[None] | None:
         await attach_services(self.app, services)
         await self.app.start()
-        assert self.app.updater is not None
-        updates = ["message", "callback_query"]
+        if self.own_http is not None:
+            await self.own_http.start(services)
         url = self.settings.webhook_url
+        # Long polling: Telegram lets one process poll, so what is undone in the inbox was
+        # left by a process that is gone. Webhook workers share the inbox: leases decide.
+        await self.inbox.start(services.store.inbox, takeover=url is None)
         if url is None:
-            await self.app.updater.start_polling(allowed_updates=updates)
-            return
-        await self.app.updater.start_webhook(
-            listen=self.settings.webhook_listen,
-            port=self.settings.webhook_port,
-            url_path=urlsplit(url).path.lstrip("/"),
-            webhook_url=url,
-            secret_token=self.webhook_secret,
-            allowed_updates=updates,
+            await self.app.bot.delete_webhook()  # getUpdates is refused while one is set
+            self.poller = Poller(self.app.bot, self.inbox, UPDATES)
+            return self.poller.start()
+        await self.app.bot.set_webhook(
+            url=url, secret_token=self.webhook_secret, allowed_updates=UPDATES
         )
+        return None
 
     async def stop(self) -> None:
-        if self.app.updater is not None and self.app.updater.running:
-            await self.app.updater.stop()
+        # No try/finally: when the runner's budget cuts this short, the process is exiting,
+        # and closing PTB's connections to a Bot API that stopped answering would stall too.
+        if self.poller is not None:
+            await self.poller.stop()
+        await self.inbox.stop()  # handlers in flight finish; the runner bounds the wait
         if self.app.running:
             await self.app.stop()
         await self.app.shutdown()
+        if self.own_http is not None:
+            await self.own_http.stop()

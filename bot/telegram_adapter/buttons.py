@@ -8,13 +8,14 @@ import logging
 from telegram import Message, Update
 from telegram.error import BadRequest
 
-from bot import render
+from bot import metrics, render
 from bot.telegram_adapter.callback_data import (
     FORGET_YES,
     decode_submission_action,
     decode_vote,
 )
 from bot.telegram_adapter.context import (
+    PLATFORM,
     TasteContext,
     in_group,
     person_of,
@@ -36,6 +37,7 @@ async def on_vote(update: Update, context: TasteContext) -> None:
         return
     submission_id, vote = parsed
     outcome = await context.services.votes.record_vote(person_of(update), submission_id, vote)
+    metrics.count_vote(PLATFORM, outcome)
     group = in_group(update)
     if outcome is None:
         text = render.UNKNOWN_IMAGE

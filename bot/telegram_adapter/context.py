@@ -3,6 +3,7 @@ update, and the checks that guard commands."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,9 @@ class Album:
 
     messages: list[Message] = field(default_factory=list)
     last_arrival: float = 0.0
+    # Set once the first image's handler has answered the album: the other images' handlers
+    # wait for it, so none of their updates is marked done in the inbox before the reply.
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass

@@ -13,8 +13,9 @@ import logging
 
 from telegram import Document, Message, PhotoSize, Update
 
-from bot import render
+from bot import metrics, render
 from bot.telegram_adapter.context import (
+    PLATFORM,
     Album,
     TasteContext,
     in_group,
@@ -60,7 +61,9 @@ async def _score(message: Message, person: Person, context: TasteContext) -> Sco
         telegram_file = await context.bot.get_file(media.file_id)
         return bytes(await telegram_file.download_as_bytearray())
 
-    return await context.services.scoring.score_image(incoming, download)
+    outcome = await context.services.scoring.score_image(incoming, download)
+    metrics.count_photo(PLATFORM, outcome)
+    return outcome
 
 
 async def on_image(update: Update, context: TasteContext) -> None:
@@ -93,7 +96,8 @@ async def on_image(update: Update, context: TasteContext) -> None:
 
 async def _collect_album(message: Message, person: Person, context: TasteContext) -> None:
     """Albums arrive as one update per image. The first image's handler waits until no
-    more have arrived for ALBUM_WAIT_SECONDS, then answers the whole album once."""
+    more have arrived for ALBUM_WAIT_SECONDS, then answers the whole album once; the others
+    wait for that answer."""
     loop = asyncio.get_running_loop()
     assert message.media_group_id is not None
     key = (message.chat_id, message.media_group_id)
@@ -103,10 +107,22 @@ async def _collect_album(message: Message, person: Person, context: TasteContext
     album.messages.append(message)
     album.last_arrival = loop.time()
     if not first:
+        await album.answered.wait()
         return
+    try:
+        await _answer_album(key, album, person, context)
+    finally:
+        album.answered.set()
+
+
+async def _answer_album(
+    key: tuple[int, str], album: Album, person: Person, context: TasteContext
+) -> None:
+    loop = asyncio.get_running_loop()
     wait = context.settings.album_wait_seconds
     while (quiet := loop.time() - album.last_arrival) < wait:
         await asyncio.sleep(wait - quiet)
+    albums = context.bot_data.albums
     del albums[key]
     messages = sorted(album.messages, key=lambda m: m.message_id)
     outcomes = await asyncio.gather(*(_score(m, person, context) for m in messages))
