@@ -145,3 +145,16 @@ def crowd_text(outcome: CrowdOutcome) -> str:
     return (
         f"Crowd model v{outcome.version} ({outcome.people} people): {verdict} — {outcome.reason}."
     )
+
+
+def queued_text(queued: tuple[str, int] | None, target: str) -> str:
+    """/retrain on a worker: what was handed to the trainers."""
+    if queued is None:
+        return f"I don't know user {target}."
+    what, count = queued
+    if what == "all":
+        return f"Queued {plural(count, 'person', 'people')} with new votes for a trainer."
+    if count == 0:
+        return "Already queued (or nothing new to train on): a trainer will get to it."
+    name = {"crowd": "the crowd model", "full": "a CLIP fine-tune"}.get(what, f"user {target}")
+    return f"Queued {name} for a trainer; this worker does not train."

@@ -227,5 +227,17 @@ class Settings(BaseSettings):
             raise ValueError(NO_TOKEN)
         return self
 
+    @model_validator(mode="after")
+    def _one_webhook_secret(self) -> Settings:
+        # Each start without a secret sets a random one with setWebhook: behind a load
+        # balancer, Telegram would then send the last worker's secret, and the others
+        # would refuse every update it gives them.
+        if self.role == "worker" and self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError(
+                "WEBHOOK_SECRET must be set, the same on every worker, when workers share "
+                "a WEBHOOK_URL"
+            )
+        return self
+
 
 NO_TOKEN = "neither TELEGRAM_BOT_TOKEN nor DISCORD_BOT_TOKEN is set"

@@ -50,6 +50,20 @@ class TrainingQueue:
         minute = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M")
         return await self.store.jobs.enqueue("finetune", None, minute, self.clock())
 
+    async def enqueue_on_request(self, platform: str, target: str) -> tuple[str, int] | None:
+        """/retrain on a worker, which trains nothing itself: queue what the admin asked for
+        for a trainer. (what, how many jobs were queued); None for a person never seen."""
+        if target == "all":
+            return "all", await self.enqueue_due_heads(min_new_votes=1)
+        if target == "crowd":
+            return "crowd", int(await self.enqueue_crowd())
+        if target == "full":
+            return "full", int(await self.enqueue_finetune())
+        user = await self.store.people.find_user(platform, target)
+        if user is None:
+            return None
+        return "person", int(await self.enqueue_head(user.id))
+
     async def leave_notice(self, user: User, text: str) -> None:
         """A message for a worker serving the person's platform to send (see NoticeDelivery)."""
         key = hashlib.sha256(f"{self.clock()}:{text}".encode()).hexdigest()[:20]

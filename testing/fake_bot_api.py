@@ -1199,8 +1199,7 @@ class FakeBotAPI:
     @contextlib.contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         """Serve the fake over real HTTP in a background thread; yields ``http://host:port``."""
-        server = http.server.ThreadingHTTPServer((host, port), _make_handler(self))
-        server.daemon_threads = True
+        server = _Server((host, port), _make_handler(self))
         thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -1298,6 +1297,15 @@ class _FakeTransport(httpx.MockTransport):
         if isinstance(routed, httpx.Response):
             return routed
         return self._to_http(await self.api.handle_async(*routed))
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    """socketserver's listen backlog is 5: several bot processes opening connections at once
+    overflow it, and Linux then drops the requests of connections the client thinks are open
+    (they end in read errors). Telegram's servers accept them all."""
+
+    request_queue_size = 1024
+    daemon_threads = True
 
 
 def _make_handler(api: FakeBotAPI) -> type[http.server.BaseHTTPRequestHandler]:

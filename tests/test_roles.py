@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from bot import admin_text
 from bot.runner import SharedService, serve
 from bot.services import Services
 from bot.settings import NO_TOKEN, Settings
@@ -88,6 +89,25 @@ async def test_a_worker_queues_training_a_trainer_runs_it_and_the_worker_scores_
     assert [who for who, _ in sent] == ["1"]
     assert await worker.notices.deliver_waiting() == 0  # sent once
     assert await trainer.jobs.run_once() is None
+
+
+async def test_retrain_on_a_worker_queues_jobs_for_a_trainer(worker: Services) -> None:
+    queue = worker.queue
+    await vote_even_liked(worker, range(1, 5))
+    await settled(worker)
+    for job in await worker.store.jobs.jobs():  # the pause's own job, to see /retrain's
+        await worker.store.db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+    assert await queue.enqueue_on_request("telegram", "999") is None  # never seen
+    assert admin_text.queued_text(None, "999") == "I don't know user 999."
+    queued = await queue.enqueue_on_request("telegram", "1")
+    assert queued == ("person", 1)
+    assert "user 1" in admin_text.queued_text(queued, "1")
+    again = await queue.enqueue_on_request("telegram", "1")  # one waiting job per person
+    assert again == ("person", 0) and "Already queued" in admin_text.queued_text(again, "1")
+    assert await queue.enqueue_on_request("telegram", "crowd") == ("crowd", 1)
+    kinds = sorted(j.kind for j in await worker.store.jobs.jobs())
+    assert kinds == ["crowd", "head"]
+    assert await worker.store.models.model_versions(await alice_id(worker)) == []
 
 
 async def test_a_job_run_again_after_its_trainer_died_promotes_nothing_twice(
@@ -190,6 +210,16 @@ def test_a_trainer_needs_no_platform_token_and_a_worker_does(settings: Settings)
     assert trainer.role == "trainer" and trainer.telegram_bot_token is None
     with pytest.raises(ValidationError, match=NO_TOKEN):
         Settings(**bare, role="worker")  # type: ignore[arg-type]
+
+
+def test_webhook_workers_must_share_a_secret(settings: Settings) -> None:
+    hook = {"role": "worker", "webhook_url": "https://bot.example.com/telegram"}
+    with pytest.raises(ValidationError, match="WEBHOOK_SECRET must be set"):
+        settings.model_validate({**settings.model_dump(), **hook})
+    shared = settings.model_validate({**settings.model_dump(), **hook, "webhook_secret": "s3cret"})
+    assert shared.webhook_secret == "s3cret"
+    alone = settings.model_validate({**settings.model_dump(), "webhook_url": hook["webhook_url"]})
+    assert alone.role == "all" and alone.webhook_secret is None  # one process: a random one
 
 
 async def wait_until(check: Callable[[], object], timeout: float = 30.0) -> None:

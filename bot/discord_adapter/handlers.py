@@ -261,11 +261,16 @@ async def cmd_retrain(interaction: discord.Interaction[TasteClient]) -> None:
     """/retrain (admins): retrain everyone with new votes now."""
     if not await require_admin(interaction, "/retrain"):
         return
+    services = interaction.client.services
+    if services.settings.role == "worker":  # a trainer trains
+        queued = await services.queue.enqueue_on_request(PLATFORM, "all")
+        await interaction.response.send_message(
+            admin_text.queued_text(queued, "all"), ephemeral=True
+        )
+        return
     # Training takes longer than Discord's 3 s: acknowledge first ("thinking…"), answer after.
     await interaction.response.defer(ephemeral=True, thinking=True)
-    outcomes = await interaction.client.services.retraining.retrain_due_heads(
-        min_new_votes=1, trigger="admin"
-    )
+    outcomes = await services.retraining.retrain_due_heads(min_new_votes=1, trigger="admin")
     await interaction.followup.send(
         admin_text.retrain_text(outcomes, limit=MAX_MESSAGE), ephemeral=True
     )

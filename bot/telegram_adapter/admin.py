@@ -28,6 +28,10 @@ async def cmd_retrain(update: Update, context: TasteContext) -> None:
     if not await require_admin(update, context, "/retrain"):
         return
     target = (context.args or ["all"])[0]
+    if context.services.settings.role == "worker" and target != "cancel":
+        queued = await context.services.queue.enqueue_on_request(PLATFORM, target)
+        await message.reply_text(admin_text.queued_text(queued, target))
+        return
     if target == "crowd":
         crowd = await context.services.crowd_training.retrain("admin")
         await message.reply_text(admin_text.crowd_text(crowd))
