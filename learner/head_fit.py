@@ -155,9 +155,8 @@ def _ridge_loo(
     votes and little penalty the LOO scores were near perfect while new images were not.
 
     The hat matrix depends on lambda only, so the LOO residuals of t and of the offset come
-    from the same products. For each crowd strength gamma (CROWD_STRENGTHS) lambda is the
-    middle of the penalties within one standard error of the least LOO squared error
-    (``_penalty_index``); gamma > 0 is kept only if its LOO scores beat gamma = 0's in
+    from the same products. For each crowd strength gamma (CROWD_STRENGTHS) lambda minimises
+    the LOO squared error; gamma > 0 is kept only if its LOO scores beat gamma = 0's in
     likelihood by more than CROWD_EVIDENCE_NATS. Returns (lambda, gamma, w, b, LOO
     predictions of t); the prediction is gamma * offset + x . w + b."""
     n, d = x.shape
@@ -204,7 +203,7 @@ def _ridge_loo(
     y = (t[rows] > 0).astype(np.float64)
     best_ll, lam, gamma, loo = -np.inf, 0.0, 0.0, t
     for g in strengths:
-        i = _penalty_index(sw[:, None] * (e_t - g * e_o) ** 2)
+        i = int(np.argmin(sw @ (e_t - g * e_o) ** 2))  # the first of equal errors: smallest
         cand = t - (e_t[:, i] - g * e_o[:, i])
         ll = 0.0 if len(strengths) == 1 else _fit_platt(cand[rows], y)[2]
         if g > 0:
@@ -213,21 +212,6 @@ def _ridge_loo(
             best_ll, lam, gamma, loo = ll, float(lams[i]), g, cand
     beta = coefficients(lam, t - gamma * targets[:, 1])
     return lam, gamma, beta[:d], float(beta[d]), loo
-
-
-def _penalty_index(errors: np.ndarray) -> int:
-    """The penalty (column of the (n, L) LOO squared errors) to use.
-
-    The smallest total LOO error picks a penalty noisily with few votes; every penalty whose
-    total is within one standard error of the smallest (the standard error of the per-vote
-    differences from it) fits the votes as well as they can tell, and the middle of that
-    band (on the log grid) is taken."""
-    totals = errors.sum(axis=0)
-    best = int(np.argmin(totals))  # the first of equal errors: smallest
-    diffs = errors - errors[:, best : best + 1]
-    se = diffs.std(axis=0) * np.sqrt(len(errors))
-    band = np.flatnonzero(totals <= totals[best] + se)
-    return int((band.min() + band.max()) // 2)
 
 
 def _centroid_loo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
