@@ -109,26 +109,11 @@ def main() -> None:
     async def open_services() -> Services:
         # torch, transformers, FAISS: slow imports, so only once the tokens are checked
         from bot.backbone import model_to_load
+        from bot.encoder_loading import load_encoder
         from bot.services import Services
-        from learner.encoder import ClipImageEncoder
 
         model = await model_to_load(settings)  # a promoted fine-tune, else CLIP_MODEL
-        log.info("loading CLIP %s", model)
-        device = None if settings.device == "auto" else settings.device
-        encoder = await asyncio.to_thread(
-            ClipImageEncoder,
-            model,
-            device=device,
-            torch_threads=settings.torch_threads,  # 0 = every usable core but one
-            precision=settings.clip_precision,
-            text_tower=settings.text_weight > 0,  # off: its memory is freed
-            engine=settings.clip_engine,
-            engine_cache=settings.data_dir / "engines",  # converted once per encoder version
-            revision=settings.clip_revision,
-        )
-        log.info(
-            "CLIP engine %s (%s), %s", encoder.engine, encoder.engine_reason, encoder.precision
-        )
+        encoder = await load_encoder(settings, model)
         text_encoder = None
         if settings.text_weight > 0:
             from learner.text import ClipTextEncoder

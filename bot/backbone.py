@@ -29,9 +29,9 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from bot import backbone_compare as comparison
 from bot.encoding import ImageEmbedder
@@ -47,8 +47,7 @@ from storage.urls import parse_database_url
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], Coroutine[Any, Any, None]]
-REEMBED_BATCH = 32
+Progress = comparison.Progress
 
 
 class EncoderSwitch(Protocol):
@@ -224,7 +223,7 @@ class BackboneTuner:
                 engine_cache=self.settings.data_dir / "engines",
             )
             new_version = encoder.version
-            await self._reembed(encoder, progress)
+            await comparison.reembed(store, data_dir, encoder, progress)
             await progress("Comparing the new encoder with the current one on held-out votes…")
             # Per-person head versions are taken now: no head retrain may interleave.
             await self.training_lock.acquire()
@@ -258,7 +257,7 @@ class BackboneTuner:
                     # While no image is being scored: those sent since the re-embedding began
                     # get their vectors first, so the encoder recorded active has them all.
                     missing = await store.images.retained_images_missing(old_version, new_version)
-                    await self._reembed(encoder, progress, missing)
+                    await comparison.reembed(store, data_dir, encoder, progress, missing)
                     heads = [c.head for c in comparisons]
                     recorded.append(
                         await store.models.add_backbone_version(backbone, promote=True, heads=heads)
@@ -340,23 +339,6 @@ class BackboneTuner:
             len(examples),
             time.perf_counter() - started,
         )
-
-    async def _reembed(
-        self,
-        encoder: ClipImageEncoder,
-        progress: Progress,
-        images: list[tuple[int, str]] | None = None,
-    ) -> None:
-        """Embed ``images`` (default: every retained image) with the new encoder, in batches,
-        off the event loop."""
-        store, data_dir = self.store, self.data_dir
-        if images is None:
-            images = await store.images.retained_images()
-        for start in range(0, len(images), REEMBED_BATCH):
-            batch = images[start : start + REEMBED_BATCH]
-            vectors = await asyncio.to_thread(comparison.embed_files, encoder, data_dir, batch)
-            await store.images.put_embeddings(encoder.version, vectors, encoder.dim)
-            await progress(f"Re-embedding images: {start + len(batch)}/{len(images)}")
 
     async def _compare(
         self, old_version: str, new_version: str, revision: int, written: list[Path]

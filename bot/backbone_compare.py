@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -161,3 +162,29 @@ def embed_files(
         (i, np.ascontiguousarray(v, np.float32).tobytes())
         for i, v in zip(ids, vectors, strict=True)
     ]
+
+
+Progress = Callable[[str], Coroutine[Any, Any, None]]
+REEMBED_BATCH = 32
+
+
+async def _quiet(_: str) -> None:
+    """Progress nobody watches."""
+
+
+async def reembed(
+    store: Store,
+    data_dir: DataDir,
+    encoder: ClipImageEncoder,
+    progress: Progress = _quiet,
+    images: list[tuple[int, str]] | None = None,
+) -> None:
+    """Embed ``images`` (default: every retained image) with ``encoder``, in batches, off
+    the event loop."""
+    if images is None:
+        images = await store.images.retained_images()
+    for start in range(0, len(images), REEMBED_BATCH):
+        batch = images[start : start + REEMBED_BATCH]
+        vectors = await asyncio.to_thread(embed_files, encoder, data_dir, batch)
+        await store.images.put_embeddings(encoder.version, vectors, encoder.dim)
+        await progress(f"Re-embedding images: {start + len(batch)}/{len(images)}")

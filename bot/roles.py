@@ -2,7 +2,7 @@
 
 all: the training schedule, training here; messages a separate trainer left are sent.
 worker: no training; votes that make a person due become jobs (bot.retraining's hand-off),
-messages a trainer left are sent, and a CLIP fine-tune promoted elsewhere is logged.
+messages a trainer left are sent, and a CLIP fine-tune promoted elsewhere is switched to.
 trainer: the schedule enqueues what is due; one loop claims and runs jobs.
 """
 
@@ -68,22 +68,49 @@ def start_role(services: Services, settings: Settings) -> RoleTasks:
 
 
 async def watch_backbone(services: Services, every: float, stopping: asyncio.Event) -> None:
-    """Say once when a trainer promoted a fine-tuned CLIP: a worker serves it after a
-    restart (loading it and re-embedding here is the trainer's work, not a worker's)."""
-    warned: str | None = None
+    """Serve a fine-tuned CLIP a trainer promoted, without a restart (see follow_backbone)."""
+    failed: str | None = None
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), max(every, 1.0))
         try:
-            active = await services.store.models.active_global("backbone")
-        except Exception:
-            log.exception("checking for a new CLIP fine-tune failed")
-            continue
-        version = None if active is None else active.encoder_version
-        if version is not None and version not in (services.encoder_version, warned):
-            log.warning(
-                "a fine-tuned CLIP (%s) was promoted elsewhere; restart this worker to serve "
-                "it (until then people's heads for it are not used here)",
-                version,
-            )
-            warned = version
+            await follow_backbone(services, skip=failed)
+        except Exception as error:  # logged once per version; a restart serves it
+            failed = getattr(error, "version", None)
+            log.exception("switching to a CLIP fine-tune promoted elsewhere failed")
+
+
+class SwitchFailed(RuntimeError):
+    def __init__(self, message: str, version: str) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+async def follow_backbone(services: Services, skip: str | None = None) -> bool:
+    """If a trainer promoted a fine-tuned CLIP this worker does not serve: load it and switch
+    to it (its FAISS indexes, heads and crowd model too). The trainer re-embedded every
+    retained image before promoting it; images this worker scored since are embedded here
+    while new ones wait. True if it switched."""
+    from bot.backbone import model_to_load
+    from bot.backbone_compare import reembed
+    from bot.encoder_loading import load_encoder
+
+    active = await services.store.models.active_global("backbone")
+    if active is None or active.encoder_version in (services.encoder_version, skip):
+        return False
+    old_version = services.encoder_version
+    encoder = await load_encoder(services.settings, await model_to_load(services.settings))
+    if encoder.version != active.encoder_version:
+        raise SwitchFailed(
+            f"the promoted CLIP loads as {encoder.version}, its row says {active.encoder_version}",
+            active.encoder_version,
+        )
+
+    async def embed_what_was_scored_here() -> None:
+        store = services.store
+        missing = await store.images.retained_images_missing(old_version, encoder.version)
+        await reembed(store, services.data_dir, encoder, images=missing)
+
+    await services.switch_encoder(encoder, embed_what_was_scored_here)
+    log.info("now serving the CLIP fine-tune %s (promoted by a trainer)", encoder.version)
+    return True

@@ -17,6 +17,7 @@ import bot.backbone
 import bot.backbone_compare
 from bot import admin_text
 from bot.backbone import BackboneTuner
+from bot.roles import follow_backbone
 from bot.services import Services
 from bot.settings import Settings
 from domain import IncomingImage, Person, Rollback, Scored, Vote
@@ -436,3 +437,38 @@ async def test_a_person_whose_held_out_votes_cannot_rank_gets_a_head_on_the_new_
     assert active.encoder_version == trained.encoder.embedder.version
     assert active.holdout_size > 0 and active.train_size > 0
     assert (await trained.store.models.active_model(1)) is not None
+
+
+async def test_a_worker_switches_to_a_fine_tune_a_trainer_promoted_without_a_restart(
+    trained: Services, encoder: ClipImageEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _favour_new(monkeypatch)
+    worker_settings = trained.settings.model_copy(update={"role": "worker"})
+    worker = await Services.open(worker_settings, encoder)
+    try:
+        old_version = worker.encoder_version
+        assert not await follow_backbone(worker)  # nothing promoted: nothing to do
+        outcome = await trained.make_backbone_tuner(config=FAST).run("test")
+        assert outcome.promoted, outcome
+        new_version = trained.encoder_version
+        # Scored here with the old encoder after the trainer re-embedded everything.
+        meanwhile = await _send_red(worker, "meanwhile", 77)
+        # The person's active head is now the new encoder's: not usable with the old one.
+        assert meanwhile.model_version is None
+
+        assert await follow_backbone(worker)
+        assert worker.encoder_version == new_version != old_version
+        [(image_id,)] = await worker.store.db.fetch_all(
+            "SELECT image_id FROM submissions WHERE message_id = 'meanwhile'"
+        )
+        embedded = await worker.store.db.fetch_all(
+            "SELECT 1 FROM embeddings WHERE image_id = ? AND encoder_version = ?",
+            (image_id, new_version),
+        )
+        assert embedded  # the worker embedded what it scored meanwhile
+        assert worker.indexes.liked.count(1) == 10  # its FAISS indexes are the new encoder's
+        after = await _send_red(worker, "after", 78)
+        assert after.model_version == 2  # the head the trainer made for the new encoder
+        assert not await follow_backbone(worker)  # once
+    finally:
+        await worker.close()
