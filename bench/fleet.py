@@ -305,6 +305,13 @@ def main() -> int:
             killed_at = time.monotonic()
             workers[0].kill()
             trainer.kill()
+            # Outstanding taps and photos the fake no longer holds were taken by a worker (or
+            # are being delivered): after a kill, a vote change can be committed and answered
+            # "Already saved" on replay, and check_votes allows that.
+            at_kill = load.after_kill()
+            figures["outstanding at the kill, taken by a worker: photos / taps"] = (
+                f"{at_kill.get('photos in the inbox', 0)} / {at_kill.get('taps in the inbox', 0)}"
+            )
             print(
                 f"phase 2: killed worker1 and the trainer, {in_flight} photos in flight", flush=True
             )
