@@ -35,7 +35,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,19 +52,15 @@ from bench.soak import (
     Query,
     check_faiss,
     check_votes,
+    error_records,
     load_average,
     percentile,
     quiet_connection_resets,
 )
 from testing.fake_bot_api import FakeBotAPI
+from testing.ports import free_port
 from testing.postgres import TempPostgres
 from testing.webhook_delivery import WebhookDelivery
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -121,12 +116,11 @@ class Role:
         return self.process.wait(timeout=120)
 
     def error_records(self) -> list[str]:
-        found = []
-        for path in sorted(self.logs.glob(f"{self.name}-*.log")):
-            for line in path.read_text(errors="replace").splitlines():
-                if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
-                    found.append(f"[{path.name}] {line[:200]}")
-        return found
+        return [
+            entry.splitlines()[0][:200]
+            for path in sorted(self.logs.glob(f"{self.name}-*.log"))
+            for entry in error_records(path)
+        ]
 
 
 # -- what the database says ------------------------------------------------------------------

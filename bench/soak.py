@@ -182,21 +182,25 @@ class BotProcess:
             self.log.close()
 
     def log_errors(self) -> list[str]:
-        """Each ERROR/CRITICAL record of the bot's log, with its traceback."""
-        entries: list[str] = []
-        current: list[str] | None = None
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line):  # a new record
-                if current:
-                    entries.append("\n".join(current))
-                current = [line] if re.search(r" (ERROR|CRITICAL) ", line) else None
-            elif current is not None:
-                current.append(line)
-            elif line.startswith("Traceback"):  # printed outside logging
-                current = [line]
-        if current:
-            entries.append("\n".join(current))
-        return [f"[{self.log_path.name}] {entry}" for entry in entries]
+        return error_records(self.log_path)
+
+
+def error_records(log_path: Path) -> list[str]:
+    """Each ERROR/CRITICAL record of a bot's log, with its traceback."""
+    entries: list[str] = []
+    current: list[str] | None = None
+    for line in log_path.read_text(errors="replace").splitlines():
+        if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line):  # a new record
+            if current:
+                entries.append("\n".join(current))
+            current = [line] if re.search(r" (ERROR|CRITICAL) ", line) else None
+        elif current is not None:
+            current.append(line)
+        elif line.startswith("Traceback"):  # printed outside logging
+            current = [line]
+    if current:
+        entries.append("\n".join(current))
+    return [f"[{log_path.name}] {entry}" for entry in entries]
 
 
 # -- the simulated people --------------------------------------------------------------------

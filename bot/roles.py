@@ -75,9 +75,11 @@ async def watch_backbone(services: Services, every: float, stopping: asyncio.Eve
             await asyncio.wait_for(stopping.wait(), max(every, 1.0))
         try:
             await follow_backbone(services, skip=failed)
-        except Exception as error:  # logged once per version; a restart serves it
-            failed = getattr(error, "version", None)
+        except SwitchFailed as error:  # logged once per version; a restart serves it
+            failed = error.version
             log.exception("switching to a CLIP fine-tune promoted elsewhere failed")
+        except Exception:  # reading the database: try again at the next check
+            log.exception("checking for a CLIP fine-tune promoted elsewhere failed")
 
 
 class SwitchFailed(RuntimeError):
@@ -98,19 +100,19 @@ async def follow_backbone(services: Services, skip: str | None = None) -> bool:
     active = await services.store.models.active_global("backbone")
     if active is None or active.encoder_version in (services.encoder_version, skip):
         return False
-    old_version = services.encoder_version
-    encoder = await load_encoder(services.settings, await model_to_load(services.settings))
-    if encoder.version != active.encoder_version:
-        raise SwitchFailed(
-            f"the promoted CLIP loads as {encoder.version}, its row says {active.encoder_version}",
-            active.encoder_version,
-        )
+    old_version, new_version = services.encoder_version, active.encoder_version
+    try:
+        encoder = await load_encoder(services.settings, await model_to_load(services.settings))
+        if encoder.version != new_version:
+            raise RuntimeError(f"it loads as {encoder.version}, its row says {new_version}")
 
-    async def embed_what_was_scored_here() -> None:
-        store = services.store
-        missing = await store.images.retained_images_missing(old_version, encoder.version)
-        await reembed(store, services.data_dir, encoder, images=missing)
+        async def embed_what_was_scored_here() -> None:
+            store = services.store
+            missing = await store.images.retained_images_missing(old_version, new_version)
+            await reembed(store, services.data_dir, encoder, images=missing)
 
-    await services.switch_encoder(encoder, embed_what_was_scored_here)
+        await services.switch_encoder(encoder, embed_what_was_scored_here)
+    except Exception as error:  # not retried every check: loading a CLIP takes seconds
+        raise SwitchFailed(f"switching to {new_version} failed: {error}", new_version) from error
     log.info("now serving the CLIP fine-tune %s (promoted by a trainer)", encoder.version)
     return True

@@ -18,7 +18,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from testing.ports import free_port
 
 SEARCH_DIRS = "/usr/lib/postgresql/*/bin"  # Debian/Ubuntu keep the server binaries here
 SERVER_USER = "postgres"
@@ -59,12 +60,6 @@ def available() -> tuple[bool, str]:
         except KeyError:
             return False, f"running as root and there is no {SERVER_USER!r} OS user to run it as"
     return True, ""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TempPostgres:
@@ -115,7 +110,7 @@ class TempPostgres:
             "initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
             "--locale=C", "--no-sync", "--no-instructions",
         )  # fmt: skip
-        self.port = _free_port()
+        self.port = free_port()
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self._dir}"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"

@@ -17,9 +17,9 @@ from learner.encoder import ClipImageEncoder
 from storage.inbox import InboxStore
 from storage.telemetry import TelemetryStore
 from testing.fake_bot_api import FakeBotAPI
+from testing.ports import free_port
 from tests.conftest import image_bytes
 from tests.test_inbox import ALICE, fake_settings, inbox_rows, replies_to, running
-from tests.test_webhook import free_port
 
 SECRET = {"X-Telegram-Bot-Api-Secret-Token": "s3cret-token"}
 

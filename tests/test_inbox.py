@@ -24,8 +24,8 @@ from storage.connect import open_database
 from storage.db import Database
 from storage.inbox import InboxStore
 from testing.fake_bot_api import FakeBotAPI
+from testing.ports import free_port
 from tests.conftest import image_bytes, on_both_backends
-from tests.test_webhook import free_port
 
 ALICE = 1
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import httpx
 from pydantic import SecretStr
@@ -15,12 +14,7 @@ from bot.settings import Settings
 from bot.telegram_adapter.app import TelegramPlatform
 from learner.encoder import ClipImageEncoder
 from testing.fake_bot_api import FakeBotAPI
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from testing.ports import free_port
 
 
 async def test_webhook_checks_the_secret_on_every_request(
