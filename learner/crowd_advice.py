@@ -88,9 +88,7 @@ def _column_aucs(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
         ranks[order[:, col], col] = (first + last + 1) / 2.0
     pos = y.astype(bool)
     n_pos = int(pos.sum())
-    out: np.ndarray = (ranks[pos].sum(axis=0) - n_pos * (n_pos + 1) / 2.0) / (
-        n_pos * (k - n_pos)
-    )
+    out: np.ndarray = (ranks[pos].sum(axis=0) - n_pos * (n_pos + 1) / 2.0) / (n_pos * (k - n_pos))
     return out
 
 
@@ -137,12 +135,12 @@ def learn_advice(
             xt, yt = x[train], y[train].astype(np.int64)
             sw = balanced_weights(yt, w[train])
             stretch = _salient_stretch(xt, None)
-            for k, m in enumerate((None, stretch)):
+            for row, m in enumerate((None, stretch)):
                 a = xt if m is None else xt @ m
                 b = x[test] if m is None else x[test] @ m
-                aucs[k] += _column_aucs(y[test], _ridge_test_scores(a, 2.0 * yt - 1.0, sw, b))
-        k, j = np.unravel_index(int(np.argmax(aucs)), aucs.shape)
-        choice = LinearChoice(bool(k == 1), float(RIDGE_LAMBDAS[j]))
+                aucs[row] += _column_aucs(y[test], _ridge_test_scores(a, 2.0 * yt - 1.0, sw, b))
+        best_row, best_col = np.unravel_index(int(np.argmax(aucs)), aucs.shape)
+        choice = LinearChoice(bool(best_row == 1), float(RIDGE_LAMBDAS[best_col]))
         # The blend's default, with the linear part fitted that way.
         blend_aucs = np.zeros(len(grid))
         for train, test in splits:

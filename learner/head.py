@@ -11,15 +11,18 @@ Interface (arrays in, arrays out):
                                             # ValueError saying so (retrain the person)
     head.info() -> dict: what training chose, "crowd_weight" included
 
-A head is a blend of three learners, each scored on the person's own votes by leave-one-out
-(LOO), and the person's votes decide the blend:
+A head is a blend of three learners (``learner.head_parts``), each scored on the person's own
+votes by leave-one-out (LOO), and the person's votes decide the blend:
 
     lin(x) = gamma * crowd(x) + x . w + b   ridge regression of the +-1 votes on x, offset by
-             the crowd model's logit; the penalty by exact LOO squared error, gamma >= 0 from
-             CROWD_STRENGTHS by LOO likelihood (a gamma > 0 must gain CROWD_EVIDENCE_NATS), so
-             a person unlike the crowd gets gamma = 0 and is not pulled towards it. The same
-             ridge on x stretched along the principal directions of the person's images
-             (``_salient_stretch``) is fitted too, and the LOO likelihood keeps one of the two.
+             the crowd model's logit; gamma >= 0 from CROWD_STRENGTHS by LOO likelihood (a
+             gamma > 0 must gain CROWD_EVIDENCE_NATS), so a person unlike the crowd gets
+             gamma = 0 and is not pulled towards it. The penalty, and whether the ridge reads x
+             or x stretched along the principal directions of the person's images
+             (``_salient_stretch``), come from the crowd model's advice for this many votes
+             (``learner.crowd_advice``: what worked best on other people's held-out votes);
+             without advice, the penalty by exact LOO squared error and the stretch by LOO
+             likelihood.
     cen(x) = f(x) . (c_L - c_D)             liked minus disliked centroid direction
     nn(x)  = softmax-weighted mean of the +-1 votes nearest f(x) (k-NN)
     z(x)   = sum_j pi_j part_j(x) / spread_j,   pi on the simplex
@@ -35,9 +38,12 @@ delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is dilu
 learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
 
 The blend: pi_hat maximises the LOO likelihood over a grid of the simplex, then is shrunk
-towards equal weights as pi = (1 - r) equal + r pi_hat with r = n / (n + BLEND_PRIOR_VOTES):
+towards a default as pi = (1 - r) default + r pi_hat with r = n / (n + BLEND_PRIOR_VOTES):
 picking one learner outright on 20-100 votes is too noisy (DESIGN.md), so few votes lean on
-the default. (a, c, eps) are fitted on the blended LOO scores, so the score shown is calibrated.
+the default. The default is the crowd's advice for this many votes (the blend that ranked other
+people's held-out votes best: linear where tastes are directions, centroid and nearest votes
+where they are subjects), or equal weights without advice. (a, c, eps) are fitted on the
+blended LOO scores, so the score shown is calibrated.
 
 With fewer than MIN_PER_CLASS votes on either side there is no boundary to learn: the head's
 logit is the cold-start prior's (``cold_start_scores``; 0 with no votes) plus the crowd
@@ -94,9 +100,10 @@ class TasteHead:
     z(x) = mix[0] * (x . weights + bias) + mix[1] * f(x) . centroid + mix[2] * nn(f(x)),
     p(x) = vote_noise + (1 - 2 vote_noise) * sigmoid(platt_a * z(x) + platt_c),
     with f(x) = unit(unit(x - shift) * scale) and nn(.) the softmax-weighted (NEAREST_K,
-    NEAREST_TEMPERATURE) mean of ``vote_values`` over the nearest rows of ``vote_feats``. The
-    blend weights divided by each part's LOO spread are stored as ``mix``; the crowd model's
-    direction times gamma is folded into ``weights`` and ``bias``."""
+    NEAREST_TEMPERATURE) mean of ``vote_values`` over the nearest rows of ``vote_feats``. Each
+    part's blend weight divided by its LOO spread is folded into ``weights``/``bias``,
+    ``f_weights`` and ``mix[2]`` (mix[0] and mix[1] are 1), and so are the crowd model's
+    direction times gamma and its offset delta."""
 
     weights: np.ndarray  # (d,) float64 linear part, crowd included
     bias: float
