@@ -22,8 +22,8 @@ blend's default that worked best, on held-out votes of sampled people, at each o
 counts.
 
 Privacy: the file holds the direction, two calibration numbers, the advice (a few settings per
-vote count) and counts; no embedding, image or vote of anyone. A person's votes leave the crowd model the next time it is trained without
-them.
+vote count) and counts; no embedding, image or vote of anyone. A person's votes leave the crowd
+model (and its advice) the next time it is trained without them.
 """
 
 from __future__ import annotations
