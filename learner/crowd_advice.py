@@ -8,7 +8,7 @@ held-out AUC, averaged over people, is highest become the advice for that budget
 
 - the linear part: plain x or the salient stretch, and its penalty (from RIDGE_LAMBDAS);
 - the blend's default: the point of the simplex (grid 1/BLEND_GRID) a person's own LOO blend
-  is shrunk towards, where it beats equal weights clearly (EVIDENCE_SE), else equal weights.
+  is shrunk towards.
 
 The advice adapts to whatever the bot's people are like: where tastes are directions, the
 default leans on the linear part; where they are clusters of subjects, on the centroid and the
@@ -31,10 +31,6 @@ MIN_HELD_OUT = 20  # a person advises on a budget only with this many more votes
 # splits of each when there are fewer): bounds the crowd model's training time, and averages
 # enough held-out AUCs that the argmax over settings is not one person's noise.
 SPLITS = 200
-# A blend default other than equal weights must beat them on the held-out votes by this many
-# standard errors (a priori: about a 2.5% chance of a false move): the AUCs of blends differ by
-# a few thousandths on other people's votes, and a person's own ranking need not follow them.
-EVIDENCE_SE = 2.0
 # The advice at the largest budget measured also serves people with up to this many times as
 # many votes; beyond, the person's own LOO chooses the linear part (reliable with many votes).
 REACH = 1.5
@@ -145,23 +141,16 @@ def learn_advice(
                 aucs[row] += _column_aucs(y[test], _ridge_test_scores(a, 2.0 * yt - 1.0, sw, b))
         best_row, best_col = np.unravel_index(int(np.argmax(aucs)), aucs.shape)
         choice = LinearChoice(bool(best_row == 1), float(RIDGE_LAMBDAS[best_col]))
-        # The blend's default, with the linear part fitted that way: the best point of the
-        # grid if it beats equal weights (the last candidate) by more than EVIDENCE_SE
-        # standard errors of the paired per-split differences, else equal weights.
-        candidates = np.vstack([grid, np.full(len(PARTS), 1.0 / len(PARTS))])
-        blend_aucs = np.zeros((len(splits), len(candidates)))
-        for k, (train, test) in enumerate(splits):
+        # The blend's default, with the linear part fitted that way.
+        blend_aucs = np.zeros(len(grid))
+        for train, test in splits:
             yt = y[train].astype(np.int64)
             parts = fit_parts(x[train], yt, balanced_weights(yt, w[train]), linear=choice)
             spread = np.maximum(parts.loo.std(axis=0), 1e-12)
-            blend_aucs[k] = _column_aucs(y[test], (parts.scores(x[test]) / spread) @ candidates.T)
-        best = int(np.argmax(blend_aucs.mean(axis=0)))
-        gain = blend_aucs[:, best] - blend_aucs[:, -1]
-        if gain.mean() <= EVIDENCE_SE * gain.std() / np.sqrt(len(gain)):
-            best = len(candidates) - 1
+            blend_aucs += _column_aucs(y[test], (parts.scores(x[test]) / spread) @ grid.T)
         budgets.append(budget)
         linear.append(choice)
-        blends.append(tuple(float(v) for v in candidates[best]))
+        blends.append(tuple(float(v) for v in grid[int(np.argmax(blend_aucs))]))
         people.append(len({int(groups[s[0][0]]) for s in splits}))
     if not budgets:
         return None
