@@ -221,9 +221,11 @@ def model_summary(m: ModelVersion) -> str:
     """A person's model in their words: what it learned from and how it did on the votes
     kept aside to check it."""
     learned = f"Your taste model (version {m.version}) learned from {plural(m.train_size, 'vote')}"
-    crowd = m.metrics.get("crowd_weight")
-    if crowd:  # None for heads trained before the crowd model existed
+    # None for heads trained before the crowd model (or its advice) existed
+    if m.metrics.get("crowd_weight") or m.metrics.get("crowd_offset"):
         learned += ", starting from what everyone likes (the crowd model) as far as you agree"
+    elif m.metrics.get("crowd_advice"):
+        learned += ", fitted the way that worked best for other people (the crowd model)"
     agreed = m.metrics.get("agreed")
     if m.holdout_size == 0 or agreed is None:
         return learned + "; I'll tell you how well it knows you once I can check it."

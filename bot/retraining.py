@@ -59,8 +59,13 @@ def new_head_model(
         encoder_version=encoder_version,
         train_size=result.train_size,
         holdout_size=result.candidate.size,
-        # Whether (and how strongly) the head starts from the crowd model: /stats says so.
-        metrics={**result.metrics(), "crowd_weight": result.head.info().get("crowd_weight")},
+        # Whether (and how) the head uses the crowd model: /stats says so.
+        metrics={
+            **result.metrics(),
+            "crowd_weight": result.head.info().get("crowd_weight"),
+            "crowd_offset": result.head.info().get("crowd_offset"),
+            "crowd_advice": float(bool(result.head.info().get("crowd_advice"))),
+        },
         trained_through=revision,
     )
 

@@ -7,6 +7,7 @@ Interface (arrays in, arrays out; the caller owns IO and people's ids):
     model.logit(x)   -> (m,) the same on the logit scale (what a head uses as its prior)
     model.save(path); CrowdModel.load(path)      # self-describing .npz, no pickle
     model.info()     -> dict (what it was trained on, the chosen penalty, held-out AUC)
+    model.advice     -> learner.crowd_advice.Advice | None: how heads with few votes are fitted
     evaluate_crowd(model, embeddings, liked, person_ids) -> mean per-person AUC | None
     promote_crowd(candidate_auc, active_auc) -> (promote?, reason)   # gating, as for heads
 
@@ -16,9 +17,13 @@ direction learns what people prefer among the images they saw, not who votes on 
 often anyone likes things. A Platt fit on scores the model did not train on (people held out
 in folds) turns x . w into a probability for someone the model knows nothing else about.
 
-Privacy: the file holds the direction, two calibration numbers and counts; no embedding, image
-or vote of anyone. A person's votes leave the crowd model the next time it is trained without
-them.
+The model also carries advice for heads (``learner.crowd_advice``): the ridge penalty and the
+blend's default that worked best, on held-out votes of sampled people, at each of a few vote
+counts.
+
+Privacy: the file holds the direction, two calibration numbers, the advice (a few settings per
+vote count) and counts; no embedding, image or vote of anyone. A person's votes leave the crowd
+model (and its advice) the next time it is trained without them.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from learner.crowd_advice import Advice, learn_advice
 from learner.durable import save_npz_atomically
 from learner.metrics import roc_auc
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: advice for heads; format 1 files (no advice) are still read
+READABLE_VERSIONS = (1, 2)
 KIND = "tastebot-crowd"
 # Penalties tried, relative to the mean diagonal of the centred Gram matrix (the average
 # per-dimension signal); chosen per training by grouped cross-validation, so none is fitted
@@ -77,6 +84,7 @@ class CrowdModel:
     platt_a: float
     platt_c: float
     meta: dict[str, Any] = field(default_factory=dict)
+    advice: Advice | None = None
 
     def logit(self, embeddings: np.ndarray) -> np.ndarray:
         x = np.atleast_2d(np.asarray(embeddings, dtype=np.float64))
@@ -99,6 +107,7 @@ class CrowdModel:
             "platt_a": self.platt_a,
             "platt_c": self.platt_c,
             "info": self.meta,
+            "advice": None if self.advice is None else self.advice.to_json(),
         }
         save_npz_atomically(path, direction=self.direction, meta=np.array(json.dumps(meta)))
 
@@ -111,12 +120,20 @@ class CrowdModel:
                 direction = np.array(z["direction"], dtype=np.float64)
         except (KeyError, OSError) as e:
             raise ValueError(f"{path}: not a crowd model file ({e})") from None
-        if meta.get("kind") != KIND or meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("kind") != KIND or meta.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(
                 f"{path}: crowd model format {meta.get('kind')!r} "
-                f"{meta.get('format_version')!r}, this code reads {KIND!r} {FORMAT_VERSION}"
+                f"{meta.get('format_version')!r}, this code reads {KIND!r} "
+                f"{' and '.join(map(str, READABLE_VERSIONS))}"
             )
-        return cls(direction, float(meta["platt_a"]), float(meta["platt_c"]), dict(meta["info"]))
+        advice = meta.get("advice")
+        return cls(
+            direction,
+            float(meta["platt_a"]),
+            float(meta["platt_c"]),
+            dict(meta["info"]),
+            None if advice is None else Advice.from_json(advice),
+        )
 
 
 def _within_person(
@@ -165,6 +182,7 @@ def train_crowd(
     keep = both[groups]  # a one-sided person says nothing about preferences among images
     x, y, w, groups = x[keep], y[keep], w[keep], np.unique(groups[keep], return_inverse=True)[1]
     n_groups = int(groups.max()) + 1
+    advice = learn_advice(x, y, w, groups)
     # Each person's likes and dislikes weigh the same in total (as a head balances them).
     t = np.where(y, 1.0, -1.0)
     side = groups * 2 + y
@@ -219,9 +237,10 @@ def train_crowd(
         "dim": int(d),
         "lambda_relative": RIDGE_RELATIVE[best],
         "heldout_auc": float(np.mean(aucs)) if aucs else None,
+        "advice_budgets": [] if advice is None else list(advice.budgets),
         **(trained_on or {}),
     }
-    return CrowdModel(direction, a, c, info)
+    return CrowdModel(direction, a, c, info, advice)
 
 
 def _person_aucs(scores: np.ndarray, y: np.ndarray, groups: np.ndarray) -> list[float]:

@@ -11,15 +11,18 @@ Interface (arrays in, arrays out):
                                             # ValueError saying so (retrain the person)
     head.info() -> dict: what training chose, "crowd_weight" included
 
-A head is a blend of three learners, each scored on the person's own votes by leave-one-out
-(LOO), and the person's votes decide the blend:
+A head is a blend of three learners (``learner.head_parts``), each scored on the person's own
+votes by leave-one-out (LOO), and the person's votes decide the blend:
 
     lin(x) = gamma * crowd(x) + x . w + b   ridge regression of the +-1 votes on x, offset by
-             the crowd model's logit; the penalty by exact LOO squared error, gamma >= 0 from
-             CROWD_STRENGTHS by LOO likelihood (a gamma > 0 must gain CROWD_EVIDENCE_NATS), so
-             a person unlike the crowd gets gamma = 0 and is not pulled towards it. The same
-             ridge on x stretched along the principal directions of the person's images
-             (``_salient_stretch``) is fitted too, and the LOO likelihood keeps one of the two.
+             the crowd model's logit; gamma >= 0 from CROWD_STRENGTHS by LOO likelihood (a
+             gamma > 0 must gain CROWD_EVIDENCE_NATS), so a person unlike the crowd gets
+             gamma = 0 and is not pulled towards it. The penalty, and whether the ridge reads x
+             or x stretched along the principal directions of the person's images
+             (``_salient_stretch``), come from the crowd model's advice for this many votes
+             (``learner.crowd_advice``: what worked best on other people's held-out votes);
+             without advice, the penalty by exact LOO squared error and the stretch by LOO
+             likelihood.
     cen(x) = f(x) . (c_L - c_D)             liked minus disliked centroid direction
     nn(x)  = softmax-weighted mean of the +-1 votes nearest f(x) (k-NN)
     z(x)   = sum_j pi_j part_j(x) / spread_j,   pi on the simplex
@@ -35,9 +38,12 @@ delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is dilu
 learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
 
 The blend: pi_hat maximises the LOO likelihood over a grid of the simplex, then is shrunk
-towards equal weights as pi = (1 - r) equal + r pi_hat with r = n / (n + BLEND_PRIOR_VOTES):
+towards a default as pi = (1 - r) default + r pi_hat with r = n / (n + BLEND_PRIOR_VOTES):
 picking one learner outright on 20-100 votes is too noisy (DESIGN.md), so few votes lean on
-the default. (a, c, eps) are fitted on the blended LOO scores, so the score shown is calibrated.
+the default. The default is the crowd's advice for this many votes (the blend that ranked other
+people's held-out votes best: linear where tastes are directions, centroid and nearest votes
+where they are subjects), or equal weights without advice. (a, c, eps) are fitted on the
+blended LOO scores, so the score shown is calibrated.
 
 With fewer than MIN_PER_CLASS votes on either side there is no boundary to learn: the head's
 logit is the cold-start prior's (``cold_start_scores``; 0 with no votes) plus the crowd
@@ -61,18 +67,13 @@ import numpy as np
 from learner.durable import save_npz_atomically
 from learner.head_fit import (
     CROWD_EVIDENCE_NATS,
-    MAX_NEAREST,
     _blend_grid,
-    _centring_shift,
-    _centroid_loo,
-    _dimension_scale,
     _f_space,
     _fit_platt,
     _nearest,
-    _ridge_loo,
-    _salient_stretch,
     _sigmoid,
 )
+from learner.head_parts import PARTS, balanced_weights, fit_parts
 from learner.prior import prior_linear
 
 if TYPE_CHECKING:
@@ -86,7 +87,6 @@ MIN_PER_CLASS = 2  # fewer votes on either side: no boundary, use the crowd mode
 # (20-100 votes); see bench/results/learning.md for what other values measured.
 BLEND_PRIOR_VOTES = 50.0
 VOTE_NOISE_CHOICES = (0.0, 0.025, 0.05, 0.075, 0.1)  # eps: the person's inconsistency rate
-PARTS = ("linear", "centroid", "nearest")
 # The crowd's logit may also be added to the final score at these strengths (1: as calibrated),
 # chosen by the likelihood of the blended LOO scores with the same CROWD_EVIDENCE_NATS margin:
 # inside the blend the crowd is diluted by parts learnt from few votes.
@@ -100,9 +100,10 @@ class TasteHead:
     z(x) = mix[0] * (x . weights + bias) + mix[1] * f(x) . centroid + mix[2] * nn(f(x)),
     p(x) = vote_noise + (1 - 2 vote_noise) * sigmoid(platt_a * z(x) + platt_c),
     with f(x) = unit(unit(x - shift) * scale) and nn(.) the softmax-weighted (NEAREST_K,
-    NEAREST_TEMPERATURE) mean of ``vote_values`` over the nearest rows of ``vote_feats``. The
-    blend weights divided by each part's LOO spread are stored as ``mix``; the crowd model's
-    direction times gamma is folded into ``weights`` and ``bias``."""
+    NEAREST_TEMPERATURE) mean of ``vote_values`` over the nearest rows of ``vote_feats``. Each
+    part's blend weight divided by its LOO spread is folded into ``weights``/``bias``,
+    ``f_weights`` and ``mix[2]`` (mix[0] and mix[1] are 1), and so are the crowd model's
+    direction times gamma and its offset delta."""
 
     weights: np.ndarray  # (d,) float64 linear part, crowd included
     bias: float
@@ -258,48 +259,24 @@ def train_head(
         return _linear_head(w, b, 1.0, {"kind": kind, **counts, "crowd_weight": 1.0}, d)
 
     # Votes: super likes weigh more, then the two sides weigh the same in total.
-    sw = sw0 * np.where(y == 1, n / (2 * sw0[y == 1].sum()), n / (2 * sw0[y == 0].sum()))
-    t = 2.0 * y - 1.0
-
-    # Linear part on x, with the crowd as an offset whose strength the LOO error chooses.
+    sw = balanced_weights(y, sw0)
+    # Where the crowd has advice for this many votes, it fits the linear part and is the
+    # blend's default; otherwise the person's own LOO chooses and the default is equal weights.
+    advice = None if crowd is None or crowd.advice is None else crowd.advice.at(n)
+    linear, default = (None, None) if advice is None else advice
+    if default is None:
+        default = np.full(len(PARTS), 1.0 / len(PARTS))
     offset = None if crowd is None else crowd.logit(x)
-    lam, gamma, w, b, loo_lin = _ridge_loo(x, t, sw, offset)
-    # ... and the same on x stretched along the directions in which the person's images vary
-    # most (a prior that a taste follows the salient visual axes more than the faint ones);
-    # the person's votes choose between the two by LOO likelihood.
-    stretch = _salient_stretch(x, unlabeled)
-    lam2, gamma2, w2, b2, loo2 = _ridge_loo(
-        (x.astype(np.float64) @ stretch).astype(np.float32), t, sw, offset
-    )
-    rows = np.arange(0, n, max(1, n // MAX_NEAREST))
-    y_rows = (t[rows] > 0).astype(np.float64)
-    salient = _fit_platt(loo2[rows], y_rows)[2] > _fit_platt(loo_lin[rows], y_rows)[2]
-    if salient:
-        lam, gamma, w, b, loo_lin = lam2, gamma2, stretch @ w2, b2, loo2
+    parts = fit_parts(x, y, sw, unlabeled, offset, linear, seed)
+    w, b, gamma = parts.weights, parts.bias, parts.crowd_weight
     if crowd is not None and gamma > 0:
         w = w + gamma * crowd.platt_a * crowd.direction
         b += gamma * crowd.platt_c
-
-    # f-space from all the person's images; the nearest-vote part keeps at most MAX_NEAREST
-    # votes, rounded to float16 now so the saved file scores exactly as the trained head.
-    u = np.zeros((0, d), np.float32) if unlabeled is None else np.asarray(unlabeled, np.float32)
-    images = np.vstack([x, u.reshape(-1, d)])
-    shift = _centring_shift(images)
-    scale = _dimension_scale(_f_space(images, shift, np.ones(d)))
-    f = _f_space(x, shift, scale)
-    kept = np.arange(n)
-    if n > MAX_NEAREST:
-        kept = np.sort(np.random.default_rng(seed).permutation(n)[:MAX_NEAREST])
-    vote_feats = f[kept].astype(np.float16).astype(np.float32)
-    vote_values = np.where(y[kept] == 1, 1.0, -1.0)
-    centroid, loo_cen = _centroid_loo(f, y)
-    parts: dict[str, np.ndarray] = {"linear": loo_lin[kept], "centroid": loo_cen[kept]}
-    sims = vote_feats @ vote_feats.T
-    np.fill_diagonal(sims, -np.inf)
-    parts["nearest"] = _nearest(sims, vote_values)
+    kept, vote_feats, vote_values = parts.kept, parts.vote_feats, parts.vote_values
+    u_count = 0 if unlabeled is None else len(np.asarray(unlabeled).reshape(-1, d))
 
     # The blend, from the parts' LOO scores on the kept votes.
-    loo = np.stack([parts[p] for p in PARTS], axis=1)
+    loo = parts.loo
     spread = np.maximum(loo.std(axis=0), 1e-12)
     s = loo / spread
     yk = y[kept].astype(np.float64)
@@ -307,7 +284,7 @@ def train_head(
     lls = [_fit_platt(s @ pi, yk)[2] for pi in grid]
     pi_hat = grid[int(np.argmax(lls))]
     r = n / (n + BLEND_PRIOR_VOTES)
-    pi = (1.0 - r) * np.full(len(PARTS), 1.0 / len(PARTS)) + r * pi_hat
+    pi = (1.0 - r) * default + r * pi_hat
     z = s @ pi
     best: tuple[float, float, float, float] | None = None
     crowd_kept = np.zeros(len(kept)) if crowd is None else crowd.logit(x[kept])
@@ -324,18 +301,21 @@ def train_head(
     assert best is not None
     a, c, eps, _ = best
     m = dict(zip(PARTS, pi / spread, strict=True))
-    f_weights, f_bias = m["centroid"] * centroid, 0.0
-    mix = np.array([m["linear"], 1.0, m["nearest"]])
-    if crowd is not None and best_delta > 0:  # delta * crowd(x) folded into the linear part
-        k = best_delta / (a * m["linear"])
-        w = w + k * crowd.platt_a * crowd.direction
-        b += k * crowd.platt_c
+    f_weights, f_bias = m["centroid"] * parts.centroid, 0.0
+    # The linear part's blend weight is folded into its weights (it may be 0), and so is
+    # delta * crowd(x) / a, so that p = sigmoid(a z + c) with z as in TasteHead.
+    w, b = m["linear"] * w, m["linear"] * b
+    if crowd is not None and best_delta > 0:
+        w = w + best_delta / a * crowd.platt_a * crowd.direction
+        b += best_delta / a * crowd.platt_c
+    mix = np.array([1.0, 1.0, m["nearest"]])
     meta: dict[str, Any] = {
         "kind": "blend",
         "n_train": n,
         "n_liked": n_pos,
-        "lambda": lam,
-        "salient_prior": bool(salient),
+        "lambda": parts.penalty,
+        "salient_prior": parts.salient,
+        "crowd_advice": linear is not None,
         "crowd_weight": gamma,
         "crowd_offset": best_delta,
         **{f"blend_{p}": float(v) for p, v in zip(PARTS, pi, strict=True)},
@@ -343,7 +323,7 @@ def train_head(
         "platt_c": c,
         "vote_noise": eps,
         "n_nearest": len(kept),
-        "n_unlabeled": len(u),  # the unvoted images that shaped f-space
+        "n_unlabeled": u_count,  # the unvoted images that shaped f-space
     }
     return TasteHead(
         weights=w,
@@ -352,8 +332,8 @@ def train_head(
         f_bias=f_bias,
         vote_feats=vote_feats,
         vote_values=vote_values,
-        shift=shift,
-        scale=scale,
+        shift=parts.shift,
+        scale=parts.scale,
         mix=mix,
         platt_a=a,
         platt_c=c,

@@ -106,10 +106,25 @@ def _salient_stretch(x: np.ndarray, unlabeled: np.ndarray | None) -> np.ndarray:
     d = x.shape[1]
     u = np.zeros((0, d)) if unlabeled is None else np.asarray(unlabeled).reshape(-1, d)
     images = np.vstack([x, u]).astype(np.float64)
-    if len(images) < 2:
+    n = len(images)
+    if n < 2:
         return np.eye(d)
     centred = images - images.mean(axis=0)
-    ev, vec = np.linalg.eigh(centred.T @ centred / (len(images) - 1))
+    if n <= d:
+        # Fewer images than dimensions: the covariance's nonzero eigenpairs from the n x n
+        # Gram matrix (n^3 instead of d^3); every other direction has variance 0.
+        ev, un = np.linalg.eigh(centred @ centred.T / (n - 1))
+        ev = np.maximum(ev, 0.0)
+        m = float(ev.sum()) / d
+        if m <= 0:
+            return np.eye(d)
+        keep = ev > 1e-12 * ev.max()
+        vec = (centred.T @ un[:, keep]) / np.sqrt((n - 1) * ev[keep])
+        base = np.sqrt(SALIENT_SHRINK / (1 + SALIENT_SHRINK))
+        factors = np.sqrt((ev[keep] + SALIENT_SHRINK * m) / ((1 + SALIENT_SHRINK) * m))
+        low_rank: np.ndarray = base * np.eye(d) + (vec * (factors - base)) @ vec.T
+        return low_rank
+    ev, vec = np.linalg.eigh(centred.T @ centred / (n - 1))
     ev = np.maximum(ev, 0.0)
     m = float(ev.mean())
     if m <= 0:
@@ -146,7 +161,11 @@ def _nearest(sims: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 # One function: one eigendecomposition serves every penalty and crowd strength tried.
 def _ridge_loo(
-    x: np.ndarray, t: np.ndarray, sw: np.ndarray, offset: np.ndarray | None
+    x: np.ndarray,
+    t: np.ndarray,
+    sw: np.ndarray,
+    offset: np.ndarray | None,
+    penalties: tuple[float, ...] = RIDGE_LAMBDAS,
 ) -> tuple[float, float, np.ndarray, float, np.ndarray]:
     """Weighted ridge of targets t - gamma * offset on x; lambda and gamma >= 0 by exact LOO.
 
@@ -158,7 +177,8 @@ def _ridge_loo(
     from the same products. For each crowd strength gamma (CROWD_STRENGTHS) lambda minimises
     the LOO squared error; gamma > 0 is kept only if its LOO scores beat gamma = 0's in
     likelihood by more than CROWD_EVIDENCE_NATS. Returns (lambda, gamma, w, b, LOO
-    predictions of t); the prediction is gamma * offset + x . w + b."""
+    predictions of t); the prediction is gamma * offset + x . w + b. ``penalties``: the lambdas
+    tried (one: that lambda)."""
     n, d = x.shape
     root = np.sqrt(sw)
     targets = np.stack([t, np.zeros(n) if offset is None else offset], axis=1)  # (n, 2)
@@ -188,7 +208,7 @@ def _ridge_loo(
             out: np.ndarray = v @ (rhs / (s2 + lam))
             return out
 
-    lams = np.array(RIDGE_LAMBDAS)
+    lams = np.array(penalties)
     inv = 1.0 / (s2[:, None] + lams[None, :])  # (r, L)
     h = ((zv * zv) @ inv.astype(zv.dtype)).astype(np.float64)  # (n, L) leverages
     scale = 1.0 / np.maximum(1.0 - h, 1e-9)

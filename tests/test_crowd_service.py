@@ -96,11 +96,15 @@ async def test_heads_start_from_the_crowd_and_say_so(crowded: Services) -> None:
 
 
 def test_stats_say_whether_the_head_uses_the_crowd() -> None:
-    def head(crowd_weight: float | None) -> ModelVersion:
+    def head(crowd_weight: float | None, offset: float = 0.0, advice: float = 0.0) -> ModelVersion:
         metrics = {"agreed": 4.0, "crowd_weight": crowd_weight}
+        metrics |= {"crowd_offset": offset, "crowd_advice": advice}
         return ModelVersion(1, 1, "head", 2, "f", "enc", 20, 5, 3, "active", "t", metrics)
 
-    assert "crowd model" in render.model_summary(head(0.6))
+    assert "what everyone likes" in render.model_summary(head(0.6))
+    assert "what everyone likes" in render.model_summary(head(0.0, offset=0.5))
+    advised = render.model_summary(head(0.0, advice=1.0))
+    assert "crowd model" in advised and "what everyone likes" not in advised
     assert "crowd model" not in render.model_summary(head(0.0))
     assert "crowd model" not in render.model_summary(head(None))
 

@@ -127,9 +127,9 @@ def test_one_sided_likes_rank_by_similarity() -> None:
 
 
 def test_save_load_round_trip_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from learner import head as head_module
+    from learner import head_parts
 
-    monkeypatch.setattr(head_module, "MAX_NEAREST", 50)  # the nearest votes are a sample
+    monkeypatch.setattr(head_parts, "MAX_NEAREST", 50)  # the nearest votes are a sample
     rng = np.random.default_rng(3)
     x, liked, w = _toy(300)
     crowd = _crowd(rng, 16)

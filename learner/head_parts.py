@@ -1,0 +1,142 @@
+"""The three parts a taste head blends, fitted on one person's votes with their leave-one-out
+(LOO) scores: the linear part (ridge on x, or on x stretched along the person's salient
+directions), the centroid direction and the nearest votes, both in f-space. learner.head
+blends and calibrates them; learner.crowd_advice fits them on other people's votes to learn
+what a blend should start from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from learner.head_fit import (
+    MAX_NEAREST,
+    _centring_shift,
+    _centroid_loo,
+    _dimension_scale,
+    _f_space,
+    _fit_platt,
+    _nearest,
+    _ridge_loo,
+    _salient_stretch,
+)
+
+PARTS = ("linear", "centroid", "nearest")
+
+
+@dataclass(frozen=True)
+class LinearChoice:
+    """How the linear part is fitted when the person's own LOO is not trusted to choose: the
+    salient stretch or plain x, and one penalty (learnt from other people by crowd_advice)."""
+
+    salient: bool
+    penalty: float
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The fitted parts and their LOO scores on the kept votes (``loo``, one column a part)."""
+
+    weights: np.ndarray  # (d,) linear part on x (the crowd's offset not folded in)
+    bias: float
+    penalty: float
+    crowd_weight: float  # gamma: the crowd logit's strength inside the linear part
+    salient: bool
+    shift: np.ndarray
+    scale: np.ndarray
+    centroid: np.ndarray  # (d,) in f-space
+    kept: np.ndarray  # indices of the votes the nearest-vote part keeps
+    vote_feats: np.ndarray  # (m, d) f(x) of the kept votes, float16-exact
+    vote_values: np.ndarray  # (m,) +-1
+    loo: np.ndarray  # (m, 3) LOO scores of the kept votes, in PARTS order
+
+    def scores(self, x: np.ndarray, crowd_logit: np.ndarray | None = None) -> np.ndarray:
+        """(k, 3) each part's score of new images (the linear part plus gamma * crowd logit)."""
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        lin = x.astype(np.float64) @ self.weights + self.bias
+        if crowd_logit is not None:
+            lin = lin + self.crowd_weight * crowd_logit
+        f = _f_space(x, self.shift, self.scale)
+        near = _nearest(f @ self.vote_feats.T, self.vote_values)
+        return np.stack([lin, f.astype(np.float64) @ self.centroid, near], axis=1)
+
+
+def balanced_weights(y: np.ndarray, sw0: np.ndarray) -> np.ndarray:
+    """Vote weights scaled so that likes and dislikes weigh the same in total (mean 1)."""
+    n = len(y)
+    out: np.ndarray = sw0 * np.where(
+        y == 1, n / (2 * sw0[y == 1].sum()), n / (2 * sw0[y == 0].sum())
+    )
+    return out
+
+
+# One function: the parts share f-space, the kept votes and the vote weights.
+def fit_parts(
+    x: np.ndarray,
+    y: np.ndarray,
+    sw: np.ndarray,
+    unlabeled: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+    linear: LinearChoice | None = None,
+    seed: int = 0,
+) -> Parts:
+    """Fit the three parts on votes y (0/1, both sides present) with balanced weights sw.
+
+    ``offset``: the crowd model's logit of each vote (the linear part's prior). ``linear``:
+    fit the linear part this way; None lets the person's LOO choose the penalty and, by LOO
+    likelihood, plain x or the salient stretch. ``seed`` fixes which votes the nearest-vote
+    part keeps when there are more than MAX_NEAREST."""
+    n, d = x.shape
+    t = 2.0 * y - 1.0
+    stretch = _salient_stretch(x, unlabeled)
+    stretched = (x.astype(np.float64) @ stretch).astype(np.float32)
+    if linear is not None:
+        salient = linear.salient
+        lam, gamma, w, b, loo_lin = _ridge_loo(
+            stretched if salient else x, t, sw, offset, (linear.penalty,)
+        )
+    else:
+        lam, gamma, w, b, loo_lin = _ridge_loo(x, t, sw, offset)
+        # ... and the same on x stretched along the directions in which the person's images
+        # vary most (a prior that a taste follows the salient visual axes more than the faint
+        # ones); the person's votes choose between the two by LOO likelihood.
+        lam2, gamma2, w2, b2, loo2 = _ridge_loo(stretched, t, sw, offset)
+        rows = np.arange(0, n, max(1, n // MAX_NEAREST))
+        y_rows = (t[rows] > 0).astype(np.float64)
+        salient = _fit_platt(loo2[rows], y_rows)[2] > _fit_platt(loo_lin[rows], y_rows)[2]
+        if salient:
+            lam, gamma, w, b, loo_lin = lam2, gamma2, w2, b2, loo2
+    if salient:
+        w = stretch @ w
+
+    # f-space from all the person's images; the nearest-vote part keeps at most MAX_NEAREST
+    # votes, rounded to float16 now so the saved file scores exactly as the trained head.
+    u = np.zeros((0, d), np.float32) if unlabeled is None else np.asarray(unlabeled, np.float32)
+    images = np.vstack([x, u.reshape(-1, d)])
+    shift = _centring_shift(images)
+    scale = _dimension_scale(_f_space(images, shift, np.ones(d)))
+    f = _f_space(x, shift, scale)
+    kept = np.arange(n)
+    if n > MAX_NEAREST:
+        kept = np.sort(np.random.default_rng(seed).permutation(n)[:MAX_NEAREST])
+    vote_feats = f[kept].astype(np.float16).astype(np.float32)
+    vote_values = np.where(y[kept] == 1, 1.0, -1.0)
+    centroid, loo_cen = _centroid_loo(f, y)
+    sims = vote_feats @ vote_feats.T
+    np.fill_diagonal(sims, -np.inf)
+    loo = np.stack([loo_lin[kept], loo_cen[kept], _nearest(sims, vote_values)], axis=1)
+    return Parts(
+        weights=w,
+        bias=b,
+        penalty=lam,
+        crowd_weight=gamma,
+        salient=bool(salient),
+        shift=shift,
+        scale=scale,
+        centroid=centroid,
+        kept=kept,
+        vote_feats=vote_feats,
+        vote_values=vote_values,
+        loo=loo,
+    )
