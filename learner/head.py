@@ -217,8 +217,8 @@ def _linear_head(w: np.ndarray, b: float, a: float, meta: dict[str, Any], d: int
     )
 
 
-# One function: the parts, their LOO scores, the blend and the calibration are fitted on the
-# same f-space and kept votes; apart, each step would take most of the others' values.
+# One function: the blend, the crowd offset and the calibration are fitted on the same LOO
+# scores and kept votes; apart, each step would take most of the others' values.
 def train_head(
     embeddings: np.ndarray,
     liked: np.ndarray,
