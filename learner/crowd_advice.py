@@ -4,7 +4,7 @@ A person with 20 votes cannot choose their own ridge penalty or blend weights re
 leave-one-out estimates are too noisy (bench/results/learning.md). Other people's votes can:
 for a few vote budgets, each sampled crowd person is split into ``budget`` training votes and
 the rest held out, the head's parts are fitted on the training votes, and the settings whose
-held-out AUC, averaged over people, is highest become the advice for that budget:
+held-out AUC, averaged over the splits, is highest become the advice for that budget:
 
 - the linear part: plain x or the salient stretch, and its penalty (from RIDGE_LAMBDAS);
 - the blend's default: the point of the simplex (grid 1/BLEND_GRID) a person's own LOO blend
@@ -27,6 +27,9 @@ from learner.head_parts import PARTS, LinearChoice, balanced_weights, fit_parts
 
 BUDGETS = (10, 20, 50, 100, 200, 500)  # vote counts advised on (where the crowd has enough)
 MIN_HELD_OUT = 20  # a person advises on a budget only with this many more votes to test on
+# Fewer people with enough votes than this: no advice for that budget (a priori: a handful of
+# people's tastes should not decide how everyone's head is fitted).
+MIN_PEOPLE = 5
 # Train / held-out splits per budget, spread over as many people as there are (several random
 # splits of each when there are fewer): bounds the crowd model's training time, and averages
 # enough held-out AUCs that the argmax over settings is not one person's noise.
@@ -118,6 +121,8 @@ def learn_advice(
     budgets, linear, blends, people = [], [], [], []
     for budget in BUDGETS:
         eligible = [rows for rows in by_person if len(rows) >= budget + MIN_HELD_OUT]
+        if len(eligible) < MIN_PEOPLE:
+            continue
         picked = rng.permutation(len(eligible))[:SPLITS]
         splits = []
         for i in picked:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from learner.crowd import CrowdModel, train_crowd
-from learner.crowd_advice import REACH, Advice, _column_aucs, learn_advice
+from learner.crowd_advice import MIN_PEOPLE, REACH, Advice, _column_aucs, learn_advice
 from learner.head import train_head
 from learner.head_fit import RIDGE_LAMBDAS, _salient_stretch
 from learner.head_parts import LinearChoice
@@ -74,6 +74,8 @@ def test_the_advice_is_from_enough_held_out_votes_only() -> None:
     assert advice.people == (6, 6)
     first = np.concatenate([np.flatnonzero(ids == p)[:15] for p in range(6)])  # 15 a person
     assert learn_advice(x[first], y[first], np.ones(len(first)), ids[first]) is None
+    few = ids < MIN_PEOPLE - 1  # enough votes, too few people
+    assert learn_advice(x[few], y[few], np.ones(int(few.sum())), ids[few]) is None
 
 
 def test_advice_at_picks_the_nearest_budget_and_leaves_many_votes_to_the_person() -> None:
