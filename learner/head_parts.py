@@ -89,8 +89,10 @@ def fit_parts(
     part keeps when there are more than MAX_NEAREST."""
     n, d = x.shape
     t = 2.0 * y - 1.0
-    stretch = _salient_stretch(x, unlabeled)
-    stretched = (x.astype(np.float64) @ stretch).astype(np.float32)
+    # The stretch costs an eigendecomposition: only when the linear part may read it.
+    salient_possible = linear is None or linear.salient
+    stretch = _salient_stretch(x, unlabeled) if salient_possible else np.eye(d)
+    stretched = (x.astype(np.float64) @ stretch).astype(np.float32) if salient_possible else x
     if linear is not None:
         salient = linear.salient
         lam, gamma, w, b, loo_lin = _ridge_loo(
