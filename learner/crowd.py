@@ -17,13 +17,16 @@ direction learns what people prefer among the images they saw, not who votes on 
 often anyone likes things. A Platt fit on scores the model did not train on (people held out
 in folds) turns x . w into a probability for someone the model knows nothing else about.
 
-The model also carries advice for heads (``learner.crowd_advice``): the ridge penalty and the
-blend's default that worked best, on held-out votes of sampled people, at each of a few vote
-counts.
+The model also carries advice for heads (``learner.crowd_advice``): how to fit the linear part
+(its penalty, and in which metric), the blend's default and how far a person's own blend moves
+it, as worked best on held-out votes of sampled people at each of a few vote counts; and the
+crowd's taste metric, when the advice uses it.
 
 Privacy: the file holds the direction, two calibration numbers, the advice (a few settings per
-vote count) and counts; no embedding, image or vote of anyone. A person's votes leave the crowd
-model (and its advice) the next time it is trained without them.
+vote count), the taste metric (the eigenvectors and eigenvalues of the mean outer product of
+at least MIN_PEOPLE people's like-minus-dislike directions) and counts; no embedding, image or
+vote of anyone. A person's votes leave the crowd model (its advice and metric included) the
+next time it is trained without them.
 """
 
 from __future__ import annotations
@@ -37,10 +40,13 @@ import numpy as np
 
 from learner.crowd_advice import Advice, learn_advice
 from learner.durable import save_npz_atomically
+from learner.head_parts import TasteMetric
 from learner.metrics import roc_auc
 
-FORMAT_VERSION = 2  # 2: advice for heads; format 1 files (no advice) are still read
-READABLE_VERSIONS = (1, 2)
+# 2: advice for heads; 3: the advice's trust and taste metric. Older files are still read
+# (format 1: no advice; format 2: advice without them).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 KIND = "tastebot-crowd"
 # Penalties tried, relative to the mean diagonal of the centred Gram matrix (the average
 # per-dimension signal); chosen per training by grouped cross-validation, so none is fitted
@@ -109,7 +115,11 @@ class CrowdModel:
             "info": self.meta,
             "advice": None if self.advice is None else self.advice.to_json(),
         }
-        save_npz_atomically(path, direction=self.direction, meta=np.array(json.dumps(meta)))
+        arrays: dict[str, Any] = {"direction": self.direction, "meta": np.array(json.dumps(meta))}
+        if self.advice is not None and self.advice.metric is not None:
+            arrays["metric_values"] = self.advice.metric.values
+            arrays["metric_vectors"] = self.advice.metric.vectors
+        save_npz_atomically(path, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> CrowdModel:
@@ -118,6 +128,12 @@ class CrowdModel:
             with np.load(Path(path), allow_pickle=False) as z:
                 meta: dict[str, Any] = json.loads(str(z["meta"]))
                 direction = np.array(z["direction"], dtype=np.float64)
+                metric = None
+                if "metric_values" in z.files:
+                    metric = TasteMetric(
+                        np.array(z["metric_values"], dtype=np.float64),
+                        np.array(z["metric_vectors"], dtype=np.float64),
+                    )
         except (KeyError, OSError) as e:
             raise ValueError(f"{path}: not a crowd model file ({e})") from None
         if meta.get("kind") != KIND or meta.get("format_version") not in READABLE_VERSIONS:
@@ -132,7 +148,7 @@ class CrowdModel:
             float(meta["platt_a"]),
             float(meta["platt_c"]),
             dict(meta["info"]),
-            None if advice is None else Advice.from_json(advice),
+            None if advice is None else Advice.from_json(advice, metric),
         )
 
 

@@ -6,13 +6,20 @@ for a few vote budgets, each sampled crowd person is split into ``budget`` train
 the rest held out, the head's parts are fitted on the training votes, and the settings whose
 held-out AUC, averaged over the splits, is highest become the advice for that budget:
 
-- the linear part: plain x or the salient stretch, and its penalty (from RIDGE_LAMBDAS);
-- the blend's default: the point of the simplex (grid 1/BLEND_GRID) a person's own LOO blend
-  is shrunk towards.
+- the linear part: plain x, the salient stretch or the crowd's taste metric (``taste_metric``:
+  the directions people's tastes lie along) at a strength from METRIC_STRENGTHS,
+  and its penalty (from RIDGE_LAMBDAS);
+- the blend: its default (a point of the simplex, grid 1/BLEND_GRID) and how far a person's
+  own LOO blend moves it (the trust r in pi = (1 - r) default + r pi_hat, from TRUSTS): with
+  few votes the own blend is mostly noise, with many it knows the person better than anyone.
 
 The advice adapts to whatever the bot's people are like: where tastes are directions, the
 default leans on the linear part; where they are clusters of subjects, on the centroid and the
-nearest votes. It holds only these aggregate settings, no one's votes or embeddings.
+nearest votes. The metric is measured the same way, but a person's held-out votes are scored
+with a metric learnt from the other half of the people (cross-fitting): a metric that contains
+the person's own taste direction would flatter itself. The advice holds these aggregate
+settings and the metric (an average over at least MIN_PEOPLE people's taste directions), no
+one's votes or embeddings.
 """
 
 from __future__ import annotations
@@ -23,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from learner.head_fit import RIDGE_LAMBDAS, _blend_grid, _salient_stretch
-from learner.head_parts import PARTS, LinearChoice, balanced_weights, fit_parts
+from learner.head_parts import (
+    PARTS,
+    LinearChoice,
+    TasteMetric,
+    balanced_weights,
+    fit_parts,
+    own_blend,
+)
 
 BUDGETS = (10, 20, 50, 100, 200, 500)  # vote counts advised on (where the crowd has enough)
 MIN_HELD_OUT = 20  # a person advises on a budget only with this many more votes to test on
@@ -37,43 +51,59 @@ SPLITS = 200
 # The advice at the largest budget measured also serves people with up to this many times as
 # many votes; beyond, the person's own LOO chooses the linear part (reliable with many votes).
 REACH = 1.5
+TRUSTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weights of a person's own LOO blend tried (see above)
+METRIC_STRENGTHS = (0.25, 0.5, 0.75)  # alpha of the taste metric tried (0, none, is plain x)
 
 
 @dataclass(frozen=True)
 class Advice:
-    """Per budget: the linear part's fit and the blend's default (PARTS order)."""
+    """Per budget: the linear part's fit, the blend's default (PARTS order) and the trust in
+    the person's own blend (None: advice from before the trust was learnt)."""
 
     budgets: tuple[int, ...]
     linear: tuple[LinearChoice, ...]
     blends: tuple[tuple[float, ...], ...]
     people: tuple[int, ...]  # how many people each budget was measured on
+    trusts: tuple[float, ...] | None = None
+    metric: TasteMetric | None = None  # what a LinearChoice with metric > 0 stretches by
 
-    def at(self, n: int) -> tuple[LinearChoice | None, np.ndarray]:
-        """The advice for a person with n votes: the nearest budget's (log scale); no linear
-        choice beyond REACH times the largest budget."""
+    def at(self, n: int) -> tuple[LinearChoice | None, np.ndarray, float | None]:
+        """The advice for a person with n votes: the nearest budget's (log scale); beyond
+        REACH times the largest budget, the person's own LOO chooses the linear part and how
+        much their own blend counts."""
         i = int(np.argmin(np.abs(np.log(self.budgets) - np.log(max(n, 1)))))
-        linear = self.linear[i] if n <= REACH * self.budgets[-1] else None
-        return linear, np.array(self.blends[i])
+        if n > REACH * self.budgets[-1]:
+            return None, np.array(self.blends[i]), None
+        trust = None if self.trusts is None else self.trusts[i]
+        return self.linear[i], np.array(self.blends[i]), trust
 
     def to_json(self) -> dict[str, Any]:
         return {
             "budgets": list(self.budgets),
             "salient": [c.salient for c in self.linear],
             "penalties": [c.penalty for c in self.linear],
+            "metric_strengths": [c.metric for c in self.linear],
             "blends": [list(b) for b in self.blends],
             "people": list(self.people),
+            "trusts": None if self.trusts is None else list(self.trusts),
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Advice:
+    def from_json(cls, d: dict[str, Any], metric: TasteMetric | None = None) -> Advice:
+        """The inverse of to_json; ``metric``: the taste metric's arrays (stored beside)."""
+        strengths = d.get("metric_strengths") or [0.0] * len(d["budgets"])
+        if metric is None and any(strengths):
+            raise ValueError("the advice names a taste metric that is not there")
         return cls(
             tuple(int(b) for b in d["budgets"]),
             tuple(
-                LinearChoice(bool(s), float(p))
-                for s, p in zip(d["salient"], d["penalties"], strict=True)
+                LinearChoice(bool(s), float(p), float(m))
+                for s, p, m in zip(d["salient"], d["penalties"], strengths, strict=True)
             ),
             tuple(tuple(float(v) for v in b) for b in d["blends"]),
             tuple(int(p) for p in d["people"]),
+            None if d.get("trusts") is None else tuple(float(t) for t in d["trusts"]),
+            metric,
         )
 
 
@@ -81,14 +111,18 @@ def _column_aucs(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """ROC AUC of each column of ``scores`` (k, c) against 0/1 labels y (ties count half)."""
     order = np.argsort(scores, axis=0, kind="stable")
     sorted_scores = np.take_along_axis(scores, order, axis=0)
-    ranks = np.empty_like(scores)
     k = len(y)
-    for col in range(scores.shape[1]):
-        # average ranks over ties, via the first and last position of each distinct value
-        s = sorted_scores[:, col]
-        first = np.searchsorted(s, s, side="left")
-        last = np.searchsorted(s, s, side="right")
-        ranks[order[:, col], col] = (first + last + 1) / 2.0
+    # Average ranks over ties: each sorted position's run of equal values, from its first
+    # position (a running max of run starts) to its last (a running min of run ends, reversed).
+    pos_index = np.arange(k)[:, None]
+    new_run = np.ones_like(sorted_scores, dtype=bool)
+    new_run[1:] = sorted_scores[1:] != sorted_scores[:-1]
+    first = np.maximum.accumulate(np.where(new_run, pos_index, 0), axis=0)
+    run_ends = np.ones_like(new_run)
+    run_ends[:-1] = new_run[1:]
+    last = np.minimum.accumulate(np.where(run_ends, pos_index, k - 1)[::-1], axis=0)[::-1]
+    ranks = np.empty_like(scores, dtype=np.float64)
+    np.put_along_axis(ranks, order, (first + last + 2) / 2.0, axis=0)
     pos = y.astype(bool)
     n_pos = int(pos.sum())
     out: np.ndarray = (ranks[pos].sum(axis=0) - n_pos * (n_pos + 1) / 2.0) / (n_pos * (k - n_pos))
@@ -110,53 +144,140 @@ def _ridge_test_scores(
     return out
 
 
+def taste_metric(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, people: list[np.ndarray]
+) -> TasteMetric | None:
+    """The taste metric of the people whose votes are the rows ``people`` (one index array
+    each): the mean outer product of their unit like-minus-dislike directions (weighted mean
+    of the liked images minus that of the disliked), scaled to trace d. None with fewer than
+    MIN_PEOPLE people who have both likes and dislikes."""
+    directions = []
+    for rows in people:
+        liked = y[rows].astype(bool)
+        if liked.all() or not liked.any():
+            continue
+        xr, wr = x[rows].astype(np.float64), w[rows]
+        diff = (wr[liked] @ xr[liked]) / wr[liked].sum() - (wr[~liked] @ xr[~liked]) / wr[
+            ~liked
+        ].sum()
+        norm = float(np.linalg.norm(diff))
+        if norm > 0:
+            directions.append(diff / norm)
+    if len(directions) < MIN_PEOPLE:
+        return None
+    dirs = np.array(directions)
+    p, d = dirs.shape
+    if p <= d:  # the eigenpairs of dirs^T dirs / p from the p x p Gram matrix
+        ev, u = np.linalg.eigh(dirs @ dirs.T / p)
+        keep = ev > 1e-10 * ev.max()
+        vectors = dirs.T @ u[:, keep] / np.sqrt(p * ev[keep])
+        ev = ev[keep]
+    else:
+        ev, vectors = np.linalg.eigh(dirs.T @ dirs / p)
+        ev = np.maximum(ev, 0.0)
+    return TasteMetric(ev * d / float(ev.sum()), vectors)
+
+
+def _splits(
+    eligible: list[np.ndarray], y: np.ndarray, budget: int, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """About SPLITS train/held-out splits of ``budget`` training votes, spread over the eligible
+    people; only splits with two votes on each side to train on and both sides held out."""
+    picked = rng.permutation(len(eligible))[:SPLITS]
+    splits = []
+    for i in picked:
+        for _ in range(max(1, SPLITS // len(picked))):
+            perm = rng.permutation(eligible[i])
+            train, test = perm[:budget], perm[budget:]
+            n_pos, held_pos = int(y[train].sum()), int(y[test].sum())
+            if min(n_pos, budget - n_pos) >= 2 and 0 < held_pos < len(test):
+                splits.append((train, test))
+    return splits
+
+
+Split = tuple[np.ndarray, np.ndarray, TasteMetric | None]  # train, held out, the other half's
+
+
+def _linear_choice(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, splits: list[Split]
+) -> LinearChoice:
+    """Plain, salient or in the metric (each strength), and the penalty: the best mean
+    held-out AUC of the linear part alone."""
+    rows_tried = [(False, 0.0), (True, 0.0)] + [(False, a) for a in METRIC_STRENGTHS]
+    aucs = np.zeros((len(rows_tried), len(RIDGE_LAMBDAS)))
+    for train, test, other_half in splits:
+        xt, yt = x[train], y[train].astype(np.int64)
+        sw = balanced_weights(yt, w[train])
+        stretch = _salient_stretch(xt, None)
+        for row, (salient, alpha) in enumerate(rows_tried):
+            if alpha > 0:
+                if other_half is None:
+                    break
+                a, b = other_half.stretch(xt, alpha), other_half.stretch(x[test], alpha)
+            else:
+                a = xt @ stretch if salient else xt
+                b = x[test] @ stretch if salient else x[test]
+            aucs[row] += _column_aucs(y[test], _ridge_test_scores(a, 2.0 * yt - 1.0, sw, b))
+    best_row, best_col = np.unravel_index(int(np.argmax(aucs)), aucs.shape)
+    salient, alpha = rows_tried[best_row]
+    return LinearChoice(salient, float(RIDGE_LAMBDAS[best_col]), alpha)
+
+
+def _blend_choice(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, splits: list[Split], choice: LinearChoice
+) -> tuple[tuple[float, ...], float]:
+    """The blend's default and the trust in a person's own blend, with the linear part fitted
+    as ``choice``: the best mean held-out AUC of the blended parts."""
+    grid = _blend_grid(len(PARTS))
+    aucs = np.zeros((len(TRUSTS), len(grid)))
+    for train, test, other_half in splits:
+        yt = y[train].astype(np.int64)
+        parts = fit_parts(
+            x[train], yt, balanced_weights(yt, w[train]), linear=choice, metric=other_half
+        )
+        spread, pi_hat = own_blend(parts.loo, yt[parts.kept])
+        held_out = parts.scores(x[test]) / spread
+        for row, r in enumerate(TRUSTS):
+            aucs[row] += _column_aucs(y[test], held_out @ ((1.0 - r) * grid + r * pi_hat).T)
+    best_trust, best_blend = np.unravel_index(int(np.argmax(aucs)), aucs.shape)
+    return tuple(float(v) for v in grid[best_blend]), float(TRUSTS[best_trust])
+
+
 def learn_advice(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, groups: np.ndarray, seed: int = 0
 ) -> Advice | None:
     """Advice from votes ``x`` (n, d), ``y`` (n,) bool, weights ``w`` and ``groups`` (n,) person
     indices 0..P-1; None when no budget has a person with enough votes."""
     rng = np.random.default_rng(seed)
-    grid = _blend_grid(len(PARTS))
     by_person = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
-    budgets, linear, blends, people = [], [], [], []
+    # Cross-fitting: a person's held-out votes are scored with the other half's metric.
+    half = np.random.default_rng([seed, 1]).permutation(len(by_person)) % 2
+    halves = [
+        taste_metric(x, y, w, [rows for g, rows in enumerate(by_person) if half[g] != k])
+        for k in (0, 1)
+    ]
+    if halves[0] is None or halves[1] is None:
+        halves = [None, None]
+    budgets, linear, blends, people, trusts = [], [], [], [], []
     for budget in BUDGETS:
         eligible = [rows for rows in by_person if len(rows) >= budget + MIN_HELD_OUT]
         if len(eligible) < MIN_PEOPLE:
             continue
-        picked = rng.permutation(len(eligible))[:SPLITS]
-        splits = []
-        for i in picked:
-            for _ in range(max(1, SPLITS // len(picked))):
-                perm = rng.permutation(eligible[i])
-                train, test = perm[:budget], perm[budget:]
-                n_pos, held_pos = int(y[train].sum()), int(y[test].sum())
-                if min(n_pos, budget - n_pos) >= 2 and 0 < held_pos < len(test):
-                    splits.append((train, test))
+        splits = [
+            (tr, te, halves[half[groups[tr[0]]]]) for tr, te in _splits(eligible, y, budget, rng)
+        ]
         if not splits:
             continue
-        # The linear part: plain or stretched, each penalty, by mean held-out AUC.
-        aucs = np.zeros((2, len(RIDGE_LAMBDAS)))
-        for train, test in splits:
-            xt, yt = x[train], y[train].astype(np.int64)
-            sw = balanced_weights(yt, w[train])
-            stretch = _salient_stretch(xt, None)
-            for row, m in enumerate((None, stretch)):
-                a = xt if m is None else xt @ m
-                b = x[test] if m is None else x[test] @ m
-                aucs[row] += _column_aucs(y[test], _ridge_test_scores(a, 2.0 * yt - 1.0, sw, b))
-        best_row, best_col = np.unravel_index(int(np.argmax(aucs)), aucs.shape)
-        choice = LinearChoice(bool(best_row == 1), float(RIDGE_LAMBDAS[best_col]))
-        # The blend's default, with the linear part fitted that way.
-        blend_aucs = np.zeros(len(grid))
-        for train, test in splits:
-            yt = y[train].astype(np.int64)
-            parts = fit_parts(x[train], yt, balanced_weights(yt, w[train]), linear=choice)
-            spread = np.maximum(parts.loo.std(axis=0), 1e-12)
-            blend_aucs += _column_aucs(y[test], (parts.scores(x[test]) / spread) @ grid.T)
+        choice = _linear_choice(x, y, w, splits)
+        blend, trust = _blend_choice(x, y, w, splits, choice)
         budgets.append(budget)
         linear.append(choice)
-        blends.append(tuple(float(v) for v in grid[int(np.argmax(blend_aucs))]))
+        blends.append(blend)
+        trusts.append(trust)
         people.append(len({int(groups[s[0][0]]) for s in splits}))
     if not budgets:
         return None
-    return Advice(tuple(budgets), tuple(linear), tuple(blends), tuple(people))
+    metric = taste_metric(x, y, w, by_person) if any(c.metric for c in linear) else None
+    return Advice(
+        tuple(budgets), tuple(linear), tuple(blends), tuple(people), tuple(trusts), metric
+    )

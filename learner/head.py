@@ -17,12 +17,13 @@ votes by leave-one-out (LOO), and the person's votes decide the blend:
     lin(x) = gamma * crowd(x) + x . w + b   ridge regression of the +-1 votes on x, offset by
              the crowd model's logit; gamma >= 0 from CROWD_STRENGTHS by LOO likelihood (a
              gamma > 0 must gain CROWD_EVIDENCE_NATS), so a person unlike the crowd gets
-             gamma = 0 and is not pulled towards it. The penalty, and whether the ridge reads x
-             or x stretched along the principal directions of the person's images
-             (``_salient_stretch``), come from the crowd model's advice for this many votes
-             (``learner.crowd_advice``: what worked best on other people's held-out votes);
-             without advice, the penalty by exact LOO squared error and the stretch by LOO
-             likelihood.
+             gamma = 0 and is not pulled towards it. The penalty, and whether the ridge reads x,
+             x stretched along the principal directions of the person's images
+             (``_salient_stretch``) or x in the crowd's taste metric (``TasteMetric``: the
+             directions people's tastes lie along), come from the crowd model's
+             advice for this many votes (``learner.crowd_advice``: what worked best on other
+             people's held-out votes); without advice, the penalty by exact LOO squared error
+             and plain or salient by LOO likelihood.
     cen(x) = f(x) . (c_L - c_D)             liked minus disliked centroid direction
     nn(x)  = softmax-weighted mean of the +-1 votes nearest f(x) (k-NN)
     z(x)   = sum_j pi_j part_j(x) / spread_j,   pi on the simplex
@@ -38,12 +39,13 @@ delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is dilu
 learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
 
 The blend: pi_hat maximises the LOO likelihood over a grid of the simplex, then is shrunk
-towards a default as pi = (1 - r) default + r pi_hat with r = n / (n + BLEND_PRIOR_VOTES):
-picking one learner outright on 20-100 votes is too noisy (DESIGN.md), so few votes lean on
-the default. The default is the crowd's advice for this many votes (the blend that ranked other
-people's held-out votes best: linear where tastes are directions, centroid and nearest votes
-where they are subjects), or equal weights without advice. (a, c, eps) are fitted on the
-blended LOO scores, so the score shown is calibrated.
+towards a default as pi = (1 - r) default + r pi_hat: picking one learner outright on 20-100
+votes is too noisy (DESIGN.md), so few votes lean on the default. The default and the trust r
+are the crowd's advice for this many votes (what ranked other people's held-out votes best:
+linear where tastes are directions, centroid and nearest votes where they are subjects; r as
+far as people's own blends helped them), or equal weights and r = n / (n + BLEND_PRIOR_VOTES)
+without advice. (a, c, eps) are fitted on the blended LOO scores, so the score shown is
+calibrated.
 
 With fewer than MIN_PER_CLASS votes on either side there is no boundary to learn: the head's
 logit is the cold-start prior's (``cold_start_scores``; 0 with no votes) plus the crowd
@@ -67,13 +69,12 @@ import numpy as np
 from learner.durable import save_npz_atomically
 from learner.head_fit import (
     CROWD_EVIDENCE_NATS,
-    _blend_grid,
     _f_space,
     _fit_platt,
     _nearest,
     _sigmoid,
 )
-from learner.head_parts import PARTS, balanced_weights, fit_parts
+from learner.head_parts import PARTS, balanced_weights, fit_parts, own_blend
 from learner.prior import prior_linear
 
 if TYPE_CHECKING:
@@ -263,11 +264,12 @@ def train_head(
     # Where the crowd has advice for this many votes, it fits the linear part and is the
     # blend's default; otherwise the person's own LOO chooses and the default is equal weights.
     advice = None if crowd is None or crowd.advice is None else crowd.advice.at(n)
-    linear, default = (None, None) if advice is None else advice
+    linear, default, trust = (None, None, None) if advice is None else advice
     if default is None:
         default = np.full(len(PARTS), 1.0 / len(PARTS))
     offset = None if crowd is None else crowd.logit(x)
-    parts = fit_parts(x, y, sw, unlabeled, offset, linear, seed)
+    metric = None if crowd is None or crowd.advice is None else crowd.advice.metric
+    parts = fit_parts(x, y, sw, unlabeled, offset, linear, metric, seed)
     w, b, gamma = parts.weights, parts.bias, parts.crowd_weight
     if crowd is not None and gamma > 0:
         w = w + gamma * crowd.platt_a * crowd.direction
@@ -276,16 +278,12 @@ def train_head(
     u_count = 0 if unlabeled is None else len(np.asarray(unlabeled).reshape(-1, d))
 
     # The blend, from the parts' LOO scores on the kept votes.
-    loo = parts.loo
-    spread = np.maximum(loo.std(axis=0), 1e-12)
-    s = loo / spread
     yk = y[kept].astype(np.float64)
-    grid = _blend_grid(len(PARTS))
-    lls = [_fit_platt(s @ pi, yk)[2] for pi in grid]
-    pi_hat = grid[int(np.argmax(lls))]
-    r = n / (n + BLEND_PRIOR_VOTES)
-    pi = (1.0 - r) * default + r * pi_hat
-    z = s @ pi
+    spread, pi_hat = own_blend(parts.loo, yk)
+    if trust is None:
+        trust = n / (n + BLEND_PRIOR_VOTES)
+    pi = (1.0 - trust) * default + trust * pi_hat
+    z = (parts.loo / spread) @ pi
     best: tuple[float, float, float, float] | None = None
     crowd_kept = np.zeros(len(kept)) if crowd is None else crowd.logit(x[kept])
     best_delta, best_dll = 0.0, -np.inf
@@ -316,6 +314,7 @@ def train_head(
         "lambda": parts.penalty,
         "salient_prior": parts.salient,
         "crowd_advice": linear is not None,
+        "taste_metric": 0.0 if linear is None else linear.metric,
         "crowd_weight": gamma,
         "crowd_offset": best_delta,
         **{f"blend_{p}": float(v) for p, v in zip(PARTS, pi, strict=True)},

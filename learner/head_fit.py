@@ -306,6 +306,63 @@ def _fit_platt(
     return a / sd, c, _floored_log_likelihood(a * s + c + off, y, eps)
 
 
+def _platt_log_likelihoods(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(K,) the log-likelihood ``_fit_platt(s[:, j], y)`` reaches (eps 0, no offset), for all
+    K columns of s (n, K) at once: the same damped Newton, batched over columns."""
+    sd = np.maximum(s.std(axis=0), 1e-12)
+    s = s / sd
+    k = s.shape[1]
+
+    def objective(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+        z = s * a + c
+        # log sigmoid(z) and log(1 - sigmoid(z)), clipped as _floored_log_likelihood clips p
+        lp = np.log(np.clip(_sigmoid(z), 1e-12, 1 - 1e-12))
+        lq = np.log(np.clip(_sigmoid(-z), 1e-12, 1 - 1e-12))
+        out: np.ndarray = y @ lp + (1 - y) @ lq - 0.5 * PLATT_PRIOR * (a * a + c * c)
+        return out
+
+    a, c = np.ones(k), np.zeros(k)
+    current = objective(a, c)
+    active = np.ones(k, dtype=bool)
+    for _ in range(50):
+        q = _sigmoid(s * a + c)
+        fisher = q * (1 - q)
+        g = y[:, None] - q
+        grad = np.stack([(g * s).sum(axis=0) - PLATT_PRIOR * a, g.sum(axis=0) - PLATT_PRIOR * c])
+        i11 = (fisher * s * s).sum(axis=0) + PLATT_PRIOR
+        i12 = (fisher * s).sum(axis=0)
+        i22 = fisher.sum(axis=0) + PLATT_PRIOR
+        det = i11 * i22 - i12 * i12
+        step_a = (i22 * grad[0] - i12 * grad[1]) / det
+        step_c = (i11 * grad[1] - i12 * grad[0]) / det
+        bound = ((a <= MIN_PLATT_SLOPE) & (step_a < 0)) | ((a >= MAX_PLATT_SLOPE) & (step_a > 0))
+        step_a = np.where(bound, 0.0, step_a)
+        step_c = np.where(bound, grad[1] / i22, step_c)
+        step_a, step_c = np.where(active, step_a, 0.0), np.where(active, step_c, 0.0)
+        pending = active.copy()
+        a_new, c_new, new = a.copy(), c.copy(), current.copy()
+        for _ in range(30):
+            a_try = np.clip(a + step_a, MIN_PLATT_SLOPE, MAX_PLATT_SLOPE)
+            c_try = c + step_c
+            val = objective(a_try, c_try)
+            ok = pending & (val >= current)
+            a_new[ok], c_new[ok], new[ok] = a_try[ok], c_try[ok], val[ok]
+            pending &= ~ok
+            if not pending.any():
+                break
+            step_a, step_c = step_a / 2, step_c / 2
+        active &= ~pending  # no step that does not fall: stop, as _fit_platt does
+        moved = np.maximum(np.abs(a_new - a), np.abs(c_new - c))
+        a, c, current = a_new, c_new, new
+        active &= moved >= 1e-8
+        if not active.any():
+            break
+    z = s * a + c
+    p = np.clip(_sigmoid(z), 1e-12, 1 - 1e-12)
+    out: np.ndarray = y @ np.log(p) + (1 - y) @ np.log(1 - p)
+    return out
+
+
 def _blend_grid(k: int) -> np.ndarray:
     """Every point of the k-simplex whose coordinates are multiples of 1 / BLEND_GRID."""
     pts = [c for c in itertools.product(range(BLEND_GRID + 1), repeat=k) if sum(c) == BLEND_GRID]

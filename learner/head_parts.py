@@ -12,12 +12,14 @@ import numpy as np
 
 from learner.head_fit import (
     MAX_NEAREST,
+    _blend_grid,
     _centring_shift,
     _centroid_loo,
     _dimension_scale,
     _f_space,
     _fit_platt,
     _nearest,
+    _platt_log_likelihoods,
     _ridge_loo,
     _salient_stretch,
 )
@@ -27,11 +29,33 @@ PARTS = ("linear", "centroid", "nearest")
 
 @dataclass(frozen=True)
 class LinearChoice:
-    """How the linear part is fitted when the person's own LOO is not trusted to choose: the
-    salient stretch or plain x, and one penalty (learnt from other people by crowd_advice)."""
+    """How the linear part is fitted when the person's own LOO is not trusted to choose: on
+    plain x, on the salient stretch, or on the crowd's taste metric at strength ``metric`` > 0,
+    and one penalty (all learnt from other people by crowd_advice)."""
 
     salient: bool
     penalty: float
+    metric: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)  # arrays: compare them with numpy, not ==
+class TasteMetric:
+    """Where people's tastes lie in CLIP space: C = vectors diag(values) vectors^T, the mean
+    outer product of people's unit like-minus-dislike directions, scaled to trace d (so the
+    identity is its no-information value). Ridge on x stretched by sqrt(alpha C + (1 - alpha) I)
+    is ridge with that prior covariance on the weights: the directions other people's
+    tastes lie along are cheap to learn, the rest dear."""
+
+    values: np.ndarray  # (r,) eigenvalues of C (its other d - r are 0)
+    vectors: np.ndarray  # (d, r) orthonormal eigenvectors
+
+    def stretch(self, x: np.ndarray, alpha: float) -> np.ndarray:
+        """x @ sqrt(alpha C + (1 - alpha) I), without forming the d x d matrix."""
+        base = np.sqrt(1.0 - alpha)
+        gain = np.sqrt(alpha * self.values + 1.0 - alpha) - base
+        x64 = np.asarray(x, dtype=np.float64)
+        out: np.ndarray = base * x64 + ((x64 @ self.vectors) * gain) @ self.vectors.T
+        return out
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,17 @@ class Parts:
         return np.stack([lin, f.astype(np.float64) @ self.centroid, near], axis=1)
 
 
+def own_blend(loo: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(spread, pi_hat): each part's LOO spread, and the blend of the spread-normalised LOO
+    scores that the person's own votes y (0/1) like best (LOO likelihood, simplex grid)."""
+    spread = np.maximum(loo.std(axis=0), 1e-12)
+    s = loo / spread
+    yf = y.astype(np.float64)
+    grid = _blend_grid(loo.shape[1])
+    lls = _platt_log_likelihoods(s @ grid.T, yf)
+    return spread, grid[int(np.argmax(lls))]
+
+
 def balanced_weights(y: np.ndarray, sw0: np.ndarray) -> np.ndarray:
     """Vote weights scaled so that likes and dislikes weigh the same in total (mean 1)."""
     n = len(y)
@@ -79,21 +114,29 @@ def fit_parts(
     unlabeled: np.ndarray | None = None,
     offset: np.ndarray | None = None,
     linear: LinearChoice | None = None,
+    metric: TasteMetric | None = None,
     seed: int = 0,
 ) -> Parts:
     """Fit the three parts on votes y (0/1, both sides present) with balanced weights sw.
 
     ``offset``: the crowd model's logit of each vote (the linear part's prior). ``linear``:
-    fit the linear part this way; None lets the person's LOO choose the penalty and, by LOO
-    likelihood, plain x or the salient stretch. ``seed`` fixes which votes the nearest-vote
-    part keeps when there are more than MAX_NEAREST."""
+    fit the linear part this way (``metric`` is the crowd's taste metric it may name); None
+    lets the person's LOO choose the penalty and, by LOO likelihood, plain x or the salient
+    stretch. ``seed`` fixes which votes the nearest-vote part keeps when there are more than
+    MAX_NEAREST."""
     n, d = x.shape
     t = 2.0 * y - 1.0
     # The stretch costs an eigendecomposition: only when the linear part may read it.
     salient_possible = linear is None or linear.salient
     stretch = _salient_stretch(x, unlabeled) if salient_possible else np.eye(d)
     stretched = (x.astype(np.float64) @ stretch).astype(np.float32) if salient_possible else x
-    if linear is not None:
+    if linear is not None and linear.metric > 0.0 and metric is not None:
+        salient = False
+        lam, gamma, w, b, loo_lin = _ridge_loo(
+            metric.stretch(x, linear.metric).astype(np.float32), t, sw, offset, (linear.penalty,)
+        )
+        w = metric.stretch(w[None, :], linear.metric)[0]
+    elif linear is not None:
         salient = linear.salient
         lam, gamma, w, b, loo_lin = _ridge_loo(
             stretched if salient else x, t, sw, offset, (linear.penalty,)

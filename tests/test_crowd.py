@@ -92,8 +92,13 @@ def test_save_load_round_trip_is_exact_and_holds_no_votes(tmp_path: Path) -> Non
     assert loaded.info()["encoder"] == "clip-test" and loaded.info()["n_people"] == 10
     assert loaded.info()["n_votes"] == len(x)
     with np.load(path, allow_pickle=False) as z:
-        assert sorted(z.files) == ["direction", "meta"]  # no one's embeddings or votes
+        # no one's embeddings or votes: the direction, and the taste metric when the advice
+        # uses it (at most one eigenvector a person, from the average over people)
+        assert set(z.files) <= {"direction", "meta", "metric_values", "metric_vectors"}
         assert z["direction"].shape == (16,)
+        if "metric_vectors" in z.files:
+            rank = len(z["metric_values"])
+            assert rank <= 10 and z["metric_vectors"].shape == (16, rank)
     assert list(tmp_path.iterdir()) == [path]
 
 

@@ -7,9 +7,21 @@ import numpy as np
 import pytest
 
 from learner.crowd import CrowdModel, train_crowd
-from learner.crowd_advice import MIN_PEOPLE, REACH, Advice, _column_aucs, learn_advice
+from learner.crowd_advice import (
+    MIN_PEOPLE,
+    REACH,
+    Advice,
+    _column_aucs,
+    learn_advice,
+    taste_metric,
+)
 from learner.head import train_head
-from learner.head_fit import RIDGE_LAMBDAS, _salient_stretch
+from learner.head_fit import (
+    RIDGE_LAMBDAS,
+    _fit_platt,
+    _platt_log_likelihoods,
+    _salient_stretch,
+)
 from learner.head_parts import LinearChoice
 from learner.metrics import roc_auc
 
@@ -81,14 +93,15 @@ def test_the_advice_is_from_enough_held_out_votes_only() -> None:
 def test_advice_at_picks_the_nearest_budget_and_leaves_many_votes_to_the_person() -> None:
     choices = tuple(LinearChoice(i % 2 == 0, RIDGE_LAMBDAS[i]) for i in range(3))
     blends = ((1.0, 0.0, 0.0), (0.5, 0.25, 0.25), (0.0, 0.5, 0.5))
-    advice = Advice((10, 20, 50), choices, blends, (5, 5, 5))
-    linear, default = advice.at(14)  # log 14 is nearer log 10 than log 20
-    assert linear == choices[0] and default.tolist() == [1.0, 0.0, 0.0]
-    assert advice.at(15)[0] == choices[1]
+    advice = Advice((10, 20, 50), choices, blends, (5, 5, 5), (0.0, 0.25, 0.5))
+    linear, default, trust = advice.at(14)  # log 14 is nearer log 10 than log 20
+    assert linear == choices[0] and default.tolist() == [1.0, 0.0, 0.0] and trust == 0.0
+    assert advice.at(15)[0] == choices[1] and advice.at(15)[2] == 0.25
     assert advice.at(0)[0] == choices[0]
     assert advice.at(int(REACH * 50))[0] == choices[2]
-    linear, default = advice.at(int(REACH * 50) + 1)
-    assert linear is None and default.tolist() == [0.0, 0.5, 0.5]
+    linear, default, trust = advice.at(int(REACH * 50) + 1)
+    assert linear is None and default.tolist() == [0.0, 0.5, 0.5] and trust is None
+    assert Advice((10,), choices[:1], blends[:1], (5,)).at(10)[2] is None  # before the trust
 
 
 def test_column_aucs_are_roc_aucs_with_ties() -> None:
@@ -119,7 +132,7 @@ def test_a_head_follows_the_crowds_advice_up_to_its_reach() -> None:
     assert crowd.advice is not None
     x, y, _ = _direction_people(rng, 1, 400)
     few = train_head(x[:20], y[:20], crowd=crowd)
-    choice, _ = crowd.advice.at(20)
+    choice, _, _ = crowd.advice.at(20)
     assert choice is not None
     assert few.info()["crowd_advice"] is True
     assert few.info()["lambda"] == choice.penalty
@@ -145,20 +158,123 @@ def test_a_blend_without_the_linear_part_scores_and_saves(tmp_path: Path) -> Non
     np.testing.assert_array_equal(type(head).load(tmp_path / "h.npz").predict(xs), head.predict(xs))
 
 
-def test_the_advice_survives_the_crowd_file_and_a_format_1_file_still_loads(
-    tmp_path: Path,
-) -> None:
-    x, y, ids = _direction_people(np.random.default_rng(6), 12, 80)
+def _subspace_people(
+    rng: np.random.Generator, people: int, votes: int, d: int = 48, k: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each person likes the top 30% along a direction of their own, all directions in one
+    k-dimensional subspace of the d dimensions (the first k): tastes differ in few ways."""
+    xs, ys, ids = [], [], []
+    for p in range(people):
+        x = _unit(rng.normal(size=(votes, d)))
+        score = x[:, :k] @ rng.normal(size=k)
+        ys.append(score > np.quantile(score, 0.7))
+        xs.append(x)
+        ids.append(np.full(votes, p))
+    return np.vstack(xs), np.concatenate(ys), np.concatenate(ids)
+
+
+def test_the_taste_metric_spans_the_directions_people_differ_in() -> None:
+    x, y, ids = _subspace_people(np.random.default_rng(7), 40, 150)
+    metric = taste_metric(x, y, np.ones(len(y)), [np.flatnonzero(ids == p) for p in range(40)])
+    assert metric is not None
+    assert metric.values.sum() == pytest.approx(48)  # trace d: the identity's
+    top = metric.vectors[:, np.argsort(-metric.values)[:4]]
+    assert np.linalg.norm(top[:4]) ** 2 > 0.9 * 4  # the top 4 lie in the taste subspace
+    explicit = metric.vectors @ np.diag(metric.values) @ metric.vectors.T
+    ev, vec = np.linalg.eigh(0.5 * explicit + 0.5 * np.eye(48))
+    root = (vec * np.sqrt(np.maximum(ev, 0.0))) @ vec.T
+    np.testing.assert_allclose(metric.stretch(x[:5], 0.5), x[:5] @ root, atol=1e-9)
+    few = [np.flatnonzero(ids == p) for p in range(MIN_PEOPLE - 1)]
+    assert taste_metric(x, y, np.ones(len(y)), few) is None
+
+
+def test_a_head_learns_faster_in_the_crowds_taste_metric() -> None:
+    """Where everyone's taste lies in a few directions, the advice fits the linear part in the
+    crowd's metric, and a newcomer's 20 votes then rank new images better than without it."""
+    rng = np.random.default_rng(8)
+    x, y, ids = _subspace_people(rng, 40, 150)
+    crowd = train_crowd(x, y, None, ids)
+    assert crowd.advice is not None and crowd.advice.metric is not None
+    choice = crowd.advice.at(20)[0]
+    assert choice is not None and choice.metric > 0
+    gains = []
+    for _ in range(6):
+        xs, ys, _ = _subspace_people(rng, 1, 400)
+        with_metric = train_head(xs[:20], ys[:20], crowd=crowd)
+        assert with_metric.info()["taste_metric"] == choice.metric
+        without = train_head(xs[:20], ys[:20])
+        gains.append(
+            roc_auc(ys[20:], with_metric.predict(xs[20:]))
+            - roc_auc(ys[20:], without.predict(xs[20:]))
+        )
+    assert np.mean(gains) > 0.03, gains
+
+
+def _same_advice(a: Advice | None, b: Advice | None) -> None:
+    assert a is not None and b is not None
+    assert (a.budgets, a.linear, a.blends, a.people, a.trusts) == (
+        b.budgets,
+        b.linear,
+        b.blends,
+        b.people,
+        b.trusts,
+    )
+    assert (a.metric is None) == (b.metric is None)
+    if a.metric is not None and b.metric is not None:
+        np.testing.assert_array_equal(a.metric.values, b.metric.values)
+        np.testing.assert_array_equal(a.metric.vectors, b.metric.vectors)
+
+
+def test_the_advice_survives_the_crowd_file_and_older_files_still_load(tmp_path: Path) -> None:
+    x, y, ids = _subspace_people(np.random.default_rng(6), 20, 80)
     model = train_crowd(x, y, None, ids)
+    assert model.advice is not None and model.advice.metric is not None
     path = tmp_path / "crowd.npz"
     model.save(path)
-    assert CrowdModel.load(path).advice == model.advice and model.advice is not None
+    _same_advice(CrowdModel.load(path).advice, model.advice)
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         direction = z["direction"]
+    # format 2: advice without the trust and the metric; a head then fits as it did then
+    meta["format_version"] = 2
+    for key in ("trusts", "metric_strengths"):
+        del meta["advice"][key]
+    np.savez(path, direction=direction, meta=np.array(json.dumps(meta)))
+    two = CrowdModel.load(path)
+    assert two.advice is not None and two.advice.trusts is None and two.advice.metric is None
+    assert all(c.metric == 0.0 for c in two.advice.linear)
     meta["format_version"] = 1
     del meta["advice"]
     np.savez(path, direction=direction, meta=np.array(json.dumps(meta)))
     old = CrowdModel.load(path)
     assert old.advice is None
     np.testing.assert_array_equal(old.predict(x), model.predict(x))
+
+
+@pytest.mark.parametrize("trust", [0.0, 1.0])
+def test_a_head_moves_from_the_advised_blend_as_far_as_the_advice_trusts_its_own(
+    trust: float,
+) -> None:
+    rng = np.random.default_rng(9)
+    x, y, ids = _cluster_people(rng, 20, 120)
+    crowd = train_crowd(x, y, None, ids)
+    default = (0.25, 0.25, 0.5)
+    advice = Advice((20,), (LinearChoice(False, 1.0),), (default,), (20,), (trust,))
+    crowd = CrowdModel(crowd.direction, crowd.platt_a, crowd.platt_c, crowd.meta, advice)
+    xs, ys, _ = _cluster_people(rng, 1, 60)
+    info = train_head(xs[:20], ys[:20], crowd=crowd).info()
+    blend = [info["blend_linear"], info["blend_centroid"], info["blend_nearest"]]
+    if trust == 0.0:
+        assert blend == pytest.approx(default)
+    else:  # the person's own LOO blend alone: a point of the grid, not the default
+        assert blend != pytest.approx(default)
+        assert np.allclose(np.array(blend) * 8, np.round(np.array(blend) * 8))
+
+
+def test_batched_platt_fits_reach_the_likelihoods_of_single_fits() -> None:
+    rng = np.random.default_rng(10)
+    y = (rng.random(80) < 0.4).astype(np.float64)
+    scores = rng.normal(size=(80, 6)) + (y[:, None] - 0.4) * np.array([0, 0.5, 1, 2, 4, -1])
+    scores[:, 5] = (y - 0.5) * 3  # separable: the prior keeps the fit finite
+    expected = [_fit_platt(scores[:, j], y)[2] for j in range(6)]
+    np.testing.assert_allclose(_platt_log_likelihoods(scores, y), expected, atol=1e-6)
