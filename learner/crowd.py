@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from learner.crowd_advice import Advice, learn_advice
+from learner.crowd_advice import Advice, learn_advice, person_halves
 from learner.durable import save_npz_atomically
 from learner.head_parts import TasteMetric
 from learner.metrics import roc_auc
@@ -175,10 +175,12 @@ def train_crowd(
     weights: np.ndarray | None,
     person_ids: np.ndarray,
     trained_on: dict[str, Any] | None = None,
+    advise: bool = True,
 ) -> CrowdModel:
     """Fit the crowd direction on everyone's votes; ``trained_on`` is stored in the file's info
-    (e.g. the encoder version and the date). Raises ValueError when no person has both a like
-    and a dislike: there is then no preference to learn."""
+    (e.g. the encoder version and the date); ``advise``: also learn the advice for heads.
+    Raises ValueError when no person has both a like and a dislike: there is then no
+    preference to learn."""
     x = np.asarray(embeddings, dtype=np.float32)
     y = np.asarray(liked).astype(bool).ravel()
     n = len(y)
@@ -198,7 +200,9 @@ def train_crowd(
     keep = both[groups]  # a one-sided person says nothing about preferences among images
     x, y, w, groups = x[keep], y[keep], w[keep], np.unique(groups[keep], return_inverse=True)[1]
     n_groups = int(groups.max()) + 1
-    advice = learn_advice(x, y, w, groups)
+    advice = (
+        learn_advice(x, y, w, groups, held_logit=_held_logit(x, y, w, groups)) if advise else None
+    )
     # Each person's likes and dislikes weigh the same in total (as a head balances them).
     t = np.where(y, 1.0, -1.0)
     side = groups * 2 + y
@@ -257,6 +261,23 @@ def train_crowd(
         **(trained_on or {}),
     }
     return CrowdModel(direction, a, c, info, advice)
+
+
+def _held_logit(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, groups: np.ndarray
+) -> np.ndarray | None:
+    """Each vote's logit by a crowd model (without advice) trained on the other half of the
+    people (``person_halves``); None when a half has no one with both likes and dislikes."""
+    half = person_halves(int(groups.max()) + 1)[groups]
+    out = np.zeros(len(y))
+    for k in (0, 1):
+        other = half != k
+        try:
+            model = train_crowd(x[other], y[other], w[other], groups[other], advise=False)
+        except ValueError:
+            return None
+        out[~other] = model.logit(x[~other])
+    return out
 
 
 def _person_aucs(scores: np.ndarray, y: np.ndarray, groups: np.ndarray) -> list[float]:

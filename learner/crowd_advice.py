@@ -29,14 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from learner.head_fit import RIDGE_LAMBDAS, _blend_grid, _salient_stretch
+from learner.head_fit import RIDGE_LAMBDAS, _blend_grid, _fit_platt, _salient_stretch
 from learner.head_parts import (
+    CROWD_OFFSETS,
     PARTS,
     LinearChoice,
     TasteMetric,
     balanced_weights,
     fit_parts,
     own_blend,
+    own_crowd_offset,
 )
 
 BUDGETS = (10, 20, 50, 100, 200, 500)  # vote counts advised on (where the crowd has enough)
@@ -66,16 +68,19 @@ class Advice:
     people: tuple[int, ...]  # how many people each budget was measured on
     trusts: tuple[float, ...] | None = None
     metric: TasteMetric | None = None  # what a LinearChoice with metric > 0 stretches by
+    # delta, the crowd logit's strength in the final score (None: the person's LOO chooses)
+    offsets: tuple[float | None, ...] | None = None
 
-    def at(self, n: int) -> tuple[LinearChoice | None, np.ndarray, float | None]:
-        """The advice for a person with n votes: the nearest budget's (log scale); beyond
-        REACH times the largest budget, the person's own LOO chooses the linear part and how
-        much their own blend counts."""
+    def at(self, n: int) -> tuple[LinearChoice | None, np.ndarray, float | None, float | None]:
+        """(linear part, blend default, trust, crowd offset) for a person with n votes: the
+        nearest budget's (log scale); beyond REACH times the largest budget, the person's own
+        LOO chooses the linear part, how much their own blend counts and the offset."""
         i = int(np.argmin(np.abs(np.log(self.budgets) - np.log(max(n, 1)))))
         if n > REACH * self.budgets[-1]:
-            return None, np.array(self.blends[i]), None
+            return None, np.array(self.blends[i]), None, None
         trust = None if self.trusts is None else self.trusts[i]
-        return self.linear[i], np.array(self.blends[i]), trust
+        offset = None if self.offsets is None else self.offsets[i]
+        return self.linear[i], np.array(self.blends[i]), trust, offset
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +91,7 @@ class Advice:
             "blends": [list(b) for b in self.blends],
             "people": list(self.people),
             "trusts": None if self.trusts is None else list(self.trusts),
+            "offsets": None if self.offsets is None else list(self.offsets),
         }
 
     @classmethod
@@ -104,6 +110,9 @@ class Advice:
             tuple(int(p) for p in d["people"]),
             None if d.get("trusts") is None else tuple(float(t) for t in d["trusts"]),
             metric,
+            None
+            if d.get("offsets") is None
+            else tuple(None if o is None else float(o) for o in d["offsets"]),
         )
 
 
@@ -224,34 +233,74 @@ def _linear_choice(
 
 
 def _blend_choice(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, splits: list[Split], choice: LinearChoice
-) -> tuple[tuple[float, ...], float]:
-    """The blend's default and the trust in a person's own blend, with the linear part fitted
-    as ``choice``: the best mean held-out AUC of the blended parts."""
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    splits: list[Split],
+    choice: LinearChoice,
+    held_logit: np.ndarray | None,
+) -> tuple[tuple[float, ...], float, float | None]:
+    """The blend's default, the trust in a person's own blend and the crowd offset delta (None:
+    the person's own choice), with the linear part fitted as ``choice``: the best mean
+    held-out AUC of the blended parts, then of the calibrated score with each delta."""
     grid = _blend_grid(len(PARTS))
     aucs = np.zeros((len(TRUSTS), len(grid)))
+    fitted = []
     for train, test, other_half in splits:
         yt = y[train].astype(np.int64)
+        offset = None if held_logit is None else held_logit[train]
         parts = fit_parts(
-            x[train], yt, balanced_weights(yt, w[train]), linear=choice, metric=other_half
+            x[train], yt, balanced_weights(yt, w[train]), None, offset, choice, other_half
         )
         spread, pi_hat = own_blend(parts.loo, yt[parts.kept])
-        held_out = parts.scores(x[test]) / spread
+        held_out = parts.scores(x[test], None if held_logit is None else held_logit[test])
+        held_out /= spread
+        fitted.append((parts, spread, pi_hat, held_out))
         for row, r in enumerate(TRUSTS):
             aucs[row] += _column_aucs(y[test], held_out @ ((1.0 - r) * grid + r * pi_hat).T)
     best_trust, best_blend = np.unravel_index(int(np.argmax(aucs)), aucs.shape)
-    return tuple(float(v) for v in grid[best_blend]), float(TRUSTS[best_trust])
+    default, trust = grid[best_blend], float(TRUSTS[best_trust])
+    if held_logit is None:
+        return tuple(float(v) for v in default), trust, None
+    # The crowd offset: each delta of CROWD_OFFSETS, or the person's own LOO choice (None).
+    offsets: list[float | None] = [None, *CROWD_OFFSETS]
+    offset_aucs = np.zeros(len(offsets))
+    for (train, test, _), (parts, spread, pi_hat, held_out) in zip(splits, fitted, strict=True):
+        pi = (1.0 - trust) * default + trust * pi_hat
+        z, z_test = (parts.loo / spread) @ pi, held_out @ pi
+        yk = y[train][parts.kept].astype(np.float64)
+        crowd_kept, crowd_test = held_logit[train][parts.kept], held_logit[test]
+        scores = []
+        for delta in offsets:
+            d = own_crowd_offset(z, yk, crowd_kept) if delta is None else delta
+            a, c, _ = _fit_platt(z, yk, 0.0, d * crowd_kept)
+            scores.append(a * z_test + c + d * crowd_test)
+        offset_aucs += _column_aucs(y[test], np.stack(scores, axis=1))
+    return tuple(float(v) for v in default), trust, offsets[int(np.argmax(offset_aucs))]
+
+
+def person_halves(people: int, seed: int = 0) -> np.ndarray:
+    """(people,) 0 or 1: the two halves of the people for cross-fitting."""
+    out: np.ndarray = np.random.default_rng([seed, 1]).permutation(people) % 2
+    return out
 
 
 def learn_advice(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, groups: np.ndarray, seed: int = 0
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    groups: np.ndarray,
+    seed: int = 0,
+    held_logit: np.ndarray | None = None,
 ) -> Advice | None:
     """Advice from votes ``x`` (n, d), ``y`` (n,) bool, weights ``w`` and ``groups`` (n,) person
-    indices 0..P-1; None when no budget has a person with enough votes."""
+    indices 0..P-1; None when no budget has a person with enough votes. ``held_logit``: each
+    vote's logit by a crowd model trained on the other half of the people (``person_halves``
+    with the same seed), so that the advice also covers how much the crowd model counts."""
     rng = np.random.default_rng(seed)
     by_person = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
     # Cross-fitting: a person's held-out votes are scored with the other half's metric.
-    half = np.random.default_rng([seed, 1]).permutation(len(by_person)) % 2
+    half = person_halves(len(by_person), seed)
     halves = [
         taste_metric(x, y, w, [rows for g, rows in enumerate(by_person) if half[g] != k])
         for k in (0, 1)
@@ -259,6 +308,7 @@ def learn_advice(
     if halves[0] is None or halves[1] is None:
         halves = [None, None]
     budgets, linear, blends, people, trusts = [], [], [], [], []
+    offsets: list[float | None] = []
     for budget in BUDGETS:
         eligible = [rows for rows in by_person if len(rows) >= budget + MIN_HELD_OUT]
         if len(eligible) < MIN_PEOPLE:
@@ -269,15 +319,22 @@ def learn_advice(
         if not splits:
             continue
         choice = _linear_choice(x, y, w, splits)
-        blend, trust = _blend_choice(x, y, w, splits, choice)
+        blend, trust, delta = _blend_choice(x, y, w, splits, choice, held_logit)
         budgets.append(budget)
         linear.append(choice)
         blends.append(blend)
         trusts.append(trust)
+        offsets.append(delta)
         people.append(len({int(groups[s[0][0]]) for s in splits}))
     if not budgets:
         return None
     metric = taste_metric(x, y, w, by_person) if any(c.metric for c in linear) else None
     return Advice(
-        tuple(budgets), tuple(linear), tuple(blends), tuple(people), tuple(trusts), metric
+        tuple(budgets),
+        tuple(linear),
+        tuple(blends),
+        tuple(people),
+        tuple(trusts),
+        metric,
+        None if held_logit is None else tuple(offsets),
     )

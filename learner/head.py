@@ -34,7 +34,8 @@ f(x) is x centred on the person's images and with its dimensions' variances even
 measured. The ridge reads x itself: a taste along a direction of CLIP space (a style) lies in
 its loud dimensions, which f damps.
 
-delta in CROWD_OFFSETS is chosen with (a, c) by the likelihood of the blended LOO scores (a
+delta in CROWD_OFFSETS is the crowd's advice for this many votes where it has one (what ranked
+other people's held-out votes best), else chosen by the likelihood of the blended LOO scores (a
 delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is diluted by parts
 learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
 
@@ -68,13 +69,12 @@ import numpy as np
 
 from learner.durable import save_npz_atomically
 from learner.head_fit import (
-    CROWD_EVIDENCE_NATS,
     _f_space,
     _fit_platt,
     _nearest,
     _sigmoid,
 )
-from learner.head_parts import PARTS, balanced_weights, fit_parts, own_blend
+from learner.head_parts import PARTS, balanced_weights, fit_parts, own_blend, own_crowd_offset
 from learner.prior import prior_linear
 
 if TYPE_CHECKING:
@@ -88,10 +88,6 @@ MIN_PER_CLASS = 2  # fewer votes on either side: no boundary, use the crowd mode
 # (20-100 votes); see bench/results/learning.md for what other values measured.
 BLEND_PRIOR_VOTES = 50.0
 VOTE_NOISE_CHOICES = (0.0, 0.025, 0.05, 0.075, 0.1)  # eps: the person's inconsistency rate
-# The crowd's logit may also be added to the final score at these strengths (1: as calibrated),
-# chosen by the likelihood of the blended LOO scores with the same CROWD_EVIDENCE_NATS margin:
-# inside the blend the crowd is diluted by parts learnt from few votes.
-CROWD_OFFSETS = (0.0, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -264,7 +260,7 @@ def train_head(
     # Where the crowd has advice for this many votes, it fits the linear part and is the
     # blend's default; otherwise the person's own LOO chooses and the default is equal weights.
     advice = None if crowd is None or crowd.advice is None else crowd.advice.at(n)
-    linear, default, trust = (None, None, None) if advice is None else advice
+    linear, default, trust, advised_delta = (None, None, None, None) if advice is None else advice
     if default is None:
         default = np.full(len(PARTS), 1.0 / len(PARTS))
     offset = None if crowd is None else crowd.logit(x)
@@ -286,12 +282,9 @@ def train_head(
     z = (parts.loo / spread) @ pi
     best: tuple[float, float, float, float] | None = None
     crowd_kept = np.zeros(len(kept)) if crowd is None else crowd.logit(x[kept])
-    best_delta, best_dll = 0.0, -np.inf
-    for delta in CROWD_OFFSETS if crowd is not None else (0.0,):
-        dll = _fit_platt(z, yk, 0.0, delta * crowd_kept)[2]
-        dll -= CROWD_EVIDENCE_NATS if delta > 0 else 0.0
-        if dll > best_dll:
-            best_delta, best_dll = delta, dll
+    best_delta = 0.0
+    if crowd is not None:
+        best_delta = own_crowd_offset(z, yk, crowd_kept) if advised_delta is None else advised_delta
     for eps in VOTE_NOISE_CHOICES:
         a, c, ll = _fit_platt(z, yk, eps, best_delta * crowd_kept)
         if best is None or ll > best[3]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from learner.head_fit import (
+    CROWD_EVIDENCE_NATS,
     MAX_NEAREST,
     _blend_grid,
     _centring_shift,
@@ -25,6 +26,9 @@ from learner.head_fit import (
 )
 
 PARTS = ("linear", "centroid", "nearest")
+# The crowd's logit may also be added to the final score at these strengths (1: as calibrated):
+# inside the blend the crowd is diluted by parts learnt from few votes.
+CROWD_OFFSETS = (0.0, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,19 @@ def own_blend(loo: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     grid = _blend_grid(loo.shape[1])
     lls = _platt_log_likelihoods(s @ grid.T, yf)
     return spread, grid[int(np.argmax(lls))]
+
+
+def own_crowd_offset(z: np.ndarray, y: np.ndarray, crowd_logit: np.ndarray) -> float:
+    """delta in CROWD_OFFSETS: the crowd logit's strength in the final score that the blended
+    LOO scores z of the person's votes y (0/1) support by likelihood (a delta > 0 must gain
+    CROWD_EVIDENCE_NATS)."""
+    best_delta, best_ll = 0.0, -np.inf
+    for delta in CROWD_OFFSETS:
+        ll = _fit_platt(z, y, 0.0, delta * crowd_logit)[2]
+        ll -= CROWD_EVIDENCE_NATS if delta > 0 else 0.0
+        if ll > best_ll:
+            best_delta, best_ll = delta, ll
+    return best_delta
 
 
 def balanced_weights(y: np.ndarray, sw0: np.ndarray) -> np.ndarray:

@@ -94,12 +94,12 @@ def test_advice_at_picks_the_nearest_budget_and_leaves_many_votes_to_the_person(
     choices = tuple(LinearChoice(i % 2 == 0, RIDGE_LAMBDAS[i]) for i in range(3))
     blends = ((1.0, 0.0, 0.0), (0.5, 0.25, 0.25), (0.0, 0.5, 0.5))
     advice = Advice((10, 20, 50), choices, blends, (5, 5, 5), (0.0, 0.25, 0.5))
-    linear, default, trust = advice.at(14)  # log 14 is nearer log 10 than log 20
+    linear, default, trust, _ = advice.at(14)  # log 14 is nearer log 10 than log 20
     assert linear == choices[0] and default.tolist() == [1.0, 0.0, 0.0] and trust == 0.0
     assert advice.at(15)[0] == choices[1] and advice.at(15)[2] == 0.25
     assert advice.at(0)[0] == choices[0]
     assert advice.at(int(REACH * 50))[0] == choices[2]
-    linear, default, trust = advice.at(int(REACH * 50) + 1)
+    linear, default, trust, _ = advice.at(int(REACH * 50) + 1)
     assert linear is None and default.tolist() == [0.0, 0.5, 0.5] and trust is None
     assert Advice((10,), choices[:1], blends[:1], (5,)).at(10)[2] is None  # before the trust
 
@@ -132,7 +132,7 @@ def test_a_head_follows_the_crowds_advice_up_to_its_reach() -> None:
     assert crowd.advice is not None
     x, y, _ = _direction_people(rng, 1, 400)
     few = train_head(x[:20], y[:20], crowd=crowd)
-    choice, _, _ = crowd.advice.at(20)
+    choice = crowd.advice.at(20)[0]
     assert choice is not None
     assert few.info()["crowd_advice"] is True
     assert few.info()["lambda"] == choice.penalty
@@ -212,12 +212,13 @@ def test_a_head_learns_faster_in_the_crowds_taste_metric() -> None:
 
 def _same_advice(a: Advice | None, b: Advice | None) -> None:
     assert a is not None and b is not None
-    assert (a.budgets, a.linear, a.blends, a.people, a.trusts) == (
+    assert (a.budgets, a.linear, a.blends, a.people, a.trusts, a.offsets) == (
         b.budgets,
         b.linear,
         b.blends,
         b.people,
         b.trusts,
+        b.offsets,
     )
     assert (a.metric is None) == (b.metric is None)
     if a.metric is not None and b.metric is not None:
@@ -237,11 +238,12 @@ def test_the_advice_survives_the_crowd_file_and_older_files_still_load(tmp_path:
         direction = z["direction"]
     # format 2: advice without the trust and the metric; a head then fits as it did then
     meta["format_version"] = 2
-    for key in ("trusts", "metric_strengths"):
+    for key in ("trusts", "metric_strengths", "offsets"):
         del meta["advice"][key]
     np.savez(path, direction=direction, meta=np.array(json.dumps(meta)))
     two = CrowdModel.load(path)
     assert two.advice is not None and two.advice.trusts is None and two.advice.metric is None
+    assert two.advice.offsets is None
     assert all(c.metric == 0.0 for c in two.advice.linear)
     meta["format_version"] = 1
     del meta["advice"]
@@ -278,3 +280,37 @@ def test_batched_platt_fits_reach_the_likelihoods_of_single_fits() -> None:
     scores[:, 5] = (y - 0.5) * 3  # separable: the prior keeps the fit finite
     expected = [_fit_platt(scores[:, j], y)[2] for j in range(6)]
     np.testing.assert_allclose(_platt_log_likelihoods(scores, y), expected, atol=1e-6)
+
+
+def _shared_people(
+    rng: np.random.Generator, people: int, votes: int, d: int = 24
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Everyone likes the top 30% along one shared direction plus a little of their own."""
+    shared = rng.normal(size=d)
+    xs, ys, ids = [], [], []
+    for p in range(people):
+        x = _unit(rng.normal(size=(votes, d)))
+        score = x @ (shared + 0.3 * rng.normal(size=d))
+        ys.append(score > np.quantile(score, 0.7))
+        xs.append(x)
+        ids.append(np.full(votes, p))
+    return np.vstack(xs), np.concatenate(ys), np.concatenate(ids)
+
+
+def test_the_crowd_offset_is_advised_where_people_share_a_taste_only() -> None:
+    """With the fewest votes, a crowd that shares one taste advises adding the crowd model's
+    logit to the score; a crowd of unrelated tastes never does (its crowd model knows
+    nothing)."""
+    shared = train_crowd(
+        *_shared_people(np.random.default_rng(11), 30, 120)[:2], None, np.repeat(np.arange(30), 120)
+    )
+    assert shared.advice is not None and shared.advice.offsets is not None
+    fewest = shared.advice.offsets[0]  # 10 votes
+    assert fewest is not None and fewest >= 0.5, shared.advice
+    unrelated = train_crowd(
+        *_direction_people(np.random.default_rng(12), 30, 120)[:2],
+        None,
+        np.repeat(np.arange(30), 120),
+    )
+    assert unrelated.advice is not None and unrelated.advice.offsets is not None
+    assert all(o is None or o == 0.0 for o in unrelated.advice.offsets), unrelated.advice
