@@ -18,9 +18,11 @@ often anyone likes things. A Platt fit on scores the model did not train on (peo
 in folds) turns x . w into a probability for someone the model knows nothing else about.
 
 The model also carries advice for heads (``learner.crowd_advice``): how to fit the linear part
-(its penalty, and in which metric), the blend's default and how far a person's own blend moves
-it, as worked best on held-out votes of sampled people at each of a few vote counts; and the
-crowd's taste metric, when the advice uses it.
+(its penalty, and in which metric), the blend's default, how far a person's own blend moves
+it and how much this model's logit adds to the score, as worked best on held-out votes of
+sampled people at each of a few vote counts; and the crowd's taste metric, when the advice
+uses it. The advice is measured with a metric and a crowd model learnt from the other half of
+the people than the one whose held-out votes score it.
 
 Privacy: the file holds the direction, two calibration numbers, the advice (a few settings per
 vote count), the taste metric (the eigenvectors and eigenvalues of the mean outer product of
@@ -43,8 +45,8 @@ from learner.durable import save_npz_atomically
 from learner.head_parts import TasteMetric
 from learner.metrics import roc_auc
 
-# 2: advice for heads; 3: the advice's trust and taste metric. Older files are still read
-# (format 1: no advice; format 2: advice without them).
+# 2: advice for heads; 3: the advice's trust, crowd offset and taste metric. Older files are
+# still read (format 1: no advice; format 2: advice without those three).
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 KIND = "tastebot-crowd"

@@ -257,8 +257,9 @@ def train_head(
 
     # Votes: super likes weigh more, then the two sides weigh the same in total.
     sw = balanced_weights(y, sw0)
-    # Where the crowd has advice for this many votes, it fits the linear part and is the
-    # blend's default; otherwise the person's own LOO chooses and the default is equal weights.
+    # Where the crowd has advice for this many votes, it says how to fit the linear part, the
+    # blend's default, how far the person's own blend moves it and the crowd offset; otherwise
+    # the person's own LOO chooses and the default is equal weights.
     advice = None if crowd is None or crowd.advice is None else crowd.advice.at(n)
     linear, default, trust, advised_delta = (None, None, None, None) if advice is None else advice
     if default is None:
