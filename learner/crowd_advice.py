@@ -11,13 +11,15 @@ held-out AUC, averaged over the splits, is highest become the advice for that bu
   and its penalty (from RIDGE_LAMBDAS);
 - the blend: its default (a point of the simplex, grid 1/BLEND_GRID) and how far a person's
   own LOO blend moves it (the trust r in pi = (1 - r) default + r pi_hat, from TRUSTS): with
-  few votes the own blend is mostly noise, with many it knows the person better than anyone.
+  few votes the own blend is mostly noise, with many it knows the person better than anyone;
+- the crowd offset: how much the crowd model's logit adds to the calibrated score (from
+  CROWD_OFFSETS, or "the person's own LOO choice").
 
 The advice adapts to whatever the bot's people are like: where tastes are directions, the
 default leans on the linear part; where they are clusters of subjects, on the centroid and the
-nearest votes. The metric is measured the same way, but a person's held-out votes are scored
-with a metric learnt from the other half of the people (cross-fitting): a metric that contains
-the person's own taste direction would flatter itself. The advice holds these aggregate
+nearest votes. A person's held-out votes are scored with a metric and a crowd model learnt
+from the other half of the people (cross-fitting): a metric or crowd direction that contains
+the person's own taste would flatter itself. The advice holds these aggregate
 settings and the metric (an average over at least MIN_PEOPLE people's taste directions), no
 one's votes or embeddings.
 """
