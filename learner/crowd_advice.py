@@ -57,6 +57,10 @@ SPLITS = 200
 REACH = 1.5
 TRUSTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weights of a person's own LOO blend tried (see above)
 METRIC_STRENGTHS = (0.25, 0.5, 0.75)  # alpha of the taste metric tried (0, none, is plain x)
+# The metric keeps its largest directions only: applying it costs (votes x d x rank) per fit,
+# and with hundreds of people the full rank made training the crowd model slow. A priori; the
+# benchmark's crowds (50 people) never reach it.
+MAX_METRIC_RANK = 64
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,9 @@ def taste_metric(
     else:
         ev, vectors = np.linalg.eigh(dirs.T @ dirs / p)
         ev = np.maximum(ev, 0.0)
-    return TasteMetric(ev * d / float(ev.sum()), vectors)
+    values = ev * d / float(ev.sum())
+    top = np.argsort(-values)[:MAX_METRIC_RANK]  # the rest count as directions no one had
+    return TasteMetric(values[top], vectors[:, top])
 
 
 def _splits(
