@@ -45,8 +45,8 @@ from learner.durable import save_npz_atomically
 from learner.head_parts import TasteMetric
 from learner.metrics import roc_auc
 
-# 2: advice for heads; 3: the advice's trust, crowd offset and taste metric. Older files are
-# still read (format 1: no advice; format 2: advice without those three).
+# Formats 1 and 2 are read too, so that a bot keeps its crowd model across an upgrade: format 1
+# holds no advice, format 2 advice without the trust, the crowd offset and the taste metric.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 KIND = "tastebot-crowd"
