@@ -45,10 +45,11 @@ from learner.durable import save_npz_atomically
 from learner.head_parts import TasteMetric
 from learner.metrics import roc_auc
 
-# Formats 1 and 2 are read too, so that a bot keeps its crowd model across an upgrade: format 1
-# holds no advice, format 2 advice without the trust, the crowd offset and the taste metric.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# Formats 1-3 are read too, so that a bot keeps its crowd model across an upgrade: format 1
+# holds no advice, format 2 advice without the trust, the crowd offset and the taste metric,
+# format 3 without whether the crowd logit is the linear part's prior (it then always may be).
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 KIND = "tastebot-crowd"
 # Penalties tried, relative to the mean diagonal of the centred Gram matrix (the average
 # per-dimension signal); chosen per training by grouped cross-validation, so none is fitted

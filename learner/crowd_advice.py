@@ -8,7 +8,8 @@ held-out AUC, averaged over the splits, is highest become the advice for that bu
 
 - the linear part: plain x, the salient stretch or the crowd's taste metric (``taste_metric``:
   the directions people's tastes lie along) at a strength from METRIC_STRENGTHS,
-  and its penalty (from RIDGE_LAMBDAS);
+  its penalty (from RIDGE_LAMBDAS), and whether the crowd model's logit may be its prior (the
+  person's LOO then chooses how much) or not;
 - the blend: its default (a point of the simplex, grid 1/BLEND_GRID) and how far a person's
   own LOO blend moves it (the trust r in pi = (1 - r) default + r pi_hat, from TRUSTS): with
   few votes the own blend is mostly noise, with many it knows the person better than anyone;
@@ -26,7 +27,7 @@ one's votes or embeddings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from learner.head_parts import (
     CROWD_OFFSETS,
     PARTS,
     LinearChoice,
+    Parts,
     TasteMetric,
     balanced_weights,
     fit_parts,
@@ -55,6 +57,11 @@ SPLITS = 200
 # The advice at the largest budget measured also serves people with up to this many times as
 # many votes; beyond, the person's own LOO chooses the linear part (reliable with many votes).
 REACH = 1.5
+# The crowd model enters a head (as the linear part's prior, or as an offset) only where that
+# beat leaving it out by this many standard errors of the mean gain over people (a priori: an
+# argmax over a few options on a few dozen people's held-out votes otherwise often picks
+# noise, and a person whose taste is unlike the crowd's pays for it).
+CROWD_EVIDENCE_SE = 2.0
 TRUSTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weights of a person's own LOO blend tried (see above)
 METRIC_STRENGTHS = (0.25, 0.5, 0.75)  # alpha of the taste metric tried (0, none, is plain x)
 # The metric keeps its largest directions only: applying it costs (votes x d x rank) per fit,
@@ -94,6 +101,7 @@ class Advice:
             "salient": [c.salient for c in self.linear],
             "penalties": [c.penalty for c in self.linear],
             "metric_strengths": [c.metric for c in self.linear],
+            "crowd_priors": [c.crowd_prior for c in self.linear],
             "blends": [list(b) for b in self.blends],
             "people": list(self.people),
             "trusts": None if self.trusts is None else list(self.trusts),
@@ -104,13 +112,14 @@ class Advice:
     def from_json(cls, d: dict[str, Any], metric: TasteMetric | None = None) -> Advice:
         """The inverse of to_json; ``metric``: the taste metric's arrays (stored beside)."""
         strengths = d.get("metric_strengths") or [0.0] * len(d["budgets"])
+        priors = d.get("crowd_priors") or [True] * len(d["budgets"])
         if metric is None and any(strengths):
             raise ValueError("the advice names a taste metric that is not there")
         return cls(
             tuple(int(b) for b in d["budgets"]),
             tuple(
-                LinearChoice(bool(s), float(p), float(m))
-                for s, p, m in zip(d["salient"], d["penalties"], strengths, strict=True)
+                LinearChoice(bool(s), float(p), float(m), bool(c))
+                for s, p, m, c in zip(d["salient"], d["penalties"], strengths, priors, strict=True)
             ),
             tuple(tuple(float(v) for v in b) for b in d["blends"]),
             tuple(int(p) for p in d["people"]),
@@ -240,26 +249,80 @@ def _linear_choice(
     return LinearChoice(salient, float(RIDGE_LAMBDAS[best_col]), alpha)
 
 
-def _blend_choice(
+def _fit_splits(
     x: np.ndarray,
     y: np.ndarray,
     w: np.ndarray,
     splits: list[Split],
     choice: LinearChoice,
     held_logit: np.ndarray | None,
+) -> list[Parts]:
+    """The head's parts fitted on each split's training votes, the linear part as ``choice``."""
+    out = []
+    for train, _, other_half in splits:
+        yt = y[train].astype(np.int64)
+        offset = None if held_logit is None else held_logit[train]
+        sw = balanced_weights(yt, w[train])
+        out.append(fit_parts(x[train], yt, sw, None, offset, choice, other_half))
+    return out
+
+
+def _best_beyond_noise(aucs: np.ndarray, owners: np.ndarray, safe: int) -> int:
+    """The column of ``aucs`` (splits x options) with the best mean, among the ``safe`` column
+    and those whose gain over it, averaged per person (``owners``: each split's person),
+    exceeds CROWD_EVIDENCE_SE standard errors of its mean over people."""
+    people, index = np.unique(owners, return_inverse=True)
+    per_person = np.zeros((len(people), aucs.shape[1]))
+    np.add.at(per_person, index, aucs)
+    per_person /= np.bincount(index)[:, None]
+    gains = per_person - per_person[:, safe : safe + 1]
+    se = gains.std(axis=0, ddof=1) / np.sqrt(len(people)) if len(people) > 1 else np.inf
+    passing = gains.mean(axis=0) > CROWD_EVIDENCE_SE * se
+    passing[safe] = True
+    return int(np.argmax(np.where(passing, aucs.mean(axis=0), -np.inf)))
+
+
+def _prior_choice(
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    splits: list[Split],
+    owners: np.ndarray,
+    choice: LinearChoice,
+    held_logit: np.ndarray,
+) -> tuple[LinearChoice, list[Parts]]:
+    """Whether the crowd logit may be the linear part's prior (gamma by the person's own LOO)
+    or not (gamma 0), by the held-out AUC of the linear part (``_best_beyond_noise``): with
+    few votes the LOO takes chance agreement with an unrelated crowd for evidence often enough
+    to cost more than a crowd that shares the taste gains. Returns the choice and each split's
+    parts fitted that way."""
+    options = [replace(choice, crowd_prior=prior) for prior in (False, True)]
+    fits = [_fit_splits(x, y, w, splits, option, held_logit) for option in options]
+    aucs = np.zeros((len(splits), 2))
+    for i, ((_, test, _), *parts) in enumerate(zip(splits, *fits, strict=True)):
+        linear = np.stack([p.scores(x[test], held_logit[test])[:, 0] for p in parts], axis=1)
+        aucs[i] = _column_aucs(y[test], linear)
+    best = _best_beyond_noise(aucs, owners, safe=0)
+    return options[best], fits[best]
+
+
+def _blend_choice(
+    x: np.ndarray,
+    y: np.ndarray,
+    splits: list[Split],
+    owners: np.ndarray,
+    fits: list[Parts],
+    held_logit: np.ndarray | None,
 ) -> tuple[tuple[float, ...], float, float | None]:
     """The blend's default, the trust in a person's own blend and the crowd offset delta (None:
-    the person's own choice), with the linear part fitted as ``choice``: the best mean
-    held-out AUC of the blended parts, then of the calibrated score with each delta."""
+    the person's own choice), from each split's fitted parts ``fits``: the best mean held-out
+    AUC of the blended parts, then of the calibrated score with each delta (one that adds the
+    crowd's logit must beat delta 0 beyond noise: ``_best_beyond_noise``)."""
     grid = _blend_grid(len(PARTS))
     aucs = np.zeros((len(TRUSTS), len(grid)))
     fitted = []
-    for train, test, other_half in splits:
+    for (train, test, _), parts in zip(splits, fits, strict=True):
         yt = y[train].astype(np.int64)
-        offset = None if held_logit is None else held_logit[train]
-        parts = fit_parts(
-            x[train], yt, balanced_weights(yt, w[train]), None, offset, choice, other_half
-        )
         spread, pi_hat = own_blend(parts.loo, yt[parts.kept])
         held_out = parts.scores(x[test], None if held_logit is None else held_logit[test])
         held_out /= spread
@@ -271,9 +334,11 @@ def _blend_choice(
     if held_logit is None:
         return tuple(float(v) for v in default), trust, None
     # The crowd offset: each delta of CROWD_OFFSETS, or the person's own LOO choice (None).
-    offsets: list[float | None] = [None, *CROWD_OFFSETS]
-    offset_aucs = np.zeros(len(offsets))
-    for (train, test, _), (parts, spread, pi_hat, held_out) in zip(splits, fitted, strict=True):
+    offsets: list[float | None] = [*CROWD_OFFSETS, None]
+    offset_aucs = np.zeros((len(splits), len(offsets)))
+    for i, ((train, test, _), (parts, spread, pi_hat, held_out)) in enumerate(
+        zip(splits, fitted, strict=True)
+    ):
         pi = (1.0 - trust) * default + trust * pi_hat
         z, z_test = (parts.loo / spread) @ pi, held_out @ pi
         yk = y[train][parts.kept].astype(np.float64)
@@ -283,8 +348,9 @@ def _blend_choice(
             d = own_crowd_offset(z, yk, crowd_kept) if delta is None else delta
             a, c, _ = _fit_platt(z, yk, 0.0, d * crowd_kept)
             scores.append(a * z_test + c + d * crowd_test)
-        offset_aucs += _column_aucs(y[test], np.stack(scores, axis=1))
-    return tuple(float(v) for v in default), trust, offsets[int(np.argmax(offset_aucs))]
+        offset_aucs[i] = _column_aucs(y[test], np.stack(scores, axis=1))
+    best = _best_beyond_noise(offset_aucs, owners, safe=offsets.index(0.0))
+    return tuple(float(v) for v in default), trust, offsets[best]
 
 
 def person_halves(people: int, seed: int = 0) -> np.ndarray:
@@ -326,14 +392,19 @@ def learn_advice(
         ]
         if not splits:
             continue
+        owners = groups[[train[0] for train, _, _ in splits]]
         choice = _linear_choice(x, y, w, splits)
-        blend, trust, delta = _blend_choice(x, y, w, splits, choice, held_logit)
+        if held_logit is None:
+            fits = _fit_splits(x, y, w, splits, choice, None)
+        else:
+            choice, fits = _prior_choice(x, y, w, splits, owners, choice, held_logit)
+        blend, trust, delta = _blend_choice(x, y, splits, owners, fits, held_logit)
         budgets.append(budget)
         linear.append(choice)
         blends.append(blend)
         trusts.append(trust)
         offsets.append(delta)
-        people.append(len({int(groups[s[0][0]]) for s in splits}))
+        people.append(len(np.unique(owners)))
     if not budgets:
         return None
     metric = taste_metric(x, y, w, by_person) if any(c.metric for c in linear) else None

@@ -17,7 +17,9 @@ votes by leave-one-out (LOO), and the person's votes decide the blend:
     lin(x) = gamma * crowd(x) + x . w + b   ridge regression of the +-1 votes on x, offset by
              the crowd model's logit; gamma >= 0 from CROWD_STRENGTHS by LOO likelihood (a
              gamma > 0 must gain CROWD_EVIDENCE_NATS), so a person unlike the crowd gets
-             gamma = 0 and is not pulled towards it. The penalty, and whether the ridge reads x,
+             gamma = 0 and is not pulled towards it; gamma is 0 where the crowd's advice says
+             that the LOO's choice cost other people more than it gained them (with few votes
+             it takes chance agreement for evidence). The penalty, and whether the ridge reads x,
              x stretched along the principal directions of the person's images
              (``_salient_stretch``) or x in the crowd's taste metric (``TasteMetric``: the
              directions people's tastes lie along), come from the crowd model's
@@ -35,7 +37,7 @@ measured. The ridge reads x itself: a taste along a direction of CLIP space (a s
 its loud dimensions, which f damps.
 
 delta in CROWD_OFFSETS is the crowd's advice for this many votes where it has one (what ranked
-other people's held-out votes best), else chosen by the likelihood of the blended LOO scores (a
+other people's held-out votes best; a delta > 0 only if it beat 0 beyond noise), else chosen by the likelihood of the blended LOO scores (a
 delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is diluted by parts
 learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
 

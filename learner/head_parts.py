@@ -35,11 +35,14 @@ CROWD_OFFSETS = (0.0, 0.5, 1.0)
 class LinearChoice:
     """How the linear part is fitted when the person's own LOO is not trusted to choose: on
     plain x, on the salient stretch, or on the crowd's taste metric at strength ``metric`` > 0,
-    and one penalty (all learnt from other people by crowd_advice)."""
+    one penalty, and whether the crowd logit may be its prior (``crowd_prior``: the person's
+    LOO then chooses its strength gamma; otherwise gamma is 0). All learnt from other people by
+    crowd_advice."""
 
     salient: bool
     penalty: float
     metric: float = 0.0
+    crowd_prior: bool = True
 
 
 @dataclass(frozen=True, eq=False)  # arrays: compare them with numpy, not ==
@@ -136,13 +139,16 @@ def fit_parts(
 ) -> Parts:
     """Fit the three parts on votes y (0/1, both sides present) with balanced weights sw.
 
-    ``offset``: the crowd model's logit of each vote (the linear part's prior). ``linear``:
+    ``offset``: the crowd model's logit of each vote (the linear part's prior, unless
+    ``linear`` says otherwise). ``linear``:
     fit the linear part this way (``metric`` is the crowd's taste metric it may name); None
     lets the person's LOO choose the penalty and, by LOO likelihood, plain x or the salient
     stretch. ``seed`` fixes which votes the nearest-vote part keeps when there are more than
     MAX_NEAREST."""
     n, d = x.shape
     t = 2.0 * y - 1.0
+    if linear is not None and not linear.crowd_prior:
+        offset = None
     # The stretch costs an eigendecomposition: only when the linear part may read it.
     salient_possible = linear is None or linear.salient
     stretch = _salient_stretch(x, unlabeled) if salient_possible else np.eye(d)

@@ -12,6 +12,7 @@ from learner.crowd_advice import (
     MIN_PEOPLE,
     REACH,
     Advice,
+    _best_beyond_noise,
     _column_aucs,
     learn_advice,
     taste_metric,
@@ -242,6 +243,14 @@ def test_the_advice_survives_the_crowd_file_and_older_files_still_load(tmp_path:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         direction = z["direction"]
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+    # format 3: advice without the crowd prior's choice; the crowd logit may always be the prior
+    meta["format_version"] = 3
+    del meta["advice"]["crowd_priors"]
+    np.savez(path, **arrays, meta=np.array(json.dumps(meta)))
+    three = CrowdModel.load(path).advice
+    assert three is not None and all(c.crowd_prior for c in three.linear)
+    assert any(not c.crowd_prior for c in model.advice.linear)  # so the line above can fail
     # format 2: advice without the trust and the metric; a head then fits as it did then
     meta["format_version"] = 2
     for key in ("trusts", "metric_strengths", "offsets"):
@@ -303,20 +312,67 @@ def _shared_people(
     return np.vstack(xs), np.concatenate(ys), np.concatenate(ids)
 
 
-def test_the_crowd_offset_is_advised_where_people_share_a_taste_only() -> None:
-    """With the fewest votes, a crowd that shares one taste advises adding the crowd model's
-    logit to the score; a crowd of unrelated tastes never does (its crowd model knows
-    nothing)."""
+def test_the_crowd_enters_heads_where_people_share_a_taste_only() -> None:
+    """With the fewest votes, a crowd that shares one taste advises using the crowd model's
+    logit (as the linear part's prior or as an offset to the score); a crowd of unrelated
+    tastes never does (its crowd model knows nothing)."""
     shared = train_crowd(
         *_shared_people(np.random.default_rng(11), 30, 120)[:2], None, np.repeat(np.arange(30), 120)
     )
     assert shared.advice is not None and shared.advice.offsets is not None
     fewest = shared.advice.offsets[0]  # 10 votes
-    assert fewest is not None and fewest >= 0.5, shared.advice
+    assert shared.advice.linear[0].crowd_prior or (fewest or 0.0) >= 0.5, shared.advice
     unrelated = train_crowd(
         *_direction_people(np.random.default_rng(12), 30, 120)[:2],
         None,
         np.repeat(np.arange(30), 120),
     )
     assert unrelated.advice is not None and unrelated.advice.offsets is not None
-    assert all(o is None or o == 0.0 for o in unrelated.advice.offsets), unrelated.advice
+    assert all(o == 0.0 for o in unrelated.advice.offsets), unrelated.advice
+    assert not any(c.crowd_prior for c in unrelated.advice.linear), unrelated.advice
+
+
+def test_an_option_that_uses_the_crowd_needs_a_gain_beyond_noise() -> None:
+    rng = np.random.default_rng(23)
+    owners = np.repeat(np.arange(30), 4)  # 30 people, 4 splits each
+    safe = 0.8 + 0.05 * rng.normal(size=120)
+    noisy = safe + 0.02 * rng.normal(size=120) + 0.002  # a little better on average: noise
+    steady = safe + 0.01 + 0.002 * rng.normal(size=120)  # a smaller gain, but every time
+    aucs = np.stack([safe, noisy], axis=1)
+    assert noisy.mean() > safe.mean() and _best_beyond_noise(aucs, owners, safe=0) == 0
+    aucs = np.stack([safe, noisy, steady], axis=1)
+    assert _best_beyond_noise(aucs, owners, safe=0) == 2
+
+
+def test_the_crowd_prior_is_advised_where_the_crowd_logit_ranks_held_out_votes_only() -> None:
+    """Given each vote's crowd logit from the other half of the people, the advice keeps the
+    crowd logit as the linear part's prior where it carries the person's taste, and turns it
+    off where it is noise (a person's LOO would sometimes take noise for evidence)."""
+    rng = np.random.default_rng(21)
+    people, votes = 20, 80
+    xs, ys, scores = [], [], []
+    for _ in range(people):
+        x = _unit(rng.normal(size=(votes, 24)))
+        score = x @ rng.normal(size=24)
+        ys.append(score > np.quantile(score, 0.7))
+        xs.append(x)
+        scores.append((score - score.mean()) / score.std())
+    x, y, ids = np.vstack(xs), np.concatenate(ys), np.repeat(np.arange(people), votes)
+    signal = learn_advice(x, y, np.ones(len(y)), ids, held_logit=2.0 * np.concatenate(scores))
+    noise = learn_advice(x, y, np.ones(len(y)), ids, held_logit=3.0 * rng.normal(size=len(y)))
+    assert signal is not None and noise is not None
+    assert [c.crowd_prior for c in signal.linear] == [True] * len(signal.budgets), signal
+    assert [c.crowd_prior for c in noise.linear] == [False] * len(noise.budgets), noise
+
+
+@pytest.mark.parametrize("crowd_prior", [True, False])
+def test_a_head_takes_the_crowd_prior_only_where_the_advice_allows_it(crowd_prior: bool) -> None:
+    x, y, ids = _shared_people(np.random.default_rng(22), 21, 100)
+    newcomer = ids == 20  # shares the crowd's taste, not in its votes
+    crowd = train_crowd(x[~newcomer], y[~newcomer], None, ids[~newcomer])
+    advice = Advice(
+        (40,), (LinearChoice(False, 1.0, crowd_prior=crowd_prior),), ((1, 0, 0),), (20,)
+    )
+    crowd = CrowdModel(crowd.direction, crowd.platt_a, crowd.platt_c, crowd.meta, advice)
+    gamma = train_head(x[newcomer][:40], y[newcomer][:40], crowd=crowd).info()["crowd_weight"]
+    assert (gamma > 0) == crowd_prior, gamma
