@@ -37,7 +37,7 @@ measured. The ridge reads x itself: a taste along a direction of CLIP space (a s
 its loud dimensions, which f damps.
 
 delta in CROWD_OFFSETS is the crowd's advice for this many votes where it has one (what ranked
-other people's held-out votes best; a delta > 0 only if it beat 0 beyond noise), else chosen by the likelihood of the blended LOO scores (a
+other people's held-out votes best), else chosen by the likelihood of the blended LOO scores (a
 delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is diluted by parts
 learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
 
