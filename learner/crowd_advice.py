@@ -44,6 +44,7 @@ from learner.head_parts import (
     own_blend,
     own_crowd_offset,
 )
+from learner.metrics import column_aucs
 
 BUDGETS = (10, 20, 50, 100, 200, 500)  # vote counts advised on (where the crowd has enough)
 MIN_HELD_OUT = 20  # a person advises on a budget only with this many more votes to test on
@@ -129,28 +130,6 @@ class Advice:
             if d.get("offsets") is None
             else tuple(None if o is None else float(o) for o in d["offsets"]),
         )
-
-
-def _column_aucs(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """ROC AUC of each column of ``scores`` (k, c) against 0/1 labels y (ties count half)."""
-    order = np.argsort(scores, axis=0, kind="stable")
-    sorted_scores = np.take_along_axis(scores, order, axis=0)
-    k = len(y)
-    # Average ranks over ties: each sorted position's run of equal values, from its first
-    # position (a running max of run starts) to its last (a running min of run ends, reversed).
-    pos_index = np.arange(k)[:, None]
-    new_run = np.ones_like(sorted_scores, dtype=bool)
-    new_run[1:] = sorted_scores[1:] != sorted_scores[:-1]
-    first = np.maximum.accumulate(np.where(new_run, pos_index, 0), axis=0)
-    run_ends = np.ones_like(new_run)
-    run_ends[:-1] = new_run[1:]
-    last = np.minimum.accumulate(np.where(run_ends, pos_index, k - 1)[::-1], axis=0)[::-1]
-    ranks = np.empty_like(scores, dtype=np.float64)
-    np.put_along_axis(ranks, order, (first + last + 2) / 2.0, axis=0)
-    pos = y.astype(bool)
-    n_pos = int(pos.sum())
-    out: np.ndarray = (ranks[pos].sum(axis=0) - n_pos * (n_pos + 1) / 2.0) / (n_pos * (k - n_pos))
-    return out
 
 
 def _ridge_test_scores(
@@ -243,7 +222,7 @@ def _linear_choice(
             else:
                 a = xt @ stretch if salient else xt
                 b = x[test] @ stretch if salient else x[test]
-            aucs[row] += _column_aucs(y[test], _ridge_test_scores(a, 2.0 * yt - 1.0, sw, b))
+            aucs[row] += column_aucs(y[test], _ridge_test_scores(a, 2.0 * yt - 1.0, sw, b))
     best_row, best_col = np.unravel_index(int(np.argmax(aucs)), aucs.shape)
     salient, alpha = rows_tried[best_row]
     return LinearChoice(salient, float(RIDGE_LAMBDAS[best_col]), alpha)
@@ -301,7 +280,7 @@ def _prior_choice(
     aucs = np.zeros((len(splits), 2))
     for i, ((_, test, _), *parts) in enumerate(zip(splits, *fits, strict=True)):
         linear = np.stack([p.scores(x[test], held_logit[test])[:, 0] for p in parts], axis=1)
-        aucs[i] = _column_aucs(y[test], linear)
+        aucs[i] = column_aucs(y[test], linear)
     best = _best_beyond_noise(aucs, owners, safe=0)
     return options[best], fits[best]
 
@@ -315,10 +294,10 @@ def _blend_choice(
 ) -> tuple[tuple[float, ...], float, float | None]:
     """The blend's default, the trust in a person's own blend and the crowd offset delta (None:
     the person's own choice), from each split's fitted parts ``fits``: the best mean held-out
-    AUC of the blended parts, then of the calibrated score with each delta. (Not beyond noise,
-    as the crowd prior: the held-out logit is a crowd model of half the people, weaker than the
-    head's, and with that test the crowd kind lost most of its gain at 20 votes; see
-    bench/results/learning.md.)"""
+    AUC of the blended parts, then of the calibrated score with each delta. delta takes the
+    plain argmax: with the crowd prior's test (``_best_beyond_noise``) the crowd kind lost most
+    of its gain at 20 votes, as the held-out logit comes from a crowd model of half the people,
+    weaker than a head's (bench/results/learning.md)."""
     grid = _blend_grid(len(PARTS))
     aucs = np.zeros((len(TRUSTS), len(grid)))
     fitted = []
@@ -329,7 +308,7 @@ def _blend_choice(
         held_out /= spread
         fitted.append((parts, spread, pi_hat, held_out))
         for row, r in enumerate(TRUSTS):
-            aucs[row] += _column_aucs(y[test], held_out @ ((1.0 - r) * grid + r * pi_hat).T)
+            aucs[row] += column_aucs(y[test], held_out @ ((1.0 - r) * grid + r * pi_hat).T)
     best_trust, best_blend = np.unravel_index(int(np.argmax(aucs)), aucs.shape)
     default, trust = grid[best_blend], float(TRUSTS[best_trust])
     if held_logit is None:
@@ -347,7 +326,7 @@ def _blend_choice(
             d = own_crowd_offset(z, yk, crowd_kept) if delta is None else delta
             a, c, _ = _fit_platt(z, yk, 0.0, d * crowd_kept)
             scores.append(a * z_test + c + d * crowd_test)
-        offset_aucs += _column_aucs(y[test], np.stack(scores, axis=1))
+        offset_aucs += column_aucs(y[test], np.stack(scores, axis=1))
     return tuple(float(v) for v in default), trust, offsets[int(np.argmax(offset_aucs))]
 
 

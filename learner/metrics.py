@@ -63,3 +63,25 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
     sum_p = np.bincount(idx, weights=p, minlength=bins)
     # |sum_y - sum_p| / n per bin == (count / n) * |mean_y - mean_p|.
     return float(np.abs(sum_y - sum_p).sum() / y.size)
+
+
+def column_aucs(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of each column of ``scores`` (k, c) against 0/1 labels y (ties count half)."""
+    order = np.argsort(scores, axis=0, kind="stable")
+    sorted_scores = np.take_along_axis(scores, order, axis=0)
+    k = len(y)
+    # Average ranks over ties: each sorted position's run of equal values, from its first
+    # position (a running max of run starts) to its last (a running min of run ends, reversed).
+    pos_index = np.arange(k)[:, None]
+    new_run = np.ones_like(sorted_scores, dtype=bool)
+    new_run[1:] = sorted_scores[1:] != sorted_scores[:-1]
+    first = np.maximum.accumulate(np.where(new_run, pos_index, 0), axis=0)
+    run_ends = np.ones_like(new_run)
+    run_ends[:-1] = new_run[1:]
+    last = np.minimum.accumulate(np.where(run_ends, pos_index, k - 1)[::-1], axis=0)[::-1]
+    ranks = np.empty_like(scores, dtype=np.float64)
+    np.put_along_axis(ranks, order, (first + last + 2) / 2.0, axis=0)
+    pos = y.astype(bool)
+    n_pos = int(pos.sum())
+    out: np.ndarray = (ranks[pos].sum(axis=0) - n_pos * (n_pos + 1) / 2.0) / (n_pos * (k - n_pos))
+    return out

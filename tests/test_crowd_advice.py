@@ -13,7 +13,6 @@ from learner.crowd_advice import (
     REACH,
     Advice,
     _best_beyond_noise,
-    _column_aucs,
     learn_advice,
     taste_metric,
 )
@@ -25,7 +24,7 @@ from learner.head_fit import (
     _salient_stretch,
 )
 from learner.head_parts import LinearChoice
-from learner.metrics import roc_auc
+from learner.metrics import column_aucs, roc_auc
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -110,7 +109,7 @@ def test_column_aucs_are_roc_aucs_with_ties() -> None:
     rng = np.random.default_rng(3)
     y = rng.random(50) < 0.4
     scores = np.round(rng.normal(size=(50, 4)), 1)  # many ties
-    got = _column_aucs(y, scores)
+    got = column_aucs(y, scores)
     for col in range(4):
         assert got[col] == pytest.approx(roc_auc(y, scores[:, col]))
 
