@@ -45,9 +45,8 @@ from learner.durable import save_npz_atomically
 from learner.head_parts import TasteMetric
 from learner.metrics import roc_auc
 
-# Formats 1-3 are read too, so that a bot keeps its crowd model across an upgrade: format 1
-# holds no advice, format 2 advice without the trust, the crowd offset and the taste metric,
-# format 3 without whether the crowd logit is the linear part's prior (it then always may be).
+# Older formats are read too, so that a bot keeps its crowd model across an upgrade: whatever
+# advice a file lacks, a head chooses by its own votes' LOO instead (Advice.from_json).
 FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 KIND = "tastebot-crowd"

@@ -8,23 +8,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def _midranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``values``; tied values share the mean of their ranks."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_vals = values[order]
-    # Start index of each run of equal values, and the run each element belongs to.
-    is_new = np.empty(len(sorted_vals), dtype=bool)
-    is_new[:1] = True
-    is_new[1:] = sorted_vals[1:] != sorted_vals[:-1]
-    run_id = np.cumsum(is_new) - 1
-    starts = np.flatnonzero(is_new)
-    ends = np.append(starts[1:], len(sorted_vals))  # exclusive
-    run_rank = (starts + 1 + ends) / 2.0  # mean of ranks starts+1 .. ends
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = run_rank[run_id]
-    return ranks
-
-
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
     """Area under the ROC curve, or None when only one class is present.
 
@@ -39,9 +22,7 @@ def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    ranks = _midranks(s)
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(column_aucs(y, s[:, None])[0])
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
@@ -66,7 +47,8 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
 
 
 def column_aucs(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """ROC AUC of each column of ``scores`` (k, c) against 0/1 labels y (ties count half)."""
+    """ROC AUC of each column of ``scores`` (k, c) against 0/1 labels y, both classes present:
+    the Mann-Whitney U statistic with midranks (ties count half)."""
     order = np.argsort(scores, axis=0, kind="stable")
     sorted_scores = np.take_along_axis(scores, order, axis=0)
     k = len(y)
