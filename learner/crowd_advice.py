@@ -43,6 +43,7 @@ from learner.head_parts import (
     fit_parts,
     own_blend,
     own_crowd_offset,
+    without_crowd_prior,
 )
 from learner.metrics import column_aucs
 
@@ -65,9 +66,8 @@ REACH = 1.5
 CROWD_EVIDENCE_SE = 2.0
 TRUSTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weights of a person's own LOO blend tried (see above)
 METRIC_STRENGTHS = (0.25, 0.5, 0.75)  # alpha of the taste metric tried (0, none, is plain x)
-# The metric keeps its largest directions only: applying it costs (votes x d x rank) per fit,
-# and with hundreds of people the full rank made training the crowd model slow. A priori; the
-# benchmark's crowds (50 people) never reach it.
+# The metric keeps its largest directions only (a priori): applying it costs votes x d x rank
+# per fit, too slow at full rank with hundreds of people; 50-person crowds never reach it.
 MAX_METRIC_RANK = 64
 
 
@@ -276,10 +276,14 @@ def _prior_choice(
     to cost more than a crowd that shares the taste gains. Returns the choice and each split's
     parts fitted that way."""
     options = [replace(choice, crowd_prior=prior) for prior in (False, True)]
-    fits = [_fit_splits(x, y, w, splits, option, held_logit) for option in options]
+    fits: list[list[Parts]] = [[], _fit_splits(x, y, w, splits, options[1], held_logit)]
     aucs = np.zeros((len(splits), 2))
-    for i, ((_, test, _), *parts) in enumerate(zip(splits, *fits, strict=True)):
-        linear = np.stack([p.scores(x[test], held_logit[test])[:, 0] for p in parts], axis=1)
+    for i, ((train, test, other_half), parts) in enumerate(zip(splits, fits[1], strict=True)):
+        # Without the prior only the linear part can differ, and only where gamma > 0.
+        yt = y[train].astype(np.int64)
+        sw = balanced_weights(yt, w[train])
+        fits[0].append(without_crowd_prior(parts, x[train], yt, sw, options[1], other_half))
+        linear = np.stack([f[i].scores(x[test], held_logit[test])[:, 0] for f in fits], axis=1)
         aucs[i] = column_aucs(y[test], linear)
     best = _best_beyond_noise(aucs, owners, safe=0)
     return options[best], fits[best]

@@ -6,7 +6,7 @@ what a blend should start from."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -126,29 +126,18 @@ def balanced_weights(y: np.ndarray, sw0: np.ndarray) -> np.ndarray:
     return out
 
 
-# One function: the parts share f-space, the kept votes and the vote weights.
-def fit_parts(
+def _fit_linear(
     x: np.ndarray,
-    y: np.ndarray,
+    t: np.ndarray,
     sw: np.ndarray,
-    unlabeled: np.ndarray | None = None,
-    offset: np.ndarray | None = None,
-    linear: LinearChoice | None = None,
-    metric: TasteMetric | None = None,
-    seed: int = 0,
-) -> Parts:
-    """Fit the three parts on votes y (0/1, both sides present) with balanced weights sw.
-
-    ``offset``: the crowd model's logit of each vote (the linear part's prior, unless
-    ``linear`` says otherwise). ``linear``:
-    fit the linear part this way (``metric`` is the crowd's taste metric it may name); None
-    lets the person's LOO choose the penalty and, by LOO likelihood, plain x or the salient
-    stretch. ``seed`` fixes which votes the nearest-vote part keeps when there are more than
-    MAX_NEAREST."""
+    unlabeled: np.ndarray | None,
+    offset: np.ndarray | None,
+    linear: LinearChoice | None,
+    metric: TasteMetric | None,
+) -> tuple[float, float, np.ndarray, float, np.ndarray, bool]:
+    """The linear part on targets t (+-1), as fit_parts says: (penalty, gamma, weights on x,
+    bias, LOO scores of every vote, salient)."""
     n, d = x.shape
-    t = 2.0 * y - 1.0
-    if linear is not None and not linear.crowd_prior:
-        offset = None
     # The stretch costs an eigendecomposition: only when the linear part may read it.
     salient_possible = linear is None or linear.salient
     stretch = _salient_stretch(x, unlabeled) if salient_possible else np.eye(d)
@@ -177,6 +166,58 @@ def fit_parts(
             lam, gamma, w, b, loo_lin = lam2, gamma2, w2, b2, loo2
     if salient:
         w = stretch @ w
+    return lam, gamma, w, b, loo_lin, bool(salient)
+
+
+def without_crowd_prior(
+    parts: Parts,
+    x: np.ndarray,
+    y: np.ndarray,
+    sw: np.ndarray,
+    linear: LinearChoice,
+    metric: TasteMetric | None = None,
+) -> Parts:
+    """``parts`` that ``fit_parts(x, y, sw, None, offset, linear, metric)`` fitted, as it fits
+    them when ``linear.crowd_prior`` is False: the same parts where the person's LOO gave the
+    prior no weight (gamma 0), else with the linear part refitted (the others do not read the
+    crowd)."""
+    if parts.crowd_weight == 0.0:
+        return parts
+    lam, gamma, w, b, loo_lin, salient = _fit_linear(
+        x, 2.0 * y - 1.0, sw, None, None, linear, metric
+    )
+    loo = parts.loo.copy()
+    loo[:, 0] = loo_lin[parts.kept]
+    return replace(
+        parts, weights=w, bias=b, penalty=lam, crowd_weight=gamma, salient=salient, loo=loo
+    )
+
+
+# One function: the parts share f-space, the kept votes and the vote weights.
+def fit_parts(
+    x: np.ndarray,
+    y: np.ndarray,
+    sw: np.ndarray,
+    unlabeled: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+    linear: LinearChoice | None = None,
+    metric: TasteMetric | None = None,
+    seed: int = 0,
+) -> Parts:
+    """Fit the three parts on votes y (0/1, both sides present) with balanced weights sw.
+
+    ``offset``: the crowd model's logit of each vote (the linear part's prior, unless
+    ``linear`` says otherwise). ``linear``:
+    fit the linear part this way (``metric`` is the crowd's taste metric it may name); None
+    lets the person's LOO choose the penalty and, by LOO likelihood, plain x or the salient
+    stretch. ``seed`` fixes which votes the nearest-vote part keeps when there are more than
+    MAX_NEAREST."""
+    n, d = x.shape
+    if linear is not None and not linear.crowd_prior:
+        offset = None
+    lam, gamma, w, b, loo_lin, salient = _fit_linear(
+        x, 2.0 * y - 1.0, sw, unlabeled, offset, linear, metric
+    )
 
     # f-space from all the person's images; the nearest-vote part keeps at most MAX_NEAREST
     # votes, rounded to float16 now so the saved file scores exactly as the trained head.
@@ -199,7 +240,7 @@ def fit_parts(
         bias=b,
         penalty=lam,
         crowd_weight=gamma,
-        salient=bool(salient),
+        salient=salient,
         shift=shift,
         scale=scale,
         centroid=centroid,

@@ -6,7 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learner.crowd import CrowdModel, evaluate_crowd, promote_crowd, train_crowd
+from learner.crowd import (
+    WITHIN_PERSON_BLOCK,
+    CrowdModel,
+    _within_person,
+    evaluate_crowd,
+    promote_crowd,
+    train_crowd,
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -155,3 +162,17 @@ def test_evaluate_crowd_averages_over_people_and_gates_promotion() -> None:
     assert promote_crowd(g, b)[0] and not promote_crowd(b, g)[0]
     assert promote_crowd(g, None)[0]  # the first crowd model
     assert not promote_crowd(None, g)[0]
+
+
+def test_each_persons_weighted_mean_is_taken_out_across_blocks_of_rows() -> None:
+    rng = np.random.default_rng(5)
+    n = 2 * WITHIN_PERSON_BLOCK + 7  # a person's rows in several blocks, the last one short
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    t, w, groups = rng.normal(size=n), rng.uniform(0.5, 2.0, n), rng.integers(0, 9, n)
+    xc, tc = _within_person(x, t, w, groups)
+    assert xc.dtype == np.float32 and xc.shape == x.shape
+    for g in range(9):
+        rows = groups == g
+        mean_x = np.average(x[rows].astype(np.float64), axis=0, weights=w[rows])
+        np.testing.assert_allclose(xc[rows], x[rows] - mean_x, atol=1e-6)
+        np.testing.assert_allclose(tc[rows], t[rows] - np.average(t[rows], weights=w[rows]))

@@ -23,7 +23,13 @@ from learner.head_fit import (
     _platt_log_likelihoods,
     _salient_stretch,
 )
-from learner.head_parts import LinearChoice
+from learner.head_parts import (
+    LinearChoice,
+    TasteMetric,
+    balanced_weights,
+    fit_parts,
+    without_crowd_prior,
+)
 from learner.metrics import column_aucs, roc_auc
 
 
@@ -376,3 +382,33 @@ def test_a_head_takes_the_crowd_prior_only_where_the_advice_allows_it(crowd_prio
     crowd = CrowdModel(crowd.direction, crowd.platt_a, crowd.platt_c, crowd.meta, advice)
     gamma = train_head(x[newcomer][:40], y[newcomer][:40], crowd=crowd).info()["crowd_weight"]
     assert (gamma > 0) == crowd_prior, gamma
+
+
+@pytest.mark.parametrize(
+    "linear", [LinearChoice(False, 1.0), LinearChoice(True, 0.3), LinearChoice(False, 1.0, 0.5)]
+)
+@pytest.mark.parametrize("offset_carries_the_taste", [True, False])
+def test_parts_without_the_crowd_prior_are_the_parts_fitted_without_it(
+    linear: LinearChoice, offset_carries_the_taste: bool
+) -> None:
+    """The advice fits each split with the prior and derives the fit without it: that must be
+    what fit_parts gives with crowd_prior False, whether or not the LOO gave the prior weight."""
+    rng = np.random.default_rng(31)
+    x = _unit(rng.normal(size=(40, 24))).astype(np.float32)
+    score = x @ rng.normal(size=24)
+    y = (score > np.quantile(score, 0.7)).astype(np.int64)
+    offset = 3.0 * score if offset_carries_the_taste else 0.1 * rng.normal(size=40)
+    sw = balanced_weights(y, np.ones(40))
+    vectors = np.linalg.qr(rng.normal(size=(24, 4)))[0]
+    metric = TasteMetric(np.array([8.0, 6.0, 4.0, 2.0]), vectors)
+    with_prior = fit_parts(x, y, sw, None, offset, linear, metric)
+    assert (with_prior.crowd_weight > 0) == offset_carries_the_taste, with_prior.crowd_weight
+    derived = without_crowd_prior(with_prior, x, y, sw, linear, metric)
+    direct = fit_parts(
+        x, y, sw, None, offset, dataclasses.replace(linear, crowd_prior=False), metric
+    )
+    assert derived.crowd_weight == direct.crowd_weight == 0.0
+    assert (derived.penalty, derived.salient) == (direct.penalty, direct.salient)
+    for field in ("weights", "bias", "centroid", "kept", "vote_feats", "loo"):
+        np.testing.assert_allclose(getattr(derived, field), getattr(direct, field), rtol=1e-9)
+    np.testing.assert_allclose(derived.scores(x, offset), direct.scores(x, offset), rtol=1e-9)
