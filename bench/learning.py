@@ -5,7 +5,7 @@ Runs the simulated-user protocol of ``../shared/data/README.md`` on any npz with
 
     python -m bench.learning [--data ../shared/data/clip-vit-b32/pets.npz] [--users 20]
         [--kinds subjects,style,graded,mixed,crowd] [--json] [--plot out.png]
-        [--classes 0.5 --class-seed 1] [--unvoted R|all] [--no-crowd] [--cost]
+        [--classes 0.5 --class-seed 1] [--unvoted R|all] [--no-crowd] [--workers N] [--cost]
 
 The project learner is ``learner.head.train_head`` itself (the code the bot runs), given a
 crowd model (``learner.crowd.train_crowd``) trained on *other* simulated people's votes: 50
@@ -19,7 +19,8 @@ votes only.
 {"<budget>": ECE}}, "ece_true_labels": ..., "train_s": ...}`` (null for a budget larger than the
 stream). ``--classes F`` keeps a random fraction F of the classes: a held-out world, to check
 that the design is not tuned to the three files. ``--unvoted R`` has each person send R more
-images per vote without voting (``all``: every stream image not voted on). ``--cost`` only
+images per vote without voting (``all``: every stream image not voted on). People run side by
+side on one process per CPU (``--workers``; the figures do not depend on it). ``--cost`` only
 times: training one head on 10,000 votes (+ 2,000 unvoted images), scoring one image, and
 training the crowd model on 100,000 votes (the file's images resampled with a little jitter).
 """
@@ -29,9 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +64,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/clip-vit-b3
 MEAN_MARGIN = {"subjects": 0.015, "mixed": 0.015, "style": 0.005, "graded": 0.005}
 BUDGET_SLACK = 0.005
 MAX_ECE = 0.05
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 # A reference learner maps (train embeddings, liked, vote weights, test embeddings) to scores
 # on the test embeddings, or None when it can only output a constant.
@@ -361,17 +366,17 @@ def crowd_for(world: World, kind: str, person: Person, u: int) -> CrowdModel:
     return train_crowd(world.x[idx], liked, weights, ids)
 
 
-def run_kind(
+def run_person(
     world: World,
     kind: str,
-    users: int,
+    u: int,
     references: bool = True,
     unvoted_per_vote: float | None = 0.0,
     use_crowd: bool = True,
 ) -> Results:
-    """Steps 5-6 of the protocol for one kind. A budget larger than a person's stream is
-    skipped (its lists stay empty) rather than trained on fewer votes than it says. The
-    project head is also given the images the person sent without voting
+    """Steps 5-6 of the protocol for person ``u`` of one kind. A budget larger than the
+    person's stream is skipped (its lists stay empty) rather than trained on fewer votes than it
+    says. The project head is also given the images the person sent without voting
     (``unvoted_images``) and the crowd model; the reference learners use votes only."""
     names = [PROJECT] + (list(REFERENCES) if references else [])
     res = Results(
@@ -381,30 +386,94 @@ def run_kind(
         {b: [] for b in PROJECT_BUDGETS},
     )
     x = world.x
-    for u in range(users):
-        p = simulate_person(world, u, kind)
-        crowd = crowd_for(world, kind, p, u) if use_crowd else None
-        xte = x[p.test]
-        for b in PROJECT_BUDGETS:
-            if b > len(p.stream):
-                continue
-            seen = p.stream[:b]
-            xtr, liked, weights = x[seen], p.liked[:b], p.weights[:b]
-            unl = x[unvoted_images(p.stream, b, unvoted_per_vote)]
-            t0 = time.perf_counter()
-            head = train_head(xtr, liked, weights, unlabeled=unl, crowd=crowd, seed=u)
-            res.train_s[b].append(time.perf_counter() - t0)
-            probs = head.predict(xte)
-            auc = roc_auc(p.test_true, probs)
-            res.auc[PROJECT][b].append(0.5 if auc is None else auc)
-            res.ece_votes[b].append(expected_calibration_error(p.test_votes, probs))
-            res.ece_true[b].append(expected_calibration_error(p.test_true, probs))
-            if references and b > 0:
-                for name, fn in REFERENCES.items():
-                    scores = fn(xtr, liked, weights, xte)
-                    auc = None if scores is None else roc_auc(p.test_true, scores)
-                    res.auc[name][b].append(0.5 if auc is None else auc)
+    p = simulate_person(world, u, kind)
+    crowd = crowd_for(world, kind, p, u) if use_crowd else None
+    xte = x[p.test]
+    for b in PROJECT_BUDGETS:
+        if b > len(p.stream):
+            continue
+        seen = p.stream[:b]
+        xtr, liked, weights = x[seen], p.liked[:b], p.weights[:b]
+        unl = x[unvoted_images(p.stream, b, unvoted_per_vote)]
+        t0 = time.perf_counter()
+        head = train_head(xtr, liked, weights, unlabeled=unl, crowd=crowd, seed=u)
+        res.train_s[b].append(time.perf_counter() - t0)
+        probs = head.predict(xte)
+        auc = roc_auc(p.test_true, probs)
+        res.auc[PROJECT][b].append(0.5 if auc is None else auc)
+        res.ece_votes[b].append(expected_calibration_error(p.test_votes, probs))
+        res.ece_true[b].append(expected_calibration_error(p.test_true, probs))
+        if references and b > 0:
+            for name, fn in REFERENCES.items():
+                scores = fn(xtr, liked, weights, xte)
+                auc = None if scores is None else roc_auc(p.test_true, scores)
+                res.auc[name][b].append(0.5 if auc is None else auc)
     return res
+
+
+def _joined(people: list[Results]) -> Results:
+    """One kind's Results from its people's, in the people's order."""
+
+    def join(tables: list[dict[int, list[float]]]) -> dict[int, list[float]]:
+        return {b: [v for t in tables for v in t[b]] for b in tables[0]}
+
+    first = people[0]
+    return Results(
+        {n: join([r.auc[n] for r in people]) for n in first.auc},
+        join([r.ece_votes for r in people]),
+        join([r.ece_true for r in people]),
+        join([r.train_s for r in people]),
+    )
+
+
+_WORKER_WORLD: World | None = None  # a worker process's world, built once (see run_kinds)
+
+
+def _start_worker(x: np.ndarray, labels: np.ndarray) -> None:
+    global _WORKER_WORLD
+    _WORKER_WORLD = World(x, labels)
+
+
+def _run_in_worker(task: tuple[str, int, bool, float | None, bool]) -> Results:
+    assert _WORKER_WORLD is not None
+    return run_person(_WORKER_WORLD, *task)
+
+
+def run_kinds(
+    world: World,
+    kinds: list[str],
+    users: int,
+    references: bool = True,
+    unvoted_per_vote: float | None = 0.0,
+    use_crowd: bool = True,
+    workers: int = 1,
+) -> dict[str, Results]:
+    """Every person of every kind, on ``workers`` processes (1: in this one). People are
+    independent and seeded by their number, so the figures do not depend on ``workers``."""
+    tasks = [(k, u, references, unvoted_per_vote, use_crowd) for k in kinds for u in range(users)]
+    if workers <= 1:
+        people = [run_person(world, *task) for task in tasks]
+    else:
+        # One BLAS thread per process: a person's matrices are small, and two threaded
+        # processes on two cores fight each other. Spawned workers read the variables when
+        # they import numpy; they are all started while the variables are set.
+        saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
+        os.environ.update({v: "1" for v in THREAD_VARIABLES})
+        try:
+            with ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(world.x, world.labels),
+            ) as pool:
+                people = list(pool.map(_run_in_worker, tasks))
+        finally:
+            for v, value in saved.items():
+                if value is None:
+                    os.environ.pop(v, None)
+                else:
+                    os.environ[v] = value
+    return {k: _joined(people[i * users : (i + 1) * users]) for i, k in enumerate(kinds)}
 
 
 Table = dict[str, dict[str, float | None]]  # learner -> budget -> mean
@@ -675,6 +744,12 @@ def main(argv: list[str] | None = None) -> None:
         "they send, as in the protocol); 'all': every stream image not voted on",
     )
     ap.add_argument(
+        "--workers",
+        type=_whole(1),
+        default=os.cpu_count() or 1,
+        help="processes that run people side by side (default: one per CPU; 1: this process)",
+    )
+    ap.add_argument(
         "--cost",
         action="store_true",
         help="only time training (10,000 votes), scoring, and the crowd model (100,000 votes)",
@@ -706,12 +781,15 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     world = World(x, labels)
-    results = {
-        kind: run_kind(
-            world, kind, args.users, not args.no_references, args.unvoted, not args.no_crowd
-        )
-        for kind in args.kinds
-    }
+    results = run_kinds(
+        world,
+        args.kinds,
+        args.users,
+        not args.no_references,
+        args.unvoted,
+        not args.no_crowd,
+        args.workers,
+    )
     s = summary(results)
     title = args.data.stem + (
         f" ({args.classes:.0%} classes, seed {args.class_seed})" if args.classes < 1 else ""

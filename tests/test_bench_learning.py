@@ -28,7 +28,8 @@ def test_json_has_every_kind_learner_and_budget(
 ) -> None:
     monkeypatch.setattr(learning, "REFERENCES", {"centroids": learning.centroids})  # fast
     data = _clustered_npz(tmp_path / "c8.npz")  # stream: 420 images, so no budget 500
-    learning.main(["--data", str(data), "--users", "2", "--json", "--kinds", "subjects,crowd"])
+    argv = ["--users", "2", "--json", "--kinds", "subjects,crowd", "--workers", "1"]
+    learning.main(["--data", str(data), *argv])
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"subjects", "crowd", *learning.NOT_KINDS}
     for kind in ("subjects", "crowd"):
@@ -50,7 +51,7 @@ def test_tables_and_targets_are_printed_per_kind(
 ) -> None:
     monkeypatch.setattr(learning, "REFERENCES", {"centroids": learning.centroids})
     data = _clustered_npz(tmp_path / "c8.npz", n=1000)
-    learning.main(["--data", str(data), "--users", "1", "--kinds", "style,crowd"])
+    learning.main(["--data", str(data), "--users", "1", "--kinds", "style,crowd", "--workers", "1"])
     text = capsys.readouterr().out
     assert "| style | 0 | 10 |" in text and "| crowd | 0 | 10 |" in text
     assert text.count("| best reference |") == 2 and text.count("| margin |") == 2
@@ -170,6 +171,7 @@ def test_a_file_it_cannot_use_is_one_clear_error(
         ["--class-seed", "-20000"],
         ["--kinds", "subjects,cats"],
         ["--kinds", ""],
+        ["--workers", "0"],
     ],
 )
 def test_bad_arguments_are_refused_before_the_run(tmp_path: Path, argv: list[str]) -> None:
@@ -186,6 +188,22 @@ def test_a_plot_into_a_missing_directory_is_refused_before_the_run(
     with pytest.raises(SystemExit):
         learning.main(["--data", str(data), "--plot", str(tmp_path / "no" / "p.png")])
     assert "no directory" in capsys.readouterr().err
+
+
+def test_people_on_worker_processes_give_the_figures_of_one_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _clustered_npz(tmp_path / "c8.npz")
+    runs = []
+    for workers in ("1", "2"):
+        argv = ["--users", "3", "--kinds", "style,mixed", "--no-references", "--json"]
+        learning.main(["--data", str(data), *argv, "--workers", workers])
+        out = json.loads(capsys.readouterr().out)
+        del out["train_s"]  # timings differ
+        runs.append(out)
+    assert runs[0] == runs[1]
+    # and the people were not all the same person
+    assert runs[0]["style"][learning.PROJECT]["50"] != runs[0]["mixed"][learning.PROJECT]["50"]
 
 
 def test_cost_runs_on_a_file_with_fewer_than_ten_classes(tmp_path: Path) -> None:
