@@ -38,6 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 
@@ -457,22 +458,16 @@ def run_kinds(
         # One BLAS thread per process: a person's matrices are small, and two threaded
         # processes on two cores fight each other. Spawned workers read the variables when
         # they import numpy; they are all started while the variables are set.
-        saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
-        os.environ.update({v: "1" for v in THREAD_VARIABLES})
-        try:
-            with ProcessPoolExecutor(
+        with (
+            patch.dict(os.environ, {v: "1" for v in THREAD_VARIABLES}),
+            ProcessPoolExecutor(
                 workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
                 initargs=(world.x, world.labels),
-            ) as pool:
-                people = list(pool.map(_run_in_worker, tasks))
-        finally:
-            for v, value in saved.items():
-                if value is None:
-                    os.environ.pop(v, None)
-                else:
-                    os.environ[v] = value
+            ) as pool,
+        ):
+            people = list(pool.map(_run_in_worker, tasks))
     return {k: _joined(people[i * users : (i + 1) * users]) for i, k in enumerate(kinds)}
 
 
