@@ -42,8 +42,8 @@ import numpy as np
 
 from learner.crowd_advice import Advice, learn_advice, person_halves
 from learner.durable import save_npz_atomically
-from learner.head_parts import TasteMetric
 from learner.metrics import roc_auc
+from learner.taste_metric import TasteMetric
 
 # Older formats are read too, so that a bot keeps its crowd model across an upgrade: whatever
 # advice a file lacks, a head chooses by its own votes' LOO instead (Advice.from_json).

@@ -38,14 +38,14 @@ from learner.head_parts import (
     PARTS,
     LinearChoice,
     Parts,
-    TasteMetric,
     balanced_weights,
+    crowd_offset_for,
     fit_parts,
     own_blend,
-    own_crowd_offset,
     without_crowd_prior,
 )
 from learner.metrics import column_aucs
+from learner.taste_metric import TasteMetric, taste_metric
 
 BUDGETS = (10, 20, 50, 100, 200, 500)  # vote counts advised on (where the crowd has enough)
 MIN_HELD_OUT = 20  # a person advises on a budget only with this many more votes to test on
@@ -58,7 +58,11 @@ MIN_PEOPLE = 5
 SPLITS = 200
 # The advice at the largest budget measured also serves people with up to this many times as
 # many votes; beyond, the person's own LOO chooses the linear part (reliable with many votes).
-REACH = 1.5
+# A crowd's people have a few hundred votes, so advice ends at budgets where a person's own LOO
+# still chooses worse than it (bench/results/learning.md: at 200 votes, the advice for 100 beat
+# the person's own choices in 8 of 10 kind-file pairs); an end keeps a person unlike the crowd
+# from being held to its blend for ever. 5 is the largest multiple measured (500 votes).
+REACH = 5.0
 # The crowd logit is the linear part's prior (the person's LOO choosing its strength) only
 # where that beat gamma 0 by this many standard errors of the mean gain over people (a priori:
 # with few votes a person's LOO takes chance agreement with an unrelated crowd for evidence,
@@ -66,9 +70,6 @@ REACH = 1.5
 CROWD_EVIDENCE_SE = 2.0
 TRUSTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weights of a person's own LOO blend tried (see above)
 METRIC_STRENGTHS = (0.25, 0.5, 0.75)  # alpha of the taste metric tried (0, none, is plain x)
-# The metric keeps its largest directions only (a priori): applying it costs votes x d x rank
-# per fit, too slow at full rank with hundreds of people; 50-person crowds never reach it.
-MAX_METRIC_RANK = 64
 
 
 @dataclass(frozen=True)
@@ -145,42 +146,6 @@ def _ridge_test_scores(
     coef = (u.T @ (t * root))[:, None] / (s2[:, None] + np.array(RIDGE_LAMBDAS)[None, :])
     out: np.ndarray = ((zt @ z.T) @ u) @ coef
     return out
-
-
-def taste_metric(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, people: list[np.ndarray]
-) -> TasteMetric | None:
-    """The taste metric of the people whose votes are the rows ``people`` (one index array
-    each): the mean outer product of their unit like-minus-dislike directions (weighted mean
-    of the liked images minus that of the disliked), scaled to trace d. None with fewer than
-    MIN_PEOPLE people who have both likes and dislikes."""
-    directions = []
-    for rows in people:
-        liked = y[rows].astype(bool)
-        if liked.all() or not liked.any():
-            continue
-        xr, wr = x[rows].astype(np.float64), w[rows]
-        diff = (wr[liked] @ xr[liked]) / wr[liked].sum() - (wr[~liked] @ xr[~liked]) / wr[
-            ~liked
-        ].sum()
-        norm = float(np.linalg.norm(diff))
-        if norm > 0:
-            directions.append(diff / norm)
-    if len(directions) < MIN_PEOPLE:
-        return None
-    dirs = np.array(directions)
-    p, d = dirs.shape
-    if p <= d:  # the eigenpairs of dirs^T dirs / p from the p x p Gram matrix
-        ev, u = np.linalg.eigh(dirs @ dirs.T / p)
-        keep = ev > 1e-10 * ev.max()
-        vectors = dirs.T @ u[:, keep] / np.sqrt(p * ev[keep])
-        ev = ev[keep]
-    else:
-        ev, vectors = np.linalg.eigh(dirs.T @ dirs / p)
-        ev = np.maximum(ev, 0.0)
-    values = ev * d / float(ev.sum())
-    top = np.argsort(-values)[:MAX_METRIC_RANK]  # the rest count as directions no one had
-    return TasteMetric(values[top], vectors[:, top])
 
 
 def _splits(
@@ -298,9 +263,9 @@ def _blend_choice(
 ) -> tuple[tuple[float, ...], float, float | None]:
     """The blend's default, the trust in a person's own blend and the crowd offset delta (None:
     the person's own choice), from each split's fitted parts ``fits``: the best mean held-out
-    AUC of the blended parts, then of the calibrated score with each delta. delta takes the
-    plain argmax: with the crowd prior's test (``_best_beyond_noise``) the crowd kind lost most
-    of its gain at 20 votes, as the held-out logit comes from a crowd model of half the people,
+    AUC of the blended parts, then of the calibrated score with each delta as a person applies
+    it (``crowd_offset_for``: their votes may veto it). delta takes the plain argmax: with the
+    crowd prior's test (``_best_beyond_noise``) the crowd kind lost most of its gain at 20 votes, as the held-out logit comes from a crowd model of half the people,
     weaker than a head's (bench/results/learning.md)."""
     grid = _blend_grid(len(PARTS))
     aucs = np.zeros((len(TRUSTS), len(grid)))
@@ -327,7 +292,7 @@ def _blend_choice(
         crowd_kept, crowd_test = held_logit[train][parts.kept], held_logit[test]
         scores = []
         for delta in offsets:
-            d = own_crowd_offset(z, yk, crowd_kept) if delta is None else delta
+            d = crowd_offset_for(delta, z, yk, crowd_kept)
             a, c, _ = _fit_platt(z, yk, 0.0, d * crowd_kept)
             scores.append(a * z_test + c + d * crowd_test)
         offset_aucs += column_aucs(y[test], np.stack(scores, axis=1))
@@ -357,7 +322,9 @@ def learn_advice(
     # Cross-fitting: a person's held-out votes are scored with the other half's metric.
     half = person_halves(len(by_person), seed)
     halves = [
-        taste_metric(x, y, w, [rows for g, rows in enumerate(by_person) if half[g] != k])
+        taste_metric(
+            x, y, w, [rows for g, rows in enumerate(by_person) if half[g] != k], MIN_PEOPLE
+        )
         for k in (0, 1)
     ]
     if halves[0] is None or halves[1] is None:
@@ -388,7 +355,7 @@ def learn_advice(
         people.append(len(np.unique(owners)))
     if not budgets:
         return None
-    metric = taste_metric(x, y, w, by_person) if any(c.metric for c in linear) else None
+    metric = taste_metric(x, y, w, by_person, MIN_PEOPLE) if any(c.metric for c in linear) else None
     return Advice(
         tuple(budgets),
         tuple(linear),

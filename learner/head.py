@@ -37,7 +37,8 @@ measured. The ridge reads x itself: a taste along a direction of CLIP space (a s
 its loud dimensions, which f damps.
 
 delta in CROWD_OFFSETS is the crowd's advice for this many votes where it has one (what ranked
-other people's held-out votes best), else chosen by the likelihood of the blended LOO scores (a
+other people's held-out votes best), vetoed (0) where the crowd's logit ranks the person's own
+votes no better than chance, else chosen by the likelihood of the blended LOO scores (a
 delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is diluted by parts
 learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
 
@@ -76,7 +77,7 @@ from learner.head_fit import (
     _nearest,
     _sigmoid,
 )
-from learner.head_parts import PARTS, balanced_weights, fit_parts, own_blend, own_crowd_offset
+from learner.head_parts import PARTS, balanced_weights, crowd_offset_for, fit_parts, own_blend
 from learner.prior import prior_linear
 
 if TYPE_CHECKING:
@@ -285,9 +286,7 @@ def train_head(
     z = (parts.loo / spread) @ pi
     best: tuple[float, float, float, float] | None = None
     crowd_kept = np.zeros(len(kept)) if crowd is None else crowd.logit(x[kept])
-    best_delta = 0.0
-    if crowd is not None:
-        best_delta = own_crowd_offset(z, yk, crowd_kept) if advised_delta is None else advised_delta
+    best_delta = 0.0 if crowd is None else crowd_offset_for(advised_delta, z, yk, crowd_kept)
     for eps in VOTE_NOISE_CHOICES:
         a, c, ll = _fit_platt(z, yk, eps, best_delta * crowd_kept)
         if best is None or ll > best[3]:

@@ -24,6 +24,8 @@ from learner.head_fit import (
     _ridge_loo,
     _salient_stretch,
 )
+from learner.metrics import roc_auc
+from learner.taste_metric import TasteMetric
 
 PARTS = ("linear", "centroid", "nearest")
 # The crowd's logit may also be added to the final score at these strengths (1: as calibrated):
@@ -43,26 +45,6 @@ class LinearChoice:
     penalty: float
     metric: float = 0.0
     crowd_prior: bool = True
-
-
-@dataclass(frozen=True, eq=False)  # arrays: compare them with numpy, not ==
-class TasteMetric:
-    """Where people's tastes lie in CLIP space: C = vectors diag(values) vectors^T, the mean
-    outer product of people's unit like-minus-dislike directions, scaled to trace d (so the
-    identity is its no-information value). Ridge on x stretched by sqrt(alpha C + (1 - alpha) I)
-    is ridge with that prior covariance on the weights: the directions other people's
-    tastes lie along are cheap to learn, the rest dear."""
-
-    values: np.ndarray  # (r,) eigenvalues of C (its other d - r are 0)
-    vectors: np.ndarray  # (d, r) orthonormal eigenvectors
-
-    def stretch(self, x: np.ndarray, alpha: float) -> np.ndarray:
-        """x @ sqrt(alpha C + (1 - alpha) I), without forming the d x d matrix."""
-        base = np.sqrt(1.0 - alpha)
-        gain = np.sqrt(alpha * self.values + 1.0 - alpha) - base
-        x64 = np.asarray(x, dtype=np.float64)
-        out: np.ndarray = base * x64 + ((x64 @ self.vectors) * gain) @ self.vectors.T
-        return out
 
 
 @dataclass(frozen=True)
@@ -115,6 +97,21 @@ def own_crowd_offset(z: np.ndarray, y: np.ndarray, crowd_logit: np.ndarray) -> f
         if ll > best_ll:
             best_delta, best_ll = delta, ll
     return best_delta
+
+
+def crowd_offset_for(
+    advised: float | None, z: np.ndarray, y: np.ndarray, crowd_logit: np.ndarray
+) -> float:
+    """delta for a person with blended LOO scores z of their votes y (0/1): the crowd's
+    ``advised`` delta, or their own choice (``own_crowd_offset``) where it advises none. Their
+    votes veto advice where the crowd's logit ranks them no better than chance (delta 0):
+    advice fits the people of a vote count on average, and would pull a person unlike them
+    towards the crowd."""
+    if advised is None:
+        return own_crowd_offset(z, y, crowd_logit)
+    if advised == 0.0 or (roc_auc(y, crowd_logit) or 0.0) <= 0.5:
+        return 0.0
+    return advised
 
 
 def balanced_weights(y: np.ndarray, sw0: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ from learner.crowd_advice import (
     Advice,
     _best_beyond_noise,
     learn_advice,
-    taste_metric,
 )
 from learner.head import train_head
 from learner.head_fit import (
@@ -25,12 +24,12 @@ from learner.head_fit import (
 )
 from learner.head_parts import (
     LinearChoice,
-    TasteMetric,
     balanced_weights,
     fit_parts,
     without_crowd_prior,
 )
 from learner.metrics import column_aucs, roc_auc
+from learner.taste_metric import TasteMetric, taste_metric
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -137,15 +136,19 @@ def test_a_head_follows_the_crowds_advice_up_to_its_reach() -> None:
     rng = np.random.default_rng(4)
     crowd = train_crowd(*_direction_people(rng, 30, 120)[:2], None, np.repeat(np.arange(30), 120))
     assert crowd.advice is not None
-    x, y, _ = _direction_people(rng, 1, 400)
+    x, y, _ = _direction_people(rng, 1, 600)
     few = train_head(x[:20], y[:20], crowd=crowd)
     choice = crowd.advice.at(20)[0]
     assert choice is not None
     assert few.info()["crowd_advice"] is True
     assert few.info()["lambda"] == choice.penalty
     assert few.info()["salient_prior"] == choice.salient
-    many = train_head(x[:300], y[:300], crowd=crowd)
-    assert many.info()["crowd_advice"] is False  # 300 > REACH * 100 votes: the person's LOO
+    assert crowd.advice.budgets[-1] == 100  # 120 votes a person: 100 + 20 held out
+    reach = int(REACH * 100)
+    within = train_head(x[:reach], y[:reach], crowd=crowd)
+    assert within.info()["crowd_advice"] is True
+    many = train_head(x[: reach + 1], y[: reach + 1], crowd=crowd)
+    assert many.info()["crowd_advice"] is False  # beyond: the person's LOO
     assert train_head(x[:20], y[:20]).info()["crowd_advice"] is False  # no crowd model
 
 
@@ -182,7 +185,8 @@ def _subspace_people(
 
 def test_the_taste_metric_spans_the_directions_people_differ_in() -> None:
     x, y, ids = _subspace_people(np.random.default_rng(7), 40, 150)
-    metric = taste_metric(x, y, np.ones(len(y)), [np.flatnonzero(ids == p) for p in range(40)])
+    people = [np.flatnonzero(ids == p) for p in range(40)]
+    metric = taste_metric(x, y, np.ones(len(y)), people, MIN_PEOPLE)
     assert metric is not None
     assert metric.values.sum() == pytest.approx(48)  # trace d: the identity's
     top = metric.vectors[:, np.argsort(-metric.values)[:4]]
@@ -192,7 +196,7 @@ def test_the_taste_metric_spans_the_directions_people_differ_in() -> None:
     root = (vec * np.sqrt(np.maximum(ev, 0.0))) @ vec.T
     np.testing.assert_allclose(metric.stretch(x[:5], 0.5), x[:5] @ root, atol=1e-9)
     few = [np.flatnonzero(ids == p) for p in range(MIN_PEOPLE - 1)]
-    assert taste_metric(x, y, np.ones(len(y)), few) is None
+    assert taste_metric(x, y, np.ones(len(y)), few, MIN_PEOPLE) is None
 
 
 def test_a_head_learns_faster_in_the_crowds_taste_metric() -> None:

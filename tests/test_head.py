@@ -299,12 +299,18 @@ def test_a_person_opposite_to_the_crowd_is_not_pulled_towards_it() -> None:
     crowd = _crowd(rng, d)
     x = _unit(rng.normal(size=(600, d)))
     opposite = x @ -np.eye(d)[1] > 0
-    head = train_head(x[:60], opposite[:60], crowd=crowd)
-    assert head.info()["crowd_weight"] == 0.0 and head.info()["crowd_offset"] == 0.0
+    # 20 and 30 votes: the crowd's advice offers an offset there (its people have 60 votes)
+    assert crowd.advice is not None and crowd.advice.budgets == (10, 20)
+    for n in (20, 30, 60):
+        head = train_head(x[:n], opposite[:n], crowd=crowd)
+        assert head.info()["crowd_weight"] == 0.0 and head.info()["crowd_offset"] == 0.0, n
     assert _auc(opposite[300:], head.predict(x[300:])) > 0.85
-    # ... while a person who shares the crowd's taste leans on it
+    # ... while a person who shares the crowd's taste leans on it, in the ridge's prior or in
+    # the offset
     xs, shared = _shared_taste_person(rng, d, 0.7, 600)
-    assert train_head(xs[:60], shared[:60], crowd=crowd).info()["crowd_weight"] > 0.1
+    for n in (20, 30, 60):
+        info = train_head(xs[:n], shared[:n], crowd=crowd).info()
+        assert info["crowd_weight"] > 0.1 or info["crowd_offset"] > 0.0, n
 
 
 def test_the_crowd_prior_helps_a_person_who_shares_the_crowds_taste() -> None:
