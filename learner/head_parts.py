@@ -31,6 +31,9 @@ PARTS = ("linear", "centroid", "nearest")
 # The crowd's logit may also be added to the final score at these strengths (1: as calibrated):
 # inside the blend the crowd is diluted by parts learnt from few votes.
 CROWD_OFFSETS = (0.0, 0.5, 1.0)
+# A person's votes veto the crowd's advised offset where its logit ranks them this many chance
+# standard errors below 0.5 (a priori, as the crowd advice's CROWD_EVIDENCE_SE).
+VETO_SE = 2.0
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,21 @@ def crowd_offset_for(
 ) -> float:
     """delta for a person with blended LOO scores z of their votes y (0/1): the crowd's
     ``advised`` delta, or their own choice (``own_crowd_offset``) where it advises none. Their
-    votes veto advice where the crowd's logit ranks them no better than chance (delta 0):
-    advice fits the people of a vote count on average, and would pull a person unlike them
-    towards the crowd."""
+    votes veto advice (delta 0) where the crowd's logit ranks them below chance by more than
+    VETO_SE standard errors of a chance AUC: advice fits the people of a vote count on
+    average, and would pull a person unlike them towards the crowd. Merely no better than
+    chance is not enough: with few votes, people who share the crowd's taste show that often,
+    and the rest of the advice (blend, trust) leans on the offset it chose."""
     if advised is None:
         return own_crowd_offset(z, y, crowd_logit)
-    if advised == 0.0 or (roc_auc(y, crowd_logit) or 0.0) <= 0.5:
+    n_pos = int(np.sum(y > 0))
+    n_neg = len(y) - n_pos
+    auc = roc_auc(y, crowd_logit)
+    if advised == 0.0 or auc is None:
         return 0.0
-    return advised
+    # Hanley and McNeil's standard error of the AUC of a score unrelated to the votes
+    chance_se = np.sqrt((n_pos + n_neg + 1) / (12.0 * n_pos * n_neg))
+    return 0.0 if auc < 0.5 - VETO_SE * chance_se else advised
 
 
 def balanced_weights(y: np.ndarray, sw0: np.ndarray) -> np.ndarray:
