@@ -200,10 +200,24 @@ def test_people_on_worker_processes_give_the_figures_of_one_process(
         learning.main(["--data", str(data), *argv, "--workers", workers])
         out = json.loads(capsys.readouterr().out)
         del out["train_s"]  # timings differ
-        runs.append(out)
-    assert runs[0] == runs[1]
+        runs.append(_flat(out))
+    assert runs[0].keys() == runs[1].keys()
+    # One process may run BLAS on two threads, a worker runs it on one: the same sums in
+    # another order differ in the last bits (1e-10 seen on an AVX2 EPYC), nothing more.
+    assert runs[1] == pytest.approx(runs[0], rel=1e-7, abs=1e-9, nan_ok=True)
     # and the people were not all the same person
-    assert runs[0]["style"][learning.PROJECT]["50"] != runs[0]["mixed"][learning.PROJECT]["50"]
+    assert runs[0][f"style/{learning.PROJECT}/50"] != runs[0][f"mixed/{learning.PROJECT}/50"]
+
+
+def _flat(tree: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1, "c": None}} -> {"a/b": 1, "a/c": nan} (a budget not run is None)."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = float("nan") if value is None else value
+    return out
 
 
 def test_cost_runs_on_a_file_with_fewer_than_ten_classes(tmp_path: Path) -> None:
