@@ -38,7 +38,7 @@ its loud dimensions, which f damps.
 
 delta in CROWD_OFFSETS is the crowd's advice for this many votes where it has one (what ranked
 other people's held-out votes best), vetoed (0) where the crowd's logit ranks the person's own
-votes no better than chance, else chosen by the likelihood of the blended LOO scores (a
+votes clearly below chance (``crowd_offset_for``), else chosen by the likelihood of the blended LOO scores (a
 delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is diluted by parts
 learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
 

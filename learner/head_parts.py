@@ -110,8 +110,9 @@ def crowd_offset_for(
     votes veto advice (delta 0) where the crowd's logit ranks them below chance by more than
     VETO_SE standard errors of a chance AUC: advice fits the people of a vote count on
     average, and would pull a person unlike them towards the crowd. Merely no better than
-    chance is not enough: with few votes, people who share the crowd's taste show that often,
-    and the rest of the advice (blend, trust) leans on the offset it chose."""
+    chance is not enough: with few votes people who share the crowd's taste show that often
+    (a veto at AUC <= 0.5 cost the crowd kind 0.034 of AUC at 20 votes on flowers;
+    bench/results/learning.md)."""
     if advised is None:
         return own_crowd_offset(z, y, crowd_logit)
     n_pos = int(np.sum(y > 0))
