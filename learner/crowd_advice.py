@@ -265,7 +265,8 @@ def _blend_choice(
     the person's own choice), from each split's fitted parts ``fits``: the best mean held-out
     AUC of the blended parts, then of the calibrated score with each delta as a person applies
     it (``crowd_offset_for``: their votes may veto it). delta takes the plain argmax: with the
-    crowd prior's test (``_best_beyond_noise``) the crowd kind lost most of its gain at 20 votes, as the held-out logit comes from a crowd model of half the people,
+    crowd prior's test (``_best_beyond_noise``) the crowd kind lost most of its gain at 20
+    votes, as the held-out logit comes from a crowd model of half the people,
     weaker than a head's (bench/results/learning.md)."""
     grid = _blend_grid(len(PARTS))
     aucs = np.zeros((len(TRUSTS), len(grid)))

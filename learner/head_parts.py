@@ -115,11 +115,13 @@ def crowd_offset_for(
     bench/results/learning.md)."""
     if advised is None:
         return own_crowd_offset(z, y, crowd_logit)
+    if advised == 0.0:
+        return 0.0
+    auc = roc_auc(y, crowd_logit)
+    if auc is None:
+        return 0.0
     n_pos = int(np.sum(y > 0))
     n_neg = len(y) - n_pos
-    auc = roc_auc(y, crowd_logit)
-    if advised == 0.0 or auc is None:
-        return 0.0
     # Hanley and McNeil's standard error of the AUC of a score unrelated to the votes
     chance_se = np.sqrt((n_pos + n_neg + 1) / (12.0 * n_pos * n_neg))
     return 0.0 if auc < 0.5 - VETO_SE * chance_se else advised
