@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from learner.head_fit import RIDGE_LAMBDAS, _blend_grid, _fit_platt, _salient_stretch
+from learner.head_fit import RIDGE_LAMBDAS, _blend_grid, _platt_fits, _salient_axes
 from learner.head_parts import (
     CROWD_OFFSETS,
     PARTS,
@@ -134,17 +134,17 @@ class Advice:
 
 
 def _ridge_test_scores(
-    x: np.ndarray, t: np.ndarray, sw: np.ndarray, x_test: np.ndarray
+    gram: np.ndarray, cross: np.ndarray, t: np.ndarray, sw: np.ndarray
 ) -> np.ndarray:
     """(k, L) scores of held-out images by the weighted ridge (bias a penalised ones column,
-    as the head's) at every penalty of RIDGE_LAMBDAS, from one n x n eigendecomposition."""
+    as the head's) at every penalty of RIDGE_LAMBDAS, from the features' inner products alone:
+    ``gram`` (n, n) among the training votes, ``cross`` (k, n) of the held-out images with
+    them; one n x n eigendecomposition serves every penalty."""
     root = np.sqrt(sw)
-    z = np.hstack([x, np.ones((len(x), 1))]).astype(np.float64) * root[:, None]
-    s2, u = np.linalg.eigh(z @ z.T)
+    s2, u = np.linalg.eigh((gram + 1.0) * np.outer(root, root))
     s2 = np.maximum(s2, 0.0)
-    zt = np.hstack([x_test, np.ones((len(x_test), 1))]).astype(np.float64)
     coef = (u.T @ (t * root))[:, None] / (s2[:, None] + np.array(RIDGE_LAMBDAS)[None, :])
-    out: np.ndarray = ((zt @ z.T) @ u) @ coef
+    out: np.ndarray = (((cross + 1.0) * root) @ u) @ coef
     return out
 
 
@@ -168,6 +168,28 @@ def _splits(
 Split = tuple[np.ndarray, np.ndarray, TasteMetric | None]  # train, held out, the other half's
 
 
+def _option_products(
+    xt: np.ndarray, xs: np.ndarray, metric: TasteMetric | None
+) -> list[np.ndarray]:
+    """For each way the linear part may read x (plain, salient, then the metric at each of
+    METRIC_STRENGTHS when there is one): the (n + k, n) inner products of the mapped training
+    votes ``xt`` and held-out images ``xs`` with the mapped training votes.
+
+    Ridge on x mapped by a symmetric M needs only inner products through P = M^2: for the
+    salient stretch base^2 I + V diag(factors^2 - base^2) V^T, for the metric (1 - alpha) I +
+    alpha C. So no image is mapped, and the plain products serve every option."""
+    xt, xs = xt.astype(np.float64), xs.astype(np.float64)
+    plain = np.vstack([xt, xs]) @ xt.T
+    base, vec, factors = _salient_axes(xt, None)
+    vt, vs = xt @ vec, xs @ vec
+    out = [plain, base * base * plain + np.vstack([vt, vs]) @ (vt * (factors**2 - base**2)).T]
+    if metric is not None:
+        mt, ms = xt @ metric.vectors, xs @ metric.vectors
+        taste = np.vstack([mt, ms]) @ (mt * metric.values).T
+        out += [(1.0 - a) * plain + a * taste for a in METRIC_STRENGTHS]
+    return out
+
+
 def _linear_choice(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, splits: list[Split]
 ) -> LinearChoice:
@@ -176,18 +198,12 @@ def _linear_choice(
     rows_tried = [(False, 0.0), (True, 0.0)] + [(False, a) for a in METRIC_STRENGTHS]
     aucs = np.zeros((len(rows_tried), len(RIDGE_LAMBDAS)))
     for train, test, other_half in splits:
-        xt, yt = x[train], y[train].astype(np.int64)
+        yt = y[train].astype(np.int64)
         sw = balanced_weights(yt, w[train])
-        stretch = _salient_stretch(xt, None)
-        for row, (salient, alpha) in enumerate(rows_tried):
-            if alpha > 0:
-                if other_half is None:
-                    break
-                a, b = other_half.stretch(xt, alpha), other_half.stretch(x[test], alpha)
-            else:
-                a = xt @ stretch if salient else xt
-                b = x[test] @ stretch if salient else x[test]
-            aucs[row] += column_aucs(y[test], _ridge_test_scores(a, 2.0 * yt - 1.0, sw, b))
+        n = len(train)
+        for row, p in enumerate(_option_products(x[train], x[test], other_half)):
+            scores = _ridge_test_scores(p[:n], p[n:], 2.0 * yt - 1.0, sw)
+            aucs[row] += column_aucs(y[test], scores)
     best_row, best_col = np.unravel_index(int(np.argmax(aucs)), aucs.shape)
     salient, alpha = rows_tried[best_row]
     return LinearChoice(salient, float(RIDGE_LAMBDAS[best_col]), alpha)
@@ -291,12 +307,11 @@ def _blend_choice(
         z, z_test = (parts.loo / spread) @ pi, held_out @ pi
         yk = y[train][parts.kept].astype(np.float64)
         crowd_kept, crowd_test = held_logit[train][parts.kept], held_logit[test]
-        scores = []
-        for delta in offsets:
-            d = crowd_offset_for(delta, z, yk, crowd_kept)
-            a, c, _ = _fit_platt(z, yk, 0.0, d * crowd_kept)
-            scores.append(a * z_test + c + d * crowd_test)
-        offset_aucs += column_aucs(y[test], np.stack(scores, axis=1))
+        deltas = np.array([crowd_offset_for(delta, z, yk, crowd_kept) for delta in offsets])
+        columns = np.repeat(z[:, None], len(deltas), axis=1)
+        a, c, _ = _platt_fits(columns, yk, 0.0, np.outer(crowd_kept, deltas))
+        scores = np.outer(z_test, a) + c + np.outer(crowd_test, deltas)
+        offset_aucs += column_aucs(y[test], scores)
     return tuple(float(v) for v in default), trust, offsets[int(np.argmax(offset_aucs))]
 
 

@@ -38,9 +38,9 @@ its loud dimensions, which f damps.
 
 delta in CROWD_OFFSETS is the crowd's advice for this many votes where it has one (what ranked
 other people's held-out votes best), vetoed (0) where the crowd's logit ranks the person's own
-votes clearly below chance (``crowd_offset_for``), else chosen by the likelihood of the blended LOO scores (a
-delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is diluted by parts
-learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
+votes clearly below chance (``crowd_offset_for``), else chosen by the likelihood of the blended
+LOO scores (a delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is
+diluted by parts learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
 
 The blend: pi_hat maximises the LOO likelihood over a grid of the simplex, then is shrunk
 towards a default as pi = (1 - r) default + r pi_hat: picking one learner outright on 20-100
@@ -73,8 +73,8 @@ import numpy as np
 from learner.durable import save_npz_atomically
 from learner.head_fit import (
     _f_space,
-    _fit_platt,
     _nearest,
+    _platt_fits,
     _sigmoid,
 )
 from learner.head_parts import PARTS, balanced_weights, crowd_offset_for, fit_parts, own_blend
@@ -284,15 +284,13 @@ def train_head(
         trust = n / (n + BLEND_PRIOR_VOTES)
     pi = (1.0 - trust) * default + trust * pi_hat
     z = (parts.loo / spread) @ pi
-    best: tuple[float, float, float, float] | None = None
     crowd_kept = np.zeros(len(kept)) if crowd is None else crowd.logit(x[kept])
     best_delta = 0.0 if crowd is None else crowd_offset_for(advised_delta, z, yk, crowd_kept)
-    for eps in VOTE_NOISE_CHOICES:
-        a, c, ll = _fit_platt(z, yk, eps, best_delta * crowd_kept)
-        if best is None or ll > best[3]:
-            best = (a, c, eps, ll)
-    assert best is not None
-    a, c, eps, _ = best
+    noise = np.array(VOTE_NOISE_CHOICES)
+    columns = np.repeat(z[:, None], len(noise), axis=1)
+    slopes, intercepts, lls = _platt_fits(columns, yk, noise, (best_delta * crowd_kept)[:, None])
+    best = int(np.argmax(lls))  # the first of equal likelihoods: the least noise
+    a, c, eps = float(slopes[best]), float(intercepts[best]), float(noise[best])
     m = dict(zip(PARTS, pi / spread, strict=True))
     f_weights, f_bias = m["centroid"] * parts.centroid, 0.0
     # The linear part's blend weight is folded into its weights (it may be 0), and so is

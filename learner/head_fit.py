@@ -100,15 +100,20 @@ def _f_space(x: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return out
 
 
-def _salient_stretch(x: np.ndarray, unlabeled: np.ndarray | None) -> np.ndarray:
-    """(d, d) symmetric map stretching x along the principal directions of the person's
-    images (votes and unvoted) by sqrt of their shrunk relative variance (SALIENT_SHRINK)."""
+def _salient_axes(
+    x: np.ndarray, unlabeled: np.ndarray | None
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """(base, vectors, factors): the salient stretch of x along the principal directions of
+    the person's images (votes and unvoted) by sqrt of their shrunk relative variance
+    (SALIENT_SHRINK) is ``factors`` (r,) along the orthonormal columns of ``vectors`` (d, r)
+    and ``base`` on every direction orthogonal to them."""
     d = x.shape[1]
     u = np.zeros((0, d)) if unlabeled is None else np.asarray(unlabeled).reshape(-1, d)
     images = np.vstack([x, u]).astype(np.float64)
     n = len(images)
+    identity = (1.0, np.zeros((d, 0)), np.zeros(0))
     if n < 2:
-        return np.eye(d)
+        return identity
     centred = images - images.mean(axis=0)
     if n <= d:
         # Fewer images than dimensions: the covariance's nonzero eigenpairs from the n x n
@@ -117,21 +122,24 @@ def _salient_stretch(x: np.ndarray, unlabeled: np.ndarray | None) -> np.ndarray:
         ev = np.maximum(ev, 0.0)
         m = float(ev.sum()) / d
         if m <= 0:
-            return np.eye(d)
+            return identity
         keep = ev > 1e-12 * ev.max()
         vec = (centred.T @ un[:, keep]) / np.sqrt((n - 1) * ev[keep])
-        base = np.sqrt(SALIENT_SHRINK / (1 + SALIENT_SHRINK))
+        base = float(np.sqrt(SALIENT_SHRINK / (1 + SALIENT_SHRINK)))
         factors = np.sqrt((ev[keep] + SALIENT_SHRINK * m) / ((1 + SALIENT_SHRINK) * m))
-        low_rank: np.ndarray = base * np.eye(d) + (vec * (factors - base)) @ vec.T
-        return low_rank
+        return base, vec, factors
     ev, vec = np.linalg.eigh(centred.T @ centred / (n - 1))
     ev = np.maximum(ev, 0.0)
     m = float(ev.mean())
     if m <= 0:
-        return np.eye(d)
-    out: np.ndarray = (
-        vec * np.sqrt((ev + SALIENT_SHRINK * m) / ((1 + SALIENT_SHRINK) * m))
-    ) @ vec.T
+        return identity
+    return 0.0, vec, np.sqrt((ev + SALIENT_SHRINK * m) / ((1 + SALIENT_SHRINK) * m))
+
+
+def _salient_stretch(x: np.ndarray, unlabeled: np.ndarray | None) -> np.ndarray:
+    """(d, d) symmetric map of the salient stretch (``_salient_axes``)."""
+    base, vec, factors = _salient_axes(x, unlabeled)
+    out: np.ndarray = base * np.eye(x.shape[1]) + (vec * (factors - base)) @ vec.T
     return out
 
 
@@ -221,15 +229,16 @@ def _ridge_loo(
     strengths = (0.0,) if offset is None else CROWD_STRENGTHS
     rows = np.arange(0, n, max(1, n // MAX_NEAREST))  # enough votes to compare likelihoods
     y = (t[rows] > 0).astype(np.float64)
-    best_ll, lam, gamma, loo = -np.inf, 0.0, 0.0, t
+    picks = []  # per strength, the penalty with the least LOO squared error and its scores
     for g in strengths:
         i = int(np.argmin(sw @ (e_t - g * e_o) ** 2))  # the first of equal errors: smallest
-        cand = t - (e_t[:, i] - g * e_o[:, i])
-        ll = 0.0 if len(strengths) == 1 else _fit_platt(cand[rows], y)[2]
-        if g > 0:
-            ll -= CROWD_EVIDENCE_NATS
-        if ll > best_ll:
-            best_ll, lam, gamma, loo = ll, float(lams[i]), g, cand
+        picks.append((i, t - (e_t[:, i] - g * e_o[:, i])))
+    best = 0
+    if len(strengths) > 1:
+        lls = _platt_fits(np.stack([cand[rows] for _, cand in picks], axis=1), y)[2]
+        lls -= CROWD_EVIDENCE_NATS * (np.array(strengths) > 0)
+        best = int(np.argmax(lls))  # the first of equal likelihoods: the weakest strength
+    lam, gamma, loo = float(lams[picks[best][0]]), strengths[best], picks[best][1]
     beta = coefficients(lam, t - gamma * targets[:, 1])
     return lam, gamma, beta[:d], float(beta[d]), loo
 
@@ -252,93 +261,47 @@ def _centroid_loo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return unit[1] - unit[0], loo
 
 
-def _floored_log_likelihood(z: np.ndarray, y: np.ndarray, eps: float) -> float:
-    """Log-likelihood of labels y under p = eps + (1 - 2 eps) * sigmoid(z)."""
+def _floored_log_likelihoods(z: np.ndarray, y: np.ndarray, eps: float | np.ndarray) -> np.ndarray:
+    """(K,) log-likelihood of labels y (n,) under p = eps + (1 - 2 eps) * sigmoid(z), per
+    column of z (n, K)."""
     p = np.clip(eps + (1 - 2 * eps) * _sigmoid(z), 1e-12, 1 - 1e-12)
-    return float(y @ np.log(p) + (1 - y) @ np.log(1 - p))
+    out: np.ndarray = y @ np.log(p) + (1 - y) @ np.log(1 - p)
+    return out
 
 
-def _fit_platt(
-    s: np.ndarray, y: np.ndarray, eps: float = 0.0, off: np.ndarray | float = 0.0
-) -> tuple[float, float, float]:
-    """(a, c, log-likelihood) of p = eps + (1 - 2 eps) sigmoid(a s + c), by damped Newton.
+def _platt_fits(
+    s: np.ndarray,
+    y: np.ndarray,
+    eps: float | np.ndarray = 0.0,
+    off: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, c, log-likelihood), each (K,): p = eps_j + (1 - 2 eps_j) sigmoid(a_j s_j + c_j +
+    off_j) fitted to labels y (n,) for every column j of s (n, K), by damped Newton, all
+    columns at once. ``eps``: one value or one a column; ``off``: (n, K), (n, 1) for every
+    column, or None.
 
-    The slope is kept in [MIN_PLATT_SLOPE, MAX_PLATT_SLOPE] per standard deviation of s: LOO
+    The slope is kept in [MIN_PLATT_SLOPE, MAX_PLATT_SLOPE] per standard deviation of s_j: LOO
     scores of few votes can anti-correlate with them (leaving a vote out moves its side's mean
     away from it), and a negative slope would turn the ranking upside down. A weak Gaussian
     prior on (a, c) keeps them finite when the scores separate the votes."""
-    sd = max(float(np.std(s)), 1e-12)
-    s = s / sd
-
-    def objective(a: float, c: float) -> float:
-        return _floored_log_likelihood(a * s + c + off, y, eps) - 0.5 * PLATT_PRIOR * (
-            a * a + c * c
-        )
-
-    a, c = 1.0, 0.0
-    current = objective(a, c)
-    for _ in range(50):
-        q = _sigmoid(a * s + c + off)
-        p = eps + (1 - 2 * eps) * q
-        dp = (1 - 2 * eps) * q * (1 - q)
-        r = dp / np.maximum(p * (1 - p), 1e-12)
-        g = r * (y - p)
-        fisher = r * dp
-        grad = np.array([g @ s - PLATT_PRIOR * a, g.sum() - PLATT_PRIOR * c])
-        info = np.array([[fisher @ (s * s), fisher @ s], [fisher @ s, fisher.sum()]])
-        step = np.linalg.solve(info + PLATT_PRIOR * np.eye(2), grad)
-        if (a <= MIN_PLATT_SLOPE and step[0] < 0) or (a >= MAX_PLATT_SLOPE and step[0] > 0):
-            step = np.array([0.0, grad[1] / (info[1, 1] + PLATT_PRIOR)])  # slope at its bound
-        # eps > 0 makes the likelihood non-concave: halve a step until it does not fall
-        for _ in range(30):
-            a_new = min(max(a + float(step[0]), MIN_PLATT_SLOPE), MAX_PLATT_SLOPE)
-            c_new = c + float(step[1])
-            new = objective(a_new, c_new)
-            if new >= current:
-                break
-            step = step / 2
-        else:
-            break
-        moved = max(abs(a_new - a), abs(c_new - c))
-        a, c, current = a_new, c_new, new
-        if moved < 1e-8:
-            break
-    return a / sd, c, _floored_log_likelihood(a * s + c + off, y, eps)
-
-
-def _platt_log_likelihoods(s: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(K,) the log-likelihood ``_fit_platt(s[:, j], y)`` reaches (eps 0, no offset), for all
-    K columns of s (n, K) at once: the same damped Newton, batched over columns."""
     sd = np.maximum(s.std(axis=0), 1e-12)
     s = s / sd
-    k = s.shape[1]
+    shift: np.ndarray | float = 0.0 if off is None else off
+    e = np.broadcast_to(np.asarray(eps, dtype=np.float64), (s.shape[1],))
 
     def objective(a: np.ndarray, c: np.ndarray) -> np.ndarray:
-        z = s * a + c
-        # log sigmoid(z) and log(1 - sigmoid(z)), clipped as _floored_log_likelihood clips p
-        lp = np.log(np.clip(_sigmoid(z), 1e-12, 1 - 1e-12))
-        lq = np.log(np.clip(_sigmoid(-z), 1e-12, 1 - 1e-12))
-        out: np.ndarray = y @ lp + (1 - y) @ lq - 0.5 * PLATT_PRIOR * (a * a + c * c)
+        ll = _floored_log_likelihoods(s * a + c + shift, y, e)
+        out: np.ndarray = ll - 0.5 * PLATT_PRIOR * (a * a + c * c)
         return out
 
+    k = s.shape[1]
     a, c = np.ones(k), np.zeros(k)
     current = objective(a, c)
     active = np.ones(k, dtype=bool)
     for _ in range(50):
-        q = _sigmoid(s * a + c)
-        fisher = q * (1 - q)
-        g = y[:, None] - q
-        grad = np.stack([(g * s).sum(axis=0) - PLATT_PRIOR * a, g.sum(axis=0) - PLATT_PRIOR * c])
-        i11 = (fisher * s * s).sum(axis=0) + PLATT_PRIOR
-        i12 = (fisher * s).sum(axis=0)
-        i22 = fisher.sum(axis=0) + PLATT_PRIOR
-        det = i11 * i22 - i12 * i12
-        step_a = (i22 * grad[0] - i12 * grad[1]) / det
-        step_c = (i11 * grad[1] - i12 * grad[0]) / det
-        bound = ((a <= MIN_PLATT_SLOPE) & (step_a < 0)) | ((a >= MAX_PLATT_SLOPE) & (step_a > 0))
-        step_a = np.where(bound, 0.0, step_a)
-        step_c = np.where(bound, grad[1] / i22, step_c)
+        step_a, step_c = _platt_step(s, y[:, None], e, s * a + c + shift, a, c)
         step_a, step_c = np.where(active, step_a, 0.0), np.where(active, step_c, 0.0)
+        # eps > 0 makes the likelihood non-concave: halve a step until it does not fall
         pending = active.copy()
         a_new, c_new, new = a.copy(), c.copy(), current.copy()
         for _ in range(30):
@@ -351,16 +314,48 @@ def _platt_log_likelihoods(s: np.ndarray, y: np.ndarray) -> np.ndarray:
             if not pending.any():
                 break
             step_a, step_c = step_a / 2, step_c / 2
-        active &= ~pending  # no step that does not fall: stop, as _fit_platt does
+        active &= ~pending  # no step that does not fall: that column has converged
         moved = np.maximum(np.abs(a_new - a), np.abs(c_new - c))
         a, c, current = a_new, c_new, new
         active &= moved >= 1e-8
         if not active.any():
             break
-    z = s * a + c
-    p = np.clip(_sigmoid(z), 1e-12, 1 - 1e-12)
-    out: np.ndarray = y @ np.log(p) + (1 - y) @ np.log(1 - p)
-    return out
+    return a / sd, c, _floored_log_likelihoods(s * a + c + shift, y, e)
+
+
+def _platt_step(
+    s: np.ndarray, y: np.ndarray, e: np.ndarray, z: np.ndarray, a: np.ndarray, c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every column's Newton step (in a, in c) for ``_platt_fits`` at logits z = a s + c + off:
+    the Fisher information stands in for the Hessian (the same where eps is 0), and a slope at
+    a bound it would cross stays there while the intercept is fitted alone."""
+    q = _sigmoid(z)
+    p = e + (1 - 2 * e) * q
+    dp = (1 - 2 * e) * q * (1 - q)
+    r = dp / np.maximum(p * (1 - p), 1e-12)
+    g = r * (y - p)
+    fisher = r * dp
+    grad_a = (g * s).sum(axis=0) - PLATT_PRIOR * a
+    grad_c = g.sum(axis=0) - PLATT_PRIOR * c
+    i11 = (fisher * s * s).sum(axis=0) + PLATT_PRIOR
+    i12 = (fisher * s).sum(axis=0)
+    i22 = fisher.sum(axis=0) + PLATT_PRIOR
+    det = i11 * i22 - i12 * i12
+    step_a = (i22 * grad_a - i12 * grad_c) / det
+    step_c = (i11 * grad_c - i12 * grad_a) / det
+    bound = ((a <= MIN_PLATT_SLOPE) & (step_a < 0)) | ((a >= MAX_PLATT_SLOPE) & (step_a > 0))
+    return np.where(bound, 0.0, step_a), np.where(bound, grad_c / i22, step_c)
+
+
+def _fit_platt(
+    s: np.ndarray, y: np.ndarray, eps: float = 0.0, off: np.ndarray | float = 0.0
+) -> tuple[float, float, float]:
+    """(a, c, log-likelihood) of p = eps + (1 - 2 eps) sigmoid(a s + c + off) for one score
+    column s (``_platt_fits``)."""
+    s = np.asarray(s, dtype=np.float64)
+    column = np.broadcast_to(np.asarray(off, dtype=np.float64), s.shape)[:, None]
+    a, c, ll = _platt_fits(s[:, None], y, eps, column)
+    return float(a[0]), float(c[0]), float(ll[0])
 
 
 def _blend_grid(k: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from learner.head_fit import (
     _f_space,
     _fit_platt,
     _nearest,
-    _platt_log_likelihoods,
+    _platt_fits,
     _ridge_loo,
     _salient_stretch,
 )
@@ -85,7 +85,7 @@ def own_blend(loo: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = loo / spread
     yf = y.astype(np.float64)
     grid = _blend_grid(loo.shape[1])
-    lls = _platt_log_likelihoods(s @ grid.T, yf)
+    lls = _platt_fits(s @ grid.T, yf)[2]
     return spread, grid[int(np.argmax(lls))]
 
 
@@ -93,13 +93,13 @@ def own_crowd_offset(z: np.ndarray, y: np.ndarray, crowd_logit: np.ndarray) -> f
     """delta in CROWD_OFFSETS: the crowd logit's strength in the final score that the blended
     LOO scores z of the person's votes y (0/1) support by likelihood (a delta > 0 must gain
     CROWD_EVIDENCE_NATS)."""
-    best_delta, best_ll = 0.0, -np.inf
-    for delta in CROWD_OFFSETS:
-        ll = _fit_platt(z, y, 0.0, delta * crowd_logit)[2]
-        ll -= CROWD_EVIDENCE_NATS if delta > 0 else 0.0
-        if ll > best_ll:
-            best_delta, best_ll = delta, ll
-    return best_delta
+    deltas = np.array(CROWD_OFFSETS)
+    column = np.repeat(np.asarray(z, dtype=np.float64)[:, None], len(deltas), axis=1)
+    lls = _platt_fits(column, np.asarray(y, dtype=np.float64), 0.0, np.outer(crowd_logit, deltas))[
+        2
+    ]
+    lls -= CROWD_EVIDENCE_NATS * (deltas > 0)
+    return float(deltas[int(np.argmax(lls))])  # the first of equal likelihoods: the weakest
 
 
 def crowd_offset_for(

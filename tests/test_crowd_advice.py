@@ -9,18 +9,25 @@ import pytest
 
 from learner.crowd import CrowdModel, train_crowd
 from learner.crowd_advice import (
+    METRIC_STRENGTHS,
     MIN_PEOPLE,
     REACH,
     Advice,
     _best_beyond_noise,
+    _option_products,
+    _ridge_test_scores,
     learn_advice,
 )
 from learner.head import train_head
 from learner.head_fit import (
+    MAX_PLATT_SLOPE,
+    MIN_PLATT_SLOPE,
+    PLATT_PRIOR,
     RIDGE_LAMBDAS,
     _fit_platt,
-    _platt_log_likelihoods,
+    _platt_fits,
     _salient_stretch,
+    _sigmoid,
 )
 from learner.head_parts import (
     LinearChoice,
@@ -297,13 +304,70 @@ def test_a_head_moves_from_the_advised_blend_as_far_as_the_advice_trusts_its_own
         assert np.allclose(np.array(blend) * 8, np.round(np.array(blend) * 8))
 
 
-def test_batched_platt_fits_reach_the_likelihoods_of_single_fits() -> None:
+def test_batched_platt_fits_maximise_each_columns_own_likelihood() -> None:
+    """Each column's (a, c) is the maximum of its own penalised likelihood, with its own eps and
+    offset: scipy's bounded optimiser, column by column, finds no better point."""
+    from scipy.optimize import minimize
+
     rng = np.random.default_rng(10)
     y = (rng.random(80) < 0.4).astype(np.float64)
     scores = rng.normal(size=(80, 6)) + (y[:, None] - 0.4) * np.array([0, 0.5, 1, 2, 4, -1])
     scores[:, 5] = (y - 0.5) * 3  # separable: the prior keeps the fit finite
-    expected = [_fit_platt(scores[:, j], y)[2] for j in range(6)]
-    np.testing.assert_allclose(_platt_log_likelihoods(scores, y), expected, atol=1e-6)
+    eps = np.array([0.0, 0.05, 0.0, 0.1, 0.0, 0.025])
+    off = rng.normal(size=(80, 6)) * np.array([0.0, 0.0, 1.0, 0.5, 0.0, 0.0])
+    a, c, ll = _platt_fits(scores, y, eps, off)
+    for j in range(6):
+        sd = scores[:, j].std()
+
+        def log_likelihood(v: np.ndarray, j: int = j, sd: float = sd) -> float:
+            q = _sigmoid(v[0] * scores[:, j] / sd + v[1] + off[:, j])
+            p = np.clip(eps[j] + (1 - 2 * eps[j]) * q, 1e-12, 1 - 1e-12)
+            return float(y @ np.log(p) + (1 - y) @ np.log(1 - p))
+
+        def loss(v: np.ndarray, f=log_likelihood) -> float:  # type: ignore[no-untyped-def]
+            return -f(v) + 0.5 * PLATT_PRIOR * float(v @ v)
+
+        bounds = [(MIN_PLATT_SLOPE, MAX_PLATT_SLOPE), (None, None)]
+        other = minimize(loss, np.array([1.0, 0.0]), bounds=bounds, method="L-BFGS-B")
+        mine = np.array([a[j] * sd, c[j]])
+        assert loss(mine) <= other.fun + 1e-6
+        assert ll[j] == pytest.approx(log_likelihood(mine))
+        single = _fit_platt(scores[:, j], y, float(eps[j]), off[:, j])
+        assert single == pytest.approx((a[j], c[j], ll[j]), abs=1e-6)
+
+
+def test_kernel_ridge_scores_are_the_ridge_fitted_on_the_features() -> None:
+    """From inner products alone, the ridge (bias a penalised ones column) scores new images
+    as the weights fitted on the features do."""
+    rng = np.random.default_rng(4)
+    xt, xs = rng.normal(size=(30, 12)), rng.normal(size=(9, 12))
+    t = np.where(rng.random(30) < 0.4, 1.0, -1.0)
+    sw = rng.uniform(0.5, 2.0, size=30)
+    got = _ridge_test_scores(xt @ xt.T, xs @ xt.T, t, sw)
+    z = np.hstack([xt, np.ones((30, 1))])
+    for col, lam in enumerate(RIDGE_LAMBDAS):
+        beta = np.linalg.solve(z.T @ (sw[:, None] * z) + lam * np.eye(13), z.T @ (sw * t))
+        np.testing.assert_allclose(got[:, col], np.hstack([xs, np.ones((9, 1))]) @ beta, atol=1e-8)
+
+
+@pytest.mark.parametrize("n", [12, 40])
+def test_the_advices_inner_products_are_those_of_the_mapped_images(n: int) -> None:
+    """Plain x, x in the salient stretch and x in the taste metric at each strength: the
+    products the advice computes without mapping any image are those of the mapped images."""
+    rng = np.random.default_rng(n)
+    xt = rng.normal(size=(n, 32)) * np.where(np.arange(32) < 4, 4.0, 1.0)
+    xs = rng.normal(size=(7, 32))
+    q, _ = np.linalg.qr(rng.normal(size=(32, 5)))
+    metric = TasteMetric(np.array([9.0, 5.0, 3.0, 2.0, 1.0]), q)
+    stretch = _salient_stretch(xt, None)
+    maps = [lambda v: v, lambda v: v @ stretch]
+    maps += [lambda v, a=a: metric.stretch(v, a) for a in METRIC_STRENGTHS]
+    got = _option_products(xt, xs, metric)
+    assert len(got) == len(maps)
+    for products, mapped in zip(got, maps, strict=True):
+        expected = np.vstack([mapped(xt), mapped(xs)]) @ mapped(xt).T
+        np.testing.assert_allclose(products, expected, atol=1e-8)
+    assert len(_option_products(xt, xs, None)) == 2  # no metric: plain and salient only
 
 
 def _shared_people(
