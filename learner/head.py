@@ -40,7 +40,8 @@ delta in CROWD_OFFSETS is the crowd's advice for this many votes where it has on
 other people's held-out votes best), vetoed (0) where the crowd's logit ranks the person's own
 votes clearly below chance (``crowd_offset_for``), else chosen by the likelihood of the blended
 LOO scores (a delta > 0 must gain CROWD_EVIDENCE_NATS too): inside the blend the crowd is
-diluted by parts learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"] delta.
+diluted by parts learnt from few votes. info()["crowd_weight"] is gamma, info()["crowd_offset"]
+delta.
 
 The blend: pi_hat maximises the LOO likelihood over a grid of the simplex, then is shrunk
 towards a default as pi = (1 - r) default + r pi_hat: picking one learner outright on 20-100

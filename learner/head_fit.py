@@ -136,10 +136,12 @@ def _salient_axes(
     return 0.0, vec, np.sqrt((ev + SALIENT_SHRINK * m) / ((1 + SALIENT_SHRINK) * m))
 
 
-def _salient_stretch(x: np.ndarray, unlabeled: np.ndarray | None) -> np.ndarray:
-    """(d, d) symmetric map of the salient stretch (``_salient_axes``)."""
-    base, vec, factors = _salient_axes(x, unlabeled)
-    out: np.ndarray = base * np.eye(x.shape[1]) + (vec * (factors - base)) @ vec.T
+def _salient_stretch(v: np.ndarray, axes: tuple[float, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Rows v (k, d) mapped by the salient stretch of ``axes`` (``_salient_axes``), without
+    forming the d x d map."""
+    base, vec, factors = axes
+    v64 = np.asarray(v, dtype=np.float64)
+    out: np.ndarray = base * v64 + ((v64 @ vec) * (factors - base)) @ vec.T
     return out
 
 

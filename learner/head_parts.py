@@ -22,6 +22,7 @@ from learner.head_fit import (
     _nearest,
     _platt_fits,
     _ridge_loo,
+    _salient_axes,
     _salient_stretch,
 )
 from learner.metrics import roc_auc
@@ -147,11 +148,11 @@ def _fit_linear(
 ) -> tuple[float, float, np.ndarray, float, np.ndarray, bool]:
     """The linear part on targets t (+-1), as fit_parts says: (penalty, gamma, weights on x,
     bias, LOO scores of every vote, salient)."""
-    n, d = x.shape
+    n = len(x)
     # The stretch costs an eigendecomposition: only when the linear part may read it.
     salient_possible = linear is None or linear.salient
-    stretch = _salient_stretch(x, unlabeled) if salient_possible else np.eye(d)
-    stretched = (x.astype(np.float64) @ stretch).astype(np.float32) if salient_possible else x
+    axes = _salient_axes(x, unlabeled) if salient_possible else None
+    stretched = x if axes is None else _salient_stretch(x, axes).astype(np.float32)
     if linear is not None and linear.metric > 0.0 and metric is not None:
         salient = False
         lam, gamma, w, b, loo_lin = _ridge_loo(
@@ -174,8 +175,8 @@ def _fit_linear(
         salient = _fit_platt(loo2[rows], y_rows)[2] > _fit_platt(loo_lin[rows], y_rows)[2]
         if salient:
             lam, gamma, w, b, loo_lin = lam2, gamma2, w2, b2, loo2
-    if salient:
-        w = stretch @ w
+    if salient and axes is not None:
+        w = _salient_stretch(w[None, :], axes)[0]  # the map is symmetric
     return lam, gamma, w, b, loo_lin, bool(salient)
 
 

@@ -26,6 +26,7 @@ from learner.head_fit import (
     RIDGE_LAMBDAS,
     _fit_platt,
     _platt_fits,
+    _salient_axes,
     _salient_stretch,
     _sigmoid,
 )
@@ -136,7 +137,9 @@ def test_salient_stretch_from_few_images_equals_the_covariance_route(n: int) -> 
     ev = np.maximum(ev, 0.0)
     m = ev.mean()
     expected = (vec * np.sqrt((ev + m) / (2 * m))) @ vec.T  # SALIENT_SHRINK = 1
-    np.testing.assert_allclose(_salient_stretch(x, None), expected, atol=1e-10)
+    np.testing.assert_allclose(
+        _salient_stretch(x, _salient_axes(x, None)), x @ expected, atol=1e-10
+    )
 
 
 def test_a_head_follows_the_crowds_advice_up_to_its_reach() -> None:
@@ -359,8 +362,8 @@ def test_the_advices_inner_products_are_those_of_the_mapped_images(n: int) -> No
     xs = rng.normal(size=(7, 32))
     q, _ = np.linalg.qr(rng.normal(size=(32, 5)))
     metric = TasteMetric(np.array([9.0, 5.0, 3.0, 2.0, 1.0]), q)
-    stretch = _salient_stretch(xt, None)
-    maps = [lambda v: v, lambda v: v @ stretch]
+    axes = _salient_axes(xt, None)
+    maps = [lambda v: v, lambda v: _salient_stretch(v, axes)]
     maps += [lambda v, a=a: metric.stretch(v, a) for a in METRIC_STRENGTHS]
     got = _option_products(xt, xs, metric)
     assert len(got) == len(maps)
