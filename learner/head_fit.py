@@ -137,11 +137,15 @@ def _salient_axes(
 
 
 def _salient_stretch(v: np.ndarray, axes: tuple[float, np.ndarray, np.ndarray]) -> np.ndarray:
-    """Rows v (k, d) mapped by the salient stretch of ``axes`` (``_salient_axes``), without
-    forming the d x d map."""
+    """Rows v (k, d) mapped by the salient stretch of ``axes`` (``_salient_axes``): through
+    its r axes (2 k d r), or through the d x d map where that costs less (many rows, r > d / 2)."""
     base, vec, factors = axes
     v64 = np.asarray(v, dtype=np.float64)
-    out: np.ndarray = base * v64 + ((v64 @ vec) * (factors - base)) @ vec.T
+    k, d = v64.shape
+    if k > d and 2 * vec.shape[1] > d:
+        out: np.ndarray = v64 @ (base * np.eye(d) + (vec * (factors - base)) @ vec.T)
+        return out
+    out = base * v64 + ((v64 @ vec) * (factors - base)) @ vec.T
     return out
 
 
