@@ -320,7 +320,7 @@ def _platt_fits(
             if not pending.any():
                 break
             step_a, step_c = step_a / 2, step_c / 2
-        active &= ~pending  # no step that does not fall: that column has converged
+        active &= ~pending  # no step that does not fall: that column stops where it is
         moved = np.maximum(np.abs(a_new - a), np.abs(c_new - c))
         a, c, current = a_new, c_new, new
         active &= moved >= 1e-8
