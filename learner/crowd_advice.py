@@ -308,8 +308,7 @@ def _blend_choice(
         yk = y[train][parts.kept].astype(np.float64)
         crowd_kept, crowd_test = held_logit[train][parts.kept], held_logit[test]
         deltas = np.array([crowd_offset_for(delta, z, yk, crowd_kept) for delta in offsets])
-        columns = np.repeat(z[:, None], len(deltas), axis=1)
-        a, c, _ = _platt_fits(columns, yk, 0.0, np.outer(crowd_kept, deltas))
+        a, c, _ = _platt_fits(z[:, None], yk, 0.0, np.outer(crowd_kept, deltas))
         scores = np.outer(z_test, a) + c + np.outer(crowd_test, deltas)
         offset_aucs += column_aucs(y[test], scores)
     return tuple(float(v) for v in default), trust, offsets[int(np.argmax(offset_aucs))]

@@ -288,8 +288,7 @@ def train_head(
     crowd_kept = np.zeros(len(kept)) if crowd is None else crowd.logit(x[kept])
     best_delta = 0.0 if crowd is None else crowd_offset_for(advised_delta, z, yk, crowd_kept)
     noise = np.array(VOTE_NOISE_CHOICES)
-    columns = np.repeat(z[:, None], len(noise), axis=1)
-    slopes, intercepts, lls = _platt_fits(columns, yk, noise, (best_delta * crowd_kept)[:, None])
+    slopes, intercepts, lls = _platt_fits(z[:, None], yk, noise, (best_delta * crowd_kept)[:, None])
     best = int(np.argmax(lls))  # the first of equal likelihoods: the least noise
     a, c, eps = float(slopes[best]), float(intercepts[best]), float(noise[best])
     m = dict(zip(PARTS, pi / spread, strict=True))

@@ -283,8 +283,8 @@ def _platt_fits(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(a, c, log-likelihood), each (K,): p = eps_j + (1 - 2 eps_j) sigmoid(a_j s_j + c_j +
     off_j) fitted to labels y (n,) for every column j of s (n, K), by damped Newton, all
-    columns at once. ``eps``: one value or one a column; ``off``: (n, K), (n, 1) for every
-    column, or None.
+    columns at once. Each of s, ``eps`` and ``off`` may instead be one column that every fit
+    shares: s (n, 1), eps a number, off (n, 1) or None; K is the widest.
 
     The slope is kept in [MIN_PLATT_SLOPE, MAX_PLATT_SLOPE] per standard deviation of s_j: LOO
     scores of few votes can anti-correlate with them (leaving a vote out moves its side's mean
@@ -293,14 +293,14 @@ def _platt_fits(
     sd = np.maximum(s.std(axis=0), 1e-12)
     s = s / sd
     shift: np.ndarray | float = 0.0 if off is None else off
-    e = np.broadcast_to(np.asarray(eps, dtype=np.float64), (s.shape[1],))
+    k = np.broadcast_shapes(s.shape, np.shape(shift), np.shape(eps))[-1]
+    e = np.broadcast_to(np.asarray(eps, dtype=np.float64), (k,))
 
     def objective(a: np.ndarray, c: np.ndarray) -> np.ndarray:
         ll = _floored_log_likelihoods(s * a + c + shift, y, e)
         out: np.ndarray = ll - 0.5 * PLATT_PRIOR * (a * a + c * c)
         return out
 
-    k = s.shape[1]
     a, c = np.ones(k), np.zeros(k)
     current = objective(a, c)
     active = np.ones(k, dtype=bool)

@@ -95,10 +95,8 @@ def own_crowd_offset(z: np.ndarray, y: np.ndarray, crowd_logit: np.ndarray) -> f
     LOO scores z of the person's votes y (0/1) support by likelihood (a delta > 0 must gain
     CROWD_EVIDENCE_NATS)."""
     deltas = np.array(CROWD_OFFSETS)
-    column = np.repeat(np.asarray(z, dtype=np.float64)[:, None], len(deltas), axis=1)
-    lls = _platt_fits(column, np.asarray(y, dtype=np.float64), 0.0, np.outer(crowd_logit, deltas))[
-        2
-    ]
+    column = np.asarray(z, dtype=np.float64)[:, None]  # one score column, an offset per delta
+    _, _, lls = _platt_fits(column, np.asarray(y, np.float64), 0.0, np.outer(crowd_logit, deltas))
     lls -= CROWD_EVIDENCE_NATS * (deltas > 0)
     return float(deltas[int(np.argmax(lls))])  # the first of equal likelihoods: the weakest
 

@@ -319,6 +319,11 @@ def test_batched_platt_fits_maximise_each_columns_own_likelihood() -> None:
     eps = np.array([0.0, 0.05, 0.0, 0.1, 0.0, 0.025])
     off = rng.normal(size=(80, 6)) * np.array([0.0, 0.0, 1.0, 0.5, 0.0, 0.0])
     a, c, ll = _platt_fits(scores, y, eps, off)
+    # one score column shared by every eps and offset fits as that column repeated
+    shared = _platt_fits(scores[:, :1], y, eps, off)
+    repeated = _platt_fits(np.repeat(scores[:, :1], 6, axis=1), y, eps, off)
+    for got, expected in zip(shared, repeated, strict=True):
+        np.testing.assert_array_equal(got, expected)
     for j in range(6):
         sd = scores[:, j].std()
 
