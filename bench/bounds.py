@@ -10,13 +10,19 @@ Same people, splits and votes as ``bench.learning`` (the data README's protocol,
 - ``graded``: the AUC of the person's true style score z itself. Their labels are drawn with
   probability sigmoid(2z - 1.2), which rises with z, so ranking by z is the best any learner
   can do on average (a ceiling, whatever the votes).
+- ``graded``, a learner told where tastes lie: logistic regression (balanced; C = 0.1, 1 and
+  10, all reported: choosing among them by the test is part of the oracle) on the coordinates
+  of the 20 principal directions the style directions are drawn from, scaled as they are drawn
+  (the data README's s_k v_k). It still has to learn the person's direction from their votes:
+  about the best a learner with a perfect prior of where tastes lie can do.
 - ``mixed``: logistic regression (C=1, balanced) on the person's true style score z and every
   image's class (one-hot), trained on their first B votes. It knows the taste's form (some
   classes, or much of one style) and learns only which classes and how much style: not a
   ceiling, a reference for what knowing the form is worth. C=1 was the best of 1, 10 and 100
   on caltech101 (mean over 20-200 votes; 10 and 100 were lower on every budget).
 
-Prints JSON: ``{"graded_ceiling": auc, "mixed_oracle": {"<budget>": auc}}``, means over people.
+Prints JSON: ``{"graded_ceiling": auc, "graded_subspace": {"<C>": {"<budget>": auc}},
+"mixed_oracle": {"<budget>": auc}}``, means over people.
 Compare them with ``bench.learning``'s best reference for the same file and seeds.
 """
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +40,7 @@ from bench.learning import (
     MIXED_FRACTION,
     STYLE_RANK,
     TARGET_BUDGETS,
+    Person,
     World,
     load,
     simulate_person,
@@ -40,6 +48,7 @@ from bench.learning import (
 from learner.metrics import roc_auc
 
 ORACLE_C = 1.0
+SUBSPACE_CS = (0.1, 1.0, 10.0)
 
 
 def graded_truth(world: World, u: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,34 +67,57 @@ def mixed_truth(world: World, u: int) -> tuple[np.ndarray, np.ndarray]:
     return classes, world.style_score(rng.standard_normal(STYLE_RANK))
 
 
-def bounds(world: World, users: int) -> dict[str, object]:
-    """The graded ceiling and the mixed oracle's AUC per budget, means over people 0..users-1."""
-    from sklearn.linear_model import LogisticRegression
-
+def bounds(world: World, users: int) -> dict[str, Any]:
+    """The graded ceiling, the graded subspace learner's and the mixed oracle's AUC per budget,
+    means over people 0..users-1."""
     ceiling: list[float] = []
     oracle: dict[int, list[float]] = {b: [] for b in TARGET_BUDGETS}
+    subspace: dict[float, dict[int, list[float]]] = {
+        c: {b: [] for b in TARGET_BUDGETS} for c in SUBSPACE_CS
+    }
     one_hot = np.eye(world.n_classes)[world.labels]
+    basis = world.centred_basis / world.centred_basis.std()  # one scale: the s_k stay
     for u in range(users):
         z, _ = graded_truth(world, u)
         person = simulate_person(world, u, "graded")
         auc = roc_auc(person.test_true, z[person.test])
         ceiling.append(0.5 if auc is None else auc)
+        for c in SUBSPACE_CS:
+            for b, auc in _logistic_aucs(basis, person, c).items():
+                subspace[c][b].append(auc)
         _, z = mixed_truth(world, u)
         person = simulate_person(world, u, "mixed")
         features = np.hstack([z[:, None], one_hot])
-        for b in TARGET_BUDGETS:
-            seen, liked = person.stream[:b], person.liked[:b]
-            if liked.all() or not liked.any():
-                oracle[b].append(0.5)  # as bench.learning scores a constant
-                continue
-            clf = LogisticRegression(C=ORACLE_C, class_weight="balanced", max_iter=2000)
-            clf.fit(features[seen], liked)
-            auc = roc_auc(person.test_true, clf.decision_function(features[person.test]))
-            oracle[b].append(0.5 if auc is None else auc)
+        for b, auc in _logistic_aucs(features, person, ORACLE_C).items():
+            oracle[b].append(auc)
     return {
         "graded_ceiling": float(np.mean(ceiling)),
-        "mixed_oracle": {str(b): float(np.mean(v)) for b, v in oracle.items()},
+        "graded_subspace": {str(c): _means(v) for c, v in subspace.items()},
+        "mixed_oracle": _means(oracle),
     }
+
+
+def _means(per_budget: dict[int, list[float]]) -> dict[str, float]:
+    return {str(b): float(np.mean(v)) for b, v in per_budget.items()}
+
+
+def _logistic_aucs(features: np.ndarray, person: Person, c: float) -> dict[int, float]:
+    """Budget -> AUC on the person's test pool of balanced logistic regression (C=c) on
+    ``features`` of their first ``budget`` votes; 0.5 where those are all one side, as
+    bench.learning scores a learner that can only output a constant."""
+    from sklearn.linear_model import LogisticRegression
+
+    out = {}
+    for b in TARGET_BUDGETS:
+        seen, liked = person.stream[:b], person.liked[:b]
+        if liked.all() or not liked.any():
+            out[b] = 0.5
+            continue
+        clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+        clf.fit(features[seen], liked)
+        auc = roc_auc(person.test_true, clf.decision_function(features[person.test]))
+        out[b] = 0.5 if auc is None else auc
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,5 +41,9 @@ def test_told_the_hidden_taste_they_beat_a_learner_that_is_not(tmp_path: Path) -
             )
             lr[kind].append(learning.roc_auc(p.test_true, scores))
     assert out["graded_ceiling"] > np.mean(lr["graded"])
+    # told where tastes lie but not the direction: below the ceiling, which knows it
+    subspace = out["graded_subspace"]
+    assert set(subspace) == {str(c) for c in bounds.SUBSPACE_CS}
+    assert all(0.5 < subspace[c]["200"] < out["graded_ceiling"] for c in subspace)
     assert out["mixed_oracle"]["200"] > np.mean(lr["mixed"])
     assert set(out["mixed_oracle"]) == {"20", "50", "100", "200"}
