@@ -16,12 +16,13 @@ every budget. Its budget 0 is its score before the person's first vote (the crow
 votes only.
 
 ``--json`` prints ``{"<kind>": {"<learner>": {"<budget>": mean AUC}}, ..., "ece": {"<kind>":
-{"<budget>": ECE}}, "ece_true_labels": ..., "train_s": ..., "margin": {"<kind>": {"mean": m, "se":
-se, "people": n}}}`` (null for a budget larger than the stream; a kind has no margin without
-references or with a budget of 20-200 skipped). The margin is the project head's mean AUC over 20-200 votes minus the
-best reference's at each budget, as issue 22's targets read it; its standard error is over
-people (each person's own margin, against the same references on the same votes), so a target
-missed or met by less than it is within what another 20 people could change. ``--classes F`` keeps a random fraction F of the classes: a held-out world, to check
+{"<budget>": ECE}}, "ece_true_labels": ..., "train_s": ..., "margin": {"<kind>": {"mean": m,
+"se": se, "people": n}}}`` (null for a budget larger than the stream; a kind has no margin
+without references or with a budget of 20-200 skipped). The margin is the project head's mean
+AUC over 20-200 votes minus the best reference's at each budget, as issue 22's targets read it;
+its standard error is over people (each person's own margin, against the same references on
+the same votes), so a target missed or met by less than it is within what another 20 people
+could change. ``--classes F`` keeps a random fraction F of the classes: a held-out world, to check
 that the design is not tuned to the three files. ``--unvoted R`` has each person send R more
 images per vote without voting (``all``: every stream image not voted on). People run side by
 side on one process per CPU (``--workers``; the figures do not depend on it). ``--cost`` only
