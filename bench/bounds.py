@@ -37,34 +37,18 @@ import numpy as np
 
 from bench.learning import (
     DEFAULT_DATA,
-    MIXED_FRACTION,
-    STYLE_RANK,
     TARGET_BUDGETS,
     Person,
     World,
+    graded_truth,
     load,
+    mixed_truth,
     simulate_person,
 )
 from learner.metrics import roc_auc
 
 ORACLE_C = 1.0
 SUBSPACE_CS = (0.1, 1.0, 10.0)
-
-
-def graded_truth(world: World, u: int) -> tuple[np.ndarray, np.ndarray]:
-    """(z, labels) of graded person u: their style score and the labels drawn from it, with
-    ``bench.learning.taste``'s draws."""
-    rng = np.random.default_rng(u)
-    z = world.style_score(rng.standard_normal(STYLE_RANK))
-    p = 1.0 / (1.0 + np.exp(-(2.0 * z - 1.2)))
-    return z, rng.random(len(z)) < p
-
-
-def mixed_truth(world: World, u: int) -> tuple[np.ndarray, np.ndarray]:
-    """(liked classes, z) of mixed person u, with ``bench.learning.taste``'s draws."""
-    rng = np.random.default_rng(u)
-    classes, _ = world.interest_classes(rng, MIXED_FRACTION)
-    return classes, world.style_score(rng.standard_normal(STYLE_RANK))
 
 
 def bounds(world: World, users: int) -> dict[str, Any]:
@@ -78,14 +62,14 @@ def bounds(world: World, users: int) -> dict[str, Any]:
     one_hot = np.eye(world.n_classes)[world.labels]
     basis = world.centred_basis / world.centred_basis.std()  # one scale: the s_k stay
     for u in range(users):
-        z, _ = graded_truth(world, u)
+        z, _ = graded_truth(world, np.random.default_rng(u))  # the draws of person u's taste
         person = simulate_person(world, u, "graded")
         auc = roc_auc(person.test_true, z[person.test])
         ceiling.append(0.5 if auc is None else auc)
         for c in SUBSPACE_CS:
             for b, auc in _logistic_aucs(basis, person, c).items():
                 subspace[c][b].append(auc)
-        _, z = mixed_truth(world, u)
+        _, _, z = mixed_truth(world, np.random.default_rng(u))
         person = simulate_person(world, u, "mixed")
         features = np.hstack([z[:, None], one_hot])
         for b, auc in _logistic_aucs(features, person, ORACLE_C).items():

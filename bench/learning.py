@@ -165,6 +165,19 @@ def _top(z: np.ndarray, fraction: float) -> np.ndarray:
     return out
 
 
+def graded_truth(world: World, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(z, liked) of a `graded` taste: its style score and the labels drawn from it."""
+    z = world.style_score(rng.standard_normal(STYLE_RANK))
+    p = 1.0 / (1.0 + np.exp(-(2.0 * z - 1.2)))
+    return z, rng.random(len(z)) < p
+
+
+def mixed_truth(world: World, rng: np.random.Generator) -> tuple[np.ndarray, int, np.ndarray]:
+    """(liked classes, favourite class, z) of a `mixed` taste: its classes and style score."""
+    classes, favourite = world.interest_classes(rng, MIXED_FRACTION)
+    return classes, favourite, world.style_score(rng.standard_normal(STYLE_RANK))
+
+
 def taste(world: World, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(liked, super) over every image of the file for one person of ``kind``: the true
     labels of the data README's table, and which likes are super likes (the favourite class;
@@ -177,12 +190,10 @@ def taste(world: World, kind: str, rng: np.random.Generator) -> tuple[np.ndarray
         z = world.style_score(rng.standard_normal(STYLE_RANK))
         return _top(z, LIKED_FRACTION), _top(z, SUPER_FRACTION)
     if kind == "graded":
-        z = world.style_score(rng.standard_normal(STYLE_RANK))
-        p = 1.0 / (1.0 + np.exp(-(2.0 * z - 1.2)))
-        return rng.random(len(z)) < p, np.zeros(len(z), dtype=bool)
+        _, liked = graded_truth(world, rng)
+        return liked, np.zeros(len(liked), dtype=bool)
     if kind == "mixed":
-        classes, favourite = world.interest_classes(rng, MIXED_FRACTION)
-        z = world.style_score(rng.standard_normal(STYLE_RANK))
+        classes, favourite, z = mixed_truth(world, rng)
         in_classes = np.isin(world.labels, classes)
         return in_classes | _top(z, MIXED_FRACTION), in_classes & (world.labels == favourite)
     if kind == "crowd":
@@ -503,13 +514,12 @@ def _margin(r: Results, means: Table) -> dict[str, float | None] | None:
     AUC) at each budget, and its standard error over people: each person's margin is their head
     minus that reference on the same votes and test pool. None without references or with a
     budget skipped."""
+    names = [n for n in REFERENCES if n in r.auc]
     margins = []
     for b in TARGET_BUDGETS:
-        names = [n for n in REFERENCES if n in r.auc]
         if not names or any(not r.auc[n][b] for n in [PROJECT, *names]):
             return None
-        best = max(names, key=lambda n: float(np.mean(r.auc[n][b])))
-        assert means[best][str(b)] == best_reference(means, b)
+        best = max(names, key=lambda n: means[n][str(b)] or 0.0)  # as best_reference
         margins.append(np.array(r.auc[PROJECT][b]) - np.array(r.auc[best][b]))
     per_person = np.mean(margins, axis=0)
     people = len(per_person)

@@ -20,10 +20,10 @@ def _world(tmp_path: Path) -> learning.World:
 def test_the_hidden_tastes_are_the_benchmarks_own(tmp_path: Path) -> None:
     world = _world(tmp_path)
     for u in range(3):
-        _, drawn = bounds.graded_truth(world, u)
+        _, drawn = learning.graded_truth(world, np.random.default_rng(u))
         liked, _ = learning.taste(world, "graded", np.random.default_rng(u))
         assert np.array_equal(drawn, liked)
-        classes, z = bounds.mixed_truth(world, u)
+        classes, _, z = learning.mixed_truth(world, np.random.default_rng(u))
         liked, _ = learning.taste(world, "mixed", np.random.default_rng(u))
         top = z >= np.quantile(z, 1.0 - learning.MIXED_FRACTION)
         assert np.array_equal(np.isin(world.labels, classes) | top, liked)
