@@ -16,13 +16,15 @@ every budget. Its budget 0 is its score before the person's first vote (the crow
 votes only.
 
 ``--json`` prints ``{"<kind>": {"<learner>": {"<budget>": mean AUC}}, ..., "ece": {"<kind>":
-{"<budget>": ECE}}, "ece_true_labels": ..., "train_s": ..., "margin": {"<kind>": {"mean": m,
-"se": se, "people": n}}}`` (null for a budget larger than the stream; a kind has no margin
+{"<budget>": ECE}}, "ece_true_labels": ..., "ece_floor": ..., "ece_se": ..., "train_s": ...,
+"margin": {"<kind>": {"mean": m, "se": se, "people": n}}}`` (null for a budget larger than the stream; a kind has no margin
 without references or with a budget of 20-200 skipped). The margin is the project head's mean
 AUC over 20-200 votes minus the best reference's at each budget, as issue 22's targets read it;
 its standard error is over people (each person's own margin, against the same references on
 the same votes), so a target missed or met by less than it is within what another 20 people
-could change. ``--classes F`` keeps a random fraction F of the classes: a held-out world, to check
+could change. ECE (10 bins, against the person's votes on the test pool) is also given with its
+standard error over people and its sampling floor (``calibrated_ece``: the ECE the head's own
+probabilities would score were they perfectly calibrated). ``--classes F`` keeps a random fraction F of the classes: a held-out world, to check
 that the design is not tuned to the three files. ``--unvoted R`` has each person send R more
 images per vote without voting (``all``: every stream image not voted on). People run side by
 side on one process per CPU (``--workers``; the figures do not depend on it). ``--cost`` only
@@ -70,6 +72,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/clip-vit-b3
 MEAN_MARGIN = {"subjects": 0.015, "mixed": 0.015, "style": 0.005, "graded": 0.005}
 BUDGET_SLACK = 0.005
 MAX_ECE = 0.05
+# Vote sets drawn from a head's own probabilities to measure ECE's sampling floor: 20 draws give
+# the floor's mean over them to about a tenth of its spread between draws.
+ECE_FLOOR_DRAWS = 20
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 # A reference learner maps (train embeddings, liked, vote weights, test embeddings) to scores
@@ -364,6 +369,7 @@ class Results:
     ece_votes: dict[int, list[float]]  # project head vs the person's votes on the test pool
     ece_true: dict[int, list[float]]  # project head vs the true labels
     train_s: dict[int, list[float]]  # project head's training time
+    ece_floor: dict[int, list[float]]  # ECE of the head's probabilities were they calibrated
 
 
 def unvoted_images(stream: np.ndarray, budget: int, per_vote: float | None) -> np.ndarray:
@@ -376,6 +382,15 @@ def unvoted_images(stream: np.ndarray, budget: int, per_vote: float | None) -> n
     if per_vote is None:
         return stream[budget:]
     return stream[budget : budget + round(per_vote * budget)]
+
+
+def calibrated_ece(probs: np.ndarray, rng: np.random.Generator) -> float:
+    """The mean ECE of ``probs`` against votes drawn from ``probs`` themselves (ECE_FLOOR_DRAWS
+    draws): what a perfectly calibrated predictor with these probabilities scores on a test
+    pool this size. ECE compares binned means of 0/1 votes, so it is above 0 even then: its
+    sampling floor, larger the smaller the pool and the more bins the probabilities fill."""
+    votes = rng.random((ECE_FLOOR_DRAWS, len(probs))) < probs
+    return float(np.mean([expected_calibration_error(v, probs) for v in votes]))
 
 
 def crowd_for(world: World, kind: str, person: Person, u: int) -> CrowdModel:
@@ -401,6 +416,7 @@ def run_person(
         {b: [] for b in PROJECT_BUDGETS},
         {b: [] for b in PROJECT_BUDGETS},
         {b: [] for b in PROJECT_BUDGETS},
+        {b: [] for b in PROJECT_BUDGETS},
     )
     x = world.x
     p = simulate_person(world, u, kind)
@@ -420,6 +436,7 @@ def run_person(
         res.auc[PROJECT][b].append(0.5 if auc is None else auc)
         res.ece_votes[b].append(expected_calibration_error(p.test_votes, probs))
         res.ece_true[b].append(expected_calibration_error(p.test_true, probs))
+        res.ece_floor[b].append(calibrated_ece(probs, np.random.default_rng([u, b, 1])))
         if references and b > 0:
             for name, fn in REFERENCES.items():
                 scores = fn(xtr, liked, weights, xte)
@@ -440,6 +457,7 @@ def _joined(people: list[Results]) -> Results:
         join([r.ece_votes for r in people]),
         join([r.ece_true for r in people]),
         join([r.train_s for r in people]),
+        join([r.ece_floor for r in people]),
     )
 
 
@@ -489,12 +507,21 @@ def run_kinds(
 
 Table = dict[str, dict[str, float | None]]  # learner -> budget -> mean
 Summary = dict[str, dict[str, dict[str, float | None]]]
-NOT_KINDS = ("ece", "ece_true_labels", "train_s", "margin")  # the other keys of a summary
+# The keys of a summary that are not kinds.
+NOT_KINDS = ("ece", "ece_true_labels", "ece_floor", "ece_se", "train_s", "margin")
 
 
 def _means(per_budget: dict[int, list[float]]) -> dict[str, float | None]:
     """Budget (as a string, JSON's keys) -> mean, or None where the budget was skipped."""
     return {str(b): float(np.mean(v)) if v else None for b, v in per_budget.items()}
+
+
+def _standard_errors(per_budget: dict[int, list[float]]) -> dict[str, float | None]:
+    """Budget -> the standard error of the mean over people (None with fewer than two)."""
+    return {
+        str(b): float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+        for b, v in per_budget.items()
+    }
 
 
 def summary(results: dict[str, Results]) -> Summary:
@@ -503,6 +530,8 @@ def summary(results: dict[str, Results]) -> Summary:
     }
     out["ece"] = {kind: _means(r.ece_votes) for kind, r in results.items()}
     out["ece_true_labels"] = {kind: _means(r.ece_true) for kind, r in results.items()}
+    out["ece_floor"] = {kind: _means(r.ece_floor) for kind, r in results.items()}
+    out["ece_se"] = {kind: _standard_errors(r.ece_votes) for kind, r in results.items()}
     out["train_s"] = {kind: _means(r.train_s) for kind, r in results.items()}
     margins = {kind: _margin(r, out[kind]) for kind, r in results.items()}
     out["margin"] = {kind: m for kind, m in margins.items() if m is not None}
@@ -586,7 +615,13 @@ def targets(s: Summary, kind: str) -> list[str]:
         )
     ece = s["ece"][kind]["200"]
     assert ece is not None
-    lines.append(f"ECE at 200: {ece:.3f} <= {MAX_ECE}  {verdict(ece <= MAX_ECE)}")
+    ece_se = s.get("ece_se", {}).get(kind, {}).get("200")
+    floor = s.get("ece_floor", {}).get(kind, {}).get("200")
+    spread_ece = "" if ece_se is None else f" +- {ece_se:.4f} s.e."
+    floor_text = "" if floor is None else f"; {floor:.3f} if these probabilities were calibrated"
+    lines.append(
+        f"ECE at 200: {ece:.3f}{spread_ece} <= {MAX_ECE}{floor_text}  {verdict(ece <= MAX_ECE)}"
+    )
     return lines
 
 
@@ -619,6 +654,8 @@ def table(s: Summary, kind: str, title: str) -> str:
         rows.append(_row("margin", margin, PROJECT_BUDGETS, fmt="+.3f"))
     rows.append(_row("project ECE (vs votes)", s["ece"][kind], PROJECT_BUDGETS))
     rows.append(_row("project ECE (vs true labels)", s["ece_true_labels"][kind], PROJECT_BUDGETS))
+    if "ece_floor" in s:
+        rows.append(_row("ECE were it calibrated", s["ece_floor"][kind], PROJECT_BUDGETS))
     rows.append(
         _row("project training time (ms)", s["train_s"][kind], PROJECT_BUDGETS, 1000.0, ".1f")
     )

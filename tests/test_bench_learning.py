@@ -86,6 +86,32 @@ def test_the_mean_margin_and_its_standard_error_are_over_people(
     assert margin["se"] == pytest.approx(np.std(per_person, ddof=1) / np.sqrt(3), rel=1e-9)
     assert margin["se"] > 0.0
     assert f"+- {margin['se']:.4f} s.e." in "\n".join(learning.targets(s, "style"))
+    # ECE at 200 votes: its standard error over the same people, and its calibrated floor
+    ece = r.ece_votes[200]
+    assert s["ece_se"]["style"]["200"] == pytest.approx(np.std(ece, ddof=1) / np.sqrt(3))
+    assert s["ece_floor"]["style"]["200"] == pytest.approx(np.mean(r.ece_floor[200]))
+    ece_line = learning.targets(s, "style")[-1]
+    assert f"+- {s['ece_se']['style']['200']:.4f} s.e." in ece_line
+    assert f"{s['ece_floor']['style']['200']:.3f} if these probabilities were calibrated" in ece_line
+
+
+def test_the_ece_floor_is_what_calibrated_probabilities_score(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Votes drawn from the probabilities themselves: for one probability of 1/2 ECE is
+    |mean vote - 1/2|, whose mean is sqrt(2 / (pi n)) / 2; a pool four times as large halves
+    it; miscalibrated probabilities score above it."""
+    monkeypatch.setattr(learning, "ECE_FLOOR_DRAWS", 400)
+    rng = np.random.default_rng(0)
+    n = 2500
+    expected = np.sqrt(2.0 / (np.pi * n)) / 2.0
+    assert learning.calibrated_ece(np.full(n, 0.5), rng) == pytest.approx(expected, rel=0.1)
+    spread = rng.uniform(0.0, 1.0, 4 * n)
+    small, large = learning.calibrated_ece(spread[:n], rng), learning.calibrated_ece(spread, rng)
+    assert small / large == pytest.approx(2.0, rel=0.1)
+    votes = rng.random(n) < spread[:n]
+    miscalibrated = np.clip(spread[:n] + 0.1, 0.0, 1.0)
+    assert learning.expected_calibration_error(votes, miscalibrated) > 2 * small
 
 
 def test_each_kind_labels_as_the_data_readme_defines(tmp_path: Path) -> None:
