@@ -15,6 +15,11 @@ Same people, splits and votes as ``bench.learning`` (the data README's protocol,
   of the 20 principal directions the style directions are drawn from, scaled as they are drawn
   (the data README's s_k v_k). It still has to learn the person's direction from their votes:
   about the best a learner with a perfect prior of where tastes lie can do.
+- ``graded``, calibration: the ECE (as bench.learning's: 10 bins, against the person's votes on
+  the test pool) of the true probabilities sigmoid(2z - 1.2) (what no learner can beat but by
+  chance), and of a learner told z that calibrates it on the person's first B votes (logistic
+  regression of those votes on z, unpenalised, unbalanced): the ECE a perfect ranking reaches
+  when its probabilities come from B votes, as the head's do.
 - ``mixed``: logistic regression (C=1, balanced) on the person's true style score z and every
   image's class (one-hot), trained on their first B votes. It knows the taste's form (some
   classes, or much of one style) and learns only which classes and how much style: not a
@@ -22,7 +27,8 @@ Same people, splits and votes as ``bench.learning`` (the data README's protocol,
   on caltech101 (mean over 20-200 votes; 10 and 100 were lower on every budget).
 
 Prints JSON: ``{"graded_ceiling": auc, "graded_subspace": {"<C>": {"<budget>": auc}},
-"mixed_oracle": {"<budget>": auc}}``, means over people.
+"graded_truth_ece": ece, "graded_told_ece": {"<budget>": ece}, "mixed_oracle": {"<budget>":
+auc}}``, means over people.
 Compare them with ``bench.learning``'s best reference for the same file and seeds.
 """
 
@@ -45,16 +51,19 @@ from bench.learning import (
     mixed_truth,
     simulate_person,
 )
-from learner.metrics import roc_auc
+from learner.metrics import expected_calibration_error, roc_auc
 
 ORACLE_C = 1.0
+UNPENALISED_C = 1e6  # the told learner's calibration: two parameters, hundreds of votes
 SUBSPACE_CS = (0.1, 1.0, 10.0)
 
 
 def bounds(world: World, users: int) -> dict[str, Any]:
     """The graded ceiling, the graded subspace learner's and the mixed oracle's AUC per budget,
-    means over people 0..users-1."""
+    and the graded truth's and told learner's ECE, means over people 0..users-1."""
     ceiling: list[float] = []
+    truth_ece: list[float] = []
+    told_ece: dict[int, list[float]] = {b: [] for b in TARGET_BUDGETS}
     oracle: dict[int, list[float]] = {b: [] for b in TARGET_BUDGETS}
     subspace: dict[float, dict[int, list[float]]] = {
         c: {b: [] for b in TARGET_BUDGETS} for c in SUBSPACE_CS
@@ -66,6 +75,10 @@ def bounds(world: World, users: int) -> dict[str, Any]:
         person = simulate_person(world, u, "graded")
         auc = roc_auc(person.test_true, z[person.test])
         ceiling.append(0.5 if auc is None else auc)
+        truth = 1.0 / (1.0 + np.exp(-(2.0 * z - 1.2)))  # as graded_truth draws the labels
+        truth_ece.append(expected_calibration_error(person.test_votes, truth[person.test]))
+        for b, ece in _told_eces(z, person).items():
+            told_ece[b].append(ece)
         for c in SUBSPACE_CS:
             for b, auc in _logistic_aucs(basis, person, c).items():
                 subspace[c][b].append(auc)
@@ -77,12 +90,32 @@ def bounds(world: World, users: int) -> dict[str, Any]:
     return {
         "graded_ceiling": float(np.mean(ceiling)),
         "graded_subspace": {str(c): _means(v) for c, v in subspace.items()},
+        "graded_truth_ece": float(np.mean(truth_ece)),
+        "graded_told_ece": _means(told_ece),
         "mixed_oracle": _means(oracle),
     }
 
 
 def _means(per_budget: dict[int, list[float]]) -> dict[str, float]:
     return {str(b): float(np.mean(v)) for b, v in per_budget.items()}
+
+
+def _told_eces(z: np.ndarray, person: Person) -> dict[int, float]:
+    """Budget -> ECE on the person's test pool of their true score z calibrated on their first
+    ``budget`` votes (logistic regression on z alone); a constant where those are one side."""
+    from sklearn.linear_model import LogisticRegression
+
+    out = {}
+    for b in TARGET_BUDGETS:
+        seen, liked = person.stream[:b], person.liked[:b]
+        if liked.all() or not liked.any():
+            probs = np.full(len(person.test), float(liked.mean()))
+        else:
+            clf = LogisticRegression(C=UNPENALISED_C, max_iter=2000)
+            clf.fit(z[seen, None], liked)
+            probs = clf.predict_proba(z[person.test, None])[:, 1]
+        out[b] = expected_calibration_error(person.test_votes, probs)
+    return out
 
 
 def _logistic_aucs(features: np.ndarray, person: Person, c: float) -> dict[int, float]:

@@ -17,19 +17,20 @@ votes only.
 
 ``--json`` prints ``{"<kind>": {"<learner>": {"<budget>": mean AUC}}, ..., "ece": {"<kind>":
 {"<budget>": ECE}}, "ece_true_labels": ..., "ece_floor": ..., "ece_se": ..., "train_s": ...,
-"margin": {"<kind>": {"mean": m, "se": se, "people": n}}}`` (null for a budget larger than the stream; a kind has no margin
-without references or with a budget of 20-200 skipped). The margin is the project head's mean
-AUC over 20-200 votes minus the best reference's at each budget, as issue 22's targets read it;
-its standard error is over people (each person's own margin, against the same references on
-the same votes), so a target missed or met by less than it is within what another 20 people
-could change. ECE (10 bins, against the person's votes on the test pool) is also given with its
-standard error over people and its sampling floor (``calibrated_ece``: the ECE the head's own
-probabilities would score were they perfectly calibrated). ``--classes F`` keeps a random fraction F of the classes: a held-out world, to check
-that the design is not tuned to the three files. ``--unvoted R`` has each person send R more
-images per vote without voting (``all``: every stream image not voted on). People run side by
-side on one process per CPU (``--workers``; the figures do not depend on it). ``--cost`` only
-times: training one head on 10,000 votes (+ 2,000 unvoted images), scoring one image, and
-training the crowd model on 100,000 votes (the file's images resampled with a little jitter).
+"margin": {"<kind>": {"mean": m, "se": se, "people": n}}}`` (null for a budget larger than the
+stream; a kind has no margin without references or with a budget of 20-200 skipped). The margin
+is the project head's mean AUC over 20-200 votes minus the best reference's at each budget, as
+issue 22's targets read it; its standard error is over people (each person's own margin, against
+the same references on the same votes), so a target missed or met by less than it is within what
+another 20 people could change. ECE (10 bins, against the person's votes on the test pool) is
+also given with its standard error over people and its sampling floor (``calibrated_ece``: the
+ECE the head's own probabilities would score were they perfectly calibrated). ``--classes F``
+keeps a random fraction F of the classes: a held-out world, to check that the design is not
+tuned to the three files. ``--unvoted R`` has each person send R more images per vote without
+voting (``all``: every stream image not voted on). People run side by side on one process per
+CPU (``--workers``; the figures do not depend on it). ``--cost`` only times: training one head
+on 10,000 votes (+ 2,000 unvoted images), scoring one image, and training the crowd model on
+100,000 votes (the file's images resampled with a little jitter).
 """
 
 from __future__ import annotations

@@ -47,3 +47,22 @@ def test_told_the_hidden_taste_they_beat_a_learner_that_is_not(tmp_path: Path) -
     assert all(0.5 < subspace[c]["200"] < out["graded_ceiling"] for c in subspace)
     assert out["mixed_oracle"]["200"] > np.mean(lr["mixed"])
     assert set(out["mixed_oracle"]) == {"20", "50", "100", "200"}
+
+
+def test_the_graded_calibration_references_are_the_truths_and_a_told_learners(
+    tmp_path: Path,
+) -> None:
+    """The truth's ECE is that of sigmoid(2z - 1.2) on each person's test votes; a learner
+    told z but calibrated on 20 votes is further from calibrated than the truth."""
+    world = _world(tmp_path)
+    out = bounds.bounds(world, 3)
+    by_hand = []
+    for u in range(3):
+        z, _ = learning.graded_truth(world, np.random.default_rng(u))
+        p = learning.simulate_person(world, u, "graded")
+        truth = 1.0 / (1.0 + np.exp(-(2.0 * z - 1.2)))
+        by_hand.append(learning.expected_calibration_error(p.test_votes, truth[p.test]))
+    assert out["graded_truth_ece"] == np.mean(by_hand)
+    told = out["graded_told_ece"]
+    assert set(told) == {"20", "50", "100", "200"}
+    assert told["20"] > out["graded_truth_ece"]

@@ -92,7 +92,8 @@ def test_the_mean_margin_and_its_standard_error_are_over_people(
     assert s["ece_floor"]["style"]["200"] == pytest.approx(np.mean(r.ece_floor[200]))
     ece_line = learning.targets(s, "style")[-1]
     assert f"+- {s['ece_se']['style']['200']:.4f} s.e." in ece_line
-    assert f"{s['ece_floor']['style']['200']:.3f} if these probabilities were calibrated" in ece_line
+    floor = s["ece_floor"]["style"]["200"]
+    assert f"{floor:.3f} if these probabilities were calibrated" in ece_line
 
 
 def test_the_ece_floor_is_what_calibrated_probabilities_score(
