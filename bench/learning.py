@@ -73,8 +73,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/clip-vit-b3
 MEAN_MARGIN = {"subjects": 0.015, "mixed": 0.015, "style": 0.005, "graded": 0.005}
 BUDGET_SLACK = 0.005
 MAX_ECE = 0.05
-# Vote sets drawn from a head's own probabilities to measure ECE's sampling floor: 20 draws give
-# the floor's mean over them to about a tenth of its spread between draws.
+# Vote sets drawn from a head's own probabilities to measure ECE's sampling floor: the mean of
+# 20 is within about a fifth (1 / sqrt 20) of the spread between single draws.
 ECE_FLOOR_DRAWS = 20
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
