@@ -46,6 +46,7 @@ from bench.learning import (
     TARGET_BUDGETS,
     Person,
     World,
+    graded_probability,
     graded_truth,
     load,
     mixed_truth,
@@ -75,8 +76,8 @@ def bounds(world: World, users: int) -> dict[str, Any]:
         person = simulate_person(world, u, "graded")
         auc = roc_auc(person.test_true, z[person.test])
         ceiling.append(0.5 if auc is None else auc)
-        truth = 1.0 / (1.0 + np.exp(-(2.0 * z - 1.2)))  # as graded_truth draws the labels
-        truth_ece.append(expected_calibration_error(person.test_votes, truth[person.test]))
+        truth = graded_probability(z[person.test])
+        truth_ece.append(expected_calibration_error(person.test_votes, truth))
         for b, ece in _told_eces(z, person).items():
             told_ece[b].append(ece)
         for c in SUBSPACE_CS:
