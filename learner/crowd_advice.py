@@ -18,11 +18,13 @@ held-out AUC, averaged over the splits, is highest become the advice for that bu
 
 The advice adapts to whatever the bot's people are like: where tastes are directions, the
 default leans on the linear part; where they are clusters of subjects, on the centroid and the
-nearest votes. A person's held-out votes are scored with a metric and a crowd model learnt
-from the other half of the people (cross-fitting): a metric or crowd direction that contains
-the person's own taste would flatter itself. The advice holds these aggregate
-settings and the metric (an average over at least MIN_PEOPLE people's taste directions), no
-one's votes or embeddings.
+nearest votes. A person's held-out votes are scored with the metric of everyone else's taste
+directions (``metric_without``) and a crowd model learnt from the other half of the people
+(cross-fitting): a metric or crowd direction that contains the person's own taste would
+flatter itself. Leaving out one person rather than half keeps the metric measured as near as
+can be to the one a head gets, learnt from everyone (bench/results/learning.md). The advice
+holds these aggregate settings and the metric (an average over at least MIN_PEOPLE people's
+taste directions), no one's votes or embeddings.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from learner.head_parts import (
     without_crowd_prior,
 )
 from learner.metrics import column_aucs
-from learner.taste_metric import TasteMetric, taste_metric
+from learner.taste_metric import TasteMetric, metric_of, metric_without, taste_directions
 
 BUDGETS = (10, 20, 50, 100, 200, 500)  # vote counts advised on (where the crowd has enough)
 MIN_HELD_OUT = 20  # a person advises on a budget only with this many more votes to test on
@@ -334,25 +336,22 @@ def learn_advice(
     with the same seed), so that the advice also covers how much the crowd model counts."""
     rng = np.random.default_rng(seed)
     by_person = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
-    # Cross-fitting: a person's held-out votes are scored with the other half's metric.
-    half = person_halves(len(by_person), seed)
-    halves = [
-        taste_metric(
-            x, y, w, [rows for g, rows in enumerate(by_person) if half[g] != k], MIN_PEOPLE
-        )
-        for k in (0, 1)
-    ]
-    if halves[0] is None or halves[1] is None:
-        halves = [None, None]
+    # A person's held-out votes are scored with the metric of everyone else's directions.
+    directions = taste_directions(x, y, w, by_person)
+    counted = [v for v in directions if v is not None]
+    metric = metric_of(counted, MIN_PEOPLE)
+    others: list[TasteMetric | None] = [None] * len(by_person)
+    if metric is not None and len(counted) > MIN_PEOPLE:
+        others = [
+            metric if v is None else metric_without(metric, v, len(counted)) for v in directions
+        ]
     budgets, linear, blends, people, trusts = [], [], [], [], []
     offsets: list[float | None] = []
     for budget in BUDGETS:
         eligible = [rows for rows in by_person if len(rows) >= budget + MIN_HELD_OUT]
         if len(eligible) < MIN_PEOPLE:
             continue
-        splits = [
-            (tr, te, halves[half[groups[tr[0]]]]) for tr, te in _splits(eligible, y, budget, rng)
-        ]
+        splits = [(tr, te, others[groups[tr[0]]]) for tr, te in _splits(eligible, y, budget, rng)]
         if not splits:
             continue
         owners = groups[[train[0] for train, _, _ in splits]]
@@ -370,13 +369,12 @@ def learn_advice(
         people.append(len(np.unique(owners)))
     if not budgets:
         return None
-    metric = taste_metric(x, y, w, by_person, MIN_PEOPLE) if any(c.metric for c in linear) else None
     return Advice(
         tuple(budgets),
         tuple(linear),
         tuple(blends),
         tuple(people),
         tuple(trusts),
-        metric,
+        metric if any(c.metric for c in linear) else None,
         None if held_logit is None else tuple(offsets),
     )

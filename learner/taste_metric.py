@@ -33,25 +33,38 @@ class TasteMetric:
         return out
 
 
-def taste_metric(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, people: list[np.ndarray], min_people: int
-) -> TasteMetric | None:
-    """The taste metric of the people whose votes are the rows ``people`` (one index array
-    each): the mean outer product of their unit like-minus-dislike directions (weighted mean
-    of the liked images minus that of the disliked), scaled to trace d. None with fewer than
-    ``min_people`` people who have both likes and dislikes."""
-    directions = []
+def taste_directions(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, people: list[np.ndarray]
+) -> list[np.ndarray | None]:
+    """Each person's unit like-minus-dislike direction (the weighted mean of their liked images
+    minus that of their disliked), None for a person with likes or dislikes only."""
+    out: list[np.ndarray | None] = []
     for rows in people:
         liked = y[rows].astype(bool)
         if liked.all() or not liked.any():
+            out.append(None)
             continue
         xr, wr = x[rows].astype(np.float64), w[rows]
         diff = (wr[liked] @ xr[liked]) / wr[liked].sum() - (wr[~liked] @ xr[~liked]) / wr[
             ~liked
         ].sum()
         norm = float(np.linalg.norm(diff))
-        if norm > 0:
-            directions.append(diff / norm)
+        out.append(diff / norm if norm > 0 else None)
+    return out
+
+
+def taste_metric(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, people: list[np.ndarray], min_people: int
+) -> TasteMetric | None:
+    """The taste metric of the people whose votes are the rows ``people`` (one index array
+    each): ``metric_of`` their ``taste_directions``."""
+    directions = [v for v in taste_directions(x, y, w, people) if v is not None]
+    return metric_of(directions, min_people)
+
+
+def metric_of(directions: list[np.ndarray], min_people: int) -> TasteMetric | None:
+    """The mean outer product of these unit directions, scaled to trace d; None with fewer
+    than ``min_people`` of them."""
     if len(directions) < min_people:
         return None
     dirs = np.array(directions)
@@ -64,6 +77,31 @@ def taste_metric(
     else:
         ev, vectors = np.linalg.eigh(dirs.T @ dirs / p)
         ev = np.maximum(ev, 0.0)
-    values = ev * d / float(ev.sum())
+    return _top(ev * d / float(ev.sum()), vectors)
+
+
+def metric_without(metric: TasteMetric, direction: np.ndarray, people: int) -> TasteMetric:
+    """The metric of ``people`` directions with one of them, ``direction``, taken out: the
+    metric everyone else's votes give. A rank-one downdate in the span of the metric's vectors
+    and the direction, so it costs a (rank + 1)^2 eigenproblem, not the whole metric again;
+    exact while the metric kept every direction (rank <= MAX_METRIC_RANK)."""
+    d = len(direction)
+    inside = metric.vectors.T @ direction
+    rest = direction - metric.vectors @ inside
+    norm = float(np.linalg.norm(rest))
+    basis, coords = metric.vectors, inside
+    if norm > 1e-9:
+        basis = np.hstack([metric.vectors, (rest / norm)[:, None]])
+        coords = np.append(inside, norm)
+    values = np.zeros(basis.shape[1])
+    values[: len(metric.values)] = metric.values
+    # C = (d / people) sum of outer products; without one: (people C - d u u^T) / (people - 1)
+    small = (people * np.diag(values) - d * np.outer(coords, coords)) / (people - 1)
+    ev, u = np.linalg.eigh(small)
+    keep = ev > 1e-10 * max(float(ev.max()), 1e-300)
+    return _top(ev[keep], basis @ u[:, keep])
+
+
+def _top(values: np.ndarray, vectors: np.ndarray) -> TasteMetric:
     top = np.argsort(-values)[:MAX_METRIC_RANK]  # the rest count as directions no one had
     return TasteMetric(values[top], vectors[:, top])

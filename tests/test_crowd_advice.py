@@ -37,7 +37,7 @@ from learner.head_parts import (
     without_crowd_prior,
 )
 from learner.metrics import column_aucs, roc_auc
-from learner.taste_metric import TasteMetric, taste_metric
+from learner.taste_metric import TasteMetric, metric_without, taste_directions, taste_metric
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -207,6 +207,33 @@ def test_the_taste_metric_spans_the_directions_people_differ_in() -> None:
     np.testing.assert_allclose(metric.stretch(x[:5], 0.5), x[:5] @ root, atol=1e-9)
     few = [np.flatnonzero(ids == p) for p in range(MIN_PEOPLE - 1)]
     assert taste_metric(x, y, np.ones(len(y)), few, MIN_PEOPLE) is None
+
+
+@pytest.mark.parametrize(("people", "d"), [(40, 48), (12, 8)])
+def test_the_metric_without_one_person_is_everyone_elses(people: int, d: int) -> None:
+    """The advice scores a person's held-out votes in the metric of everyone else's directions:
+    the rank-one downdate equals the metric learnt again without that person (a metric of more
+    people than dimensions included)."""
+    rng = np.random.default_rng(people)
+    x = _unit(rng.normal(size=(people * 30, d)))
+    y = x @ rng.normal(size=d) + rng.normal(size=len(x)) > 0
+    ones = np.ones(len(y))
+    by_person = [np.arange(p * 30, (p + 1) * 30) for p in range(people)]
+    metric = taste_metric(x, y, ones, by_person, MIN_PEOPLE)
+    directions = taste_directions(x, y, ones, by_person)
+    assert metric is not None
+    for p in (0, people // 2):
+        direction = directions[p]
+        assert direction is not None
+        got = metric_without(metric, direction, people)
+        again = taste_metric(x, y, ones, by_person[:p] + by_person[p + 1 :], MIN_PEOPLE)
+        assert again is not None
+        np.testing.assert_allclose(
+            (got.vectors * got.values) @ got.vectors.T,
+            (again.vectors * again.values) @ again.vectors.T,
+            atol=1e-9,
+        )
+        assert got.values.sum() == pytest.approx(d)
 
 
 def test_a_head_learns_faster_in_the_crowds_taste_metric() -> None:
@@ -396,8 +423,10 @@ def _shared_people(
 def test_the_crowd_enters_heads_where_people_share_a_taste_only() -> None:
     """With the fewest votes, a crowd that shares one taste advises using the crowd model's
     logit (as the linear part's prior or as an offset to the score); a crowd of unrelated
-    tastes never advises either (its crowd model knows nothing; the person's own LOO may
-    still add it as an offset, with a one-nat margin)."""
+    tastes never advises its prior, and whatever offset the plain argmax picks among near-equal
+    held-out AUCs moves no score by a tenth of a nat: that crowd model's logit is flat (it
+    knows nothing; the person's own LOO may still add it as an offset, with a one-nat
+    margin)."""
     shared = train_crowd(
         *_shared_people(np.random.default_rng(11), 30, 120)[:2], None, np.repeat(np.arange(30), 120)
     )
@@ -410,8 +439,11 @@ def test_the_crowd_enters_heads_where_people_share_a_taste_only() -> None:
         np.repeat(np.arange(30), 120),
     )
     assert unrelated.advice is not None and unrelated.advice.offsets is not None
-    assert all(o is None or o == 0.0 for o in unrelated.advice.offsets), unrelated.advice
     assert not any(c.crowd_prior for c in unrelated.advice.linear), unrelated.advice
+    x_unrelated = _direction_people(np.random.default_rng(12), 30, 120)[0]
+    largest = max(o or 0.0 for o in unrelated.advice.offsets)
+    assert largest * float(unrelated.logit(x_unrelated).std()) < 0.1, unrelated.advice
+    assert float(shared.logit(x_unrelated).std()) > 1.0  # the same bound would catch a real one
 
 
 def test_an_option_that_uses_the_crowd_needs_a_gain_beyond_noise() -> None:
