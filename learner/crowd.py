@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from learner.crowd_advice import Advice, learn_advice, person_halves
+from learner.crowd_advice import Advice, learn_advice
 from learner.durable import save_npz_atomically
 from learner.metrics import roc_auc
 from learner.taste_metric import TasteMetric
@@ -275,8 +275,8 @@ def _held_logit(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, groups: np.ndarray
 ) -> np.ndarray | None:
     """Each vote's logit by a crowd model (without advice) trained on the other half of the
-    people (``person_halves``); None when a half has no one with both likes and dislikes."""
-    half = person_halves(int(groups.max()) + 1)[groups]
+    people (a fixed random split); None when a half has no one with both likes and dislikes."""
+    half = (np.random.default_rng([0, 1]).permutation(int(groups.max()) + 1) % 2)[groups]
     out = np.zeros(len(y))
     for k in (0, 1):
         other = half != k

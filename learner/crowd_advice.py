@@ -316,12 +316,6 @@ def _blend_choice(
     return tuple(float(v) for v in default), trust, offsets[int(np.argmax(offset_aucs))]
 
 
-def person_halves(people: int, seed: int = 0) -> np.ndarray:
-    """(people,) 0 or 1: the two halves of the people for cross-fitting."""
-    out: np.ndarray = np.random.default_rng([seed, 1]).permutation(people) % 2
-    return out
-
-
 def learn_advice(
     x: np.ndarray,
     y: np.ndarray,
@@ -332,8 +326,8 @@ def learn_advice(
 ) -> Advice | None:
     """Advice from votes ``x`` (n, d), ``y`` (n,) bool, weights ``w`` and ``groups`` (n,) person
     indices 0..P-1; None when no budget has a person with enough votes. ``held_logit``: each
-    vote's logit by a crowd model trained on the other half of the people (``person_halves``
-    with the same seed), so that the advice also covers how much the crowd model counts."""
+    vote's logit by a crowd model trained on the other half of the people (cross-fitted by the
+    caller), so that the advice also covers how much the crowd model counts."""
     rng = np.random.default_rng(seed)
     by_person = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
     # A person's held-out votes are scored with the metric of everyone else's directions.
