@@ -21,13 +21,15 @@ The model also carries advice for heads (``learner.crowd_advice``): how to fit t
 (its penalty, and in which metric), the blend's default, how far a person's own blend moves
 it and how much this model's logit adds to the score, as worked best on held-out votes of
 sampled people at each of a few vote counts; and the crowd's taste metric, when the advice
-uses it. The advice is measured with a metric and a crowd model learnt from the other half of
-the people than the one whose held-out votes score it.
+uses it, and its image metric (where the voted images vary most), when the advice uses that.
+A person's held-out votes score the advice in the taste metric of everyone else and with a
+crowd model learnt from the other half of the people.
 
 Privacy: the file holds the direction, two calibration numbers, the advice (a few settings per
 vote count), the taste metric (the eigenvectors and eigenvalues of the mean outer product of
-at least MIN_PEOPLE people's like-minus-dislike directions) and counts; no embedding, image or
-vote of anyone. A person's votes leave the crowd model (its advice and metric included) the
+at least MIN_PEOPLE people's like-minus-dislike directions), the image metric (the top
+eigenvectors and eigenvalues of the covariance of at least MIN_PEOPLE people's voted images)
+and counts; no embedding, image or vote of anyone. A person's votes leave the crowd model (its advice and metric included) the
 next time it is trained without them.
 """
 
@@ -47,8 +49,8 @@ from learner.taste_metric import TasteMetric
 
 # Older formats are read too, so that a bot keeps its crowd model across an upgrade: whatever
 # advice a file lacks, a head chooses by its own votes' LOO instead (Advice.from_json).
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5  # 5: the image metric beside the taste metric
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 KIND = "tastebot-crowd"
 # Penalties tried, relative to the mean diagonal of the centred Gram matrix (the average
 # per-dimension signal); chosen per training by grouped cross-validation, so none is fitted
@@ -119,9 +121,11 @@ class CrowdModel:
             "advice": None if self.advice is None else self.advice.to_json(),
         }
         arrays: dict[str, Any] = {"direction": self.direction, "meta": np.array(json.dumps(meta))}
-        if self.advice is not None and self.advice.metric is not None:
-            arrays["metric_values"] = self.advice.metric.values
-            arrays["metric_vectors"] = self.advice.metric.vectors
+        for name in ("metric", "images"):
+            metric = None if self.advice is None else getattr(self.advice, name)
+            if metric is not None:
+                arrays[f"{name}_values"] = metric.values
+                arrays[f"{name}_vectors"] = metric.vectors
         save_npz_atomically(path, **arrays)
 
     @classmethod
@@ -131,12 +135,15 @@ class CrowdModel:
             with np.load(Path(path), allow_pickle=False) as z:
                 meta: dict[str, Any] = json.loads(str(z["meta"]))
                 direction = np.array(z["direction"], dtype=np.float64)
-                metric = None
-                if "metric_values" in z.files:
-                    metric = TasteMetric(
-                        np.array(z["metric_values"], dtype=np.float64),
-                        np.array(z["metric_vectors"], dtype=np.float64),
+                metric, images = (
+                    TasteMetric(
+                        np.array(z[f"{name}_values"], dtype=np.float64),
+                        np.array(z[f"{name}_vectors"], dtype=np.float64),
                     )
+                    if f"{name}_values" in z.files
+                    else None
+                    for name in ("metric", "images")
+                )
         except (KeyError, OSError) as e:
             raise ValueError(f"{path}: not a crowd model file ({e})") from None
         if meta.get("kind") != KIND or meta.get("format_version") not in READABLE_VERSIONS:
@@ -151,7 +158,7 @@ class CrowdModel:
             float(meta["platt_a"]),
             float(meta["platt_c"]),
             dict(meta["info"]),
-            None if advice is None else Advice.from_json(advice, metric),
+            None if advice is None else Advice.from_json(advice, metric, images),
         )
 
 

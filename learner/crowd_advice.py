@@ -6,8 +6,9 @@ for a few vote budgets, each sampled crowd person is split into ``budget`` train
 the rest held out, the head's parts are fitted on the training votes, and the settings whose
 held-out AUC, averaged over the splits, is highest become the advice for that budget:
 
-- the linear part: plain x, the salient stretch or the crowd's taste metric (``taste_metric``:
-  the directions people's tastes lie along) at a strength from METRIC_STRENGTHS,
+- the linear part: plain x, the salient stretch, the crowd's taste metric (``taste_metric``:
+  the directions people's tastes lie along) or its image metric (``image_metric``: the
+  directions the voted images vary along) at a strength from METRIC_STRENGTHS,
   its penalty (from RIDGE_LAMBDAS), and whether the crowd model's logit may be its prior (the
   person's LOO then chooses how much) or not;
 - the blend: its default (a point of the simplex, grid 1/BLEND_GRID) and how far a person's
@@ -23,8 +24,9 @@ directions (``metric_without``) and a crowd model learnt from the other half of 
 (cross-fitting): a metric or crowd direction that contains the person's own taste would
 flatter itself. Leaving out one person rather than half keeps the metric measured as near as
 can be to the one a head gets, learnt from everyone (bench/results/learning.md). The advice
-holds these aggregate settings and the metric (an average over at least MIN_PEOPLE people's
-taste directions), no one's votes or embeddings.
+holds these aggregate settings and the metrics (an average over at least MIN_PEOPLE people's
+taste directions; the top principal directions of all their voted images), no one's votes or
+embeddings.
 """
 
 from __future__ import annotations
@@ -47,7 +49,13 @@ from learner.head_parts import (
     without_crowd_prior,
 )
 from learner.metrics import column_aucs
-from learner.taste_metric import TasteMetric, metric_of, metric_without, taste_directions
+from learner.taste_metric import (
+    TasteMetric,
+    image_metric,
+    metric_of,
+    metric_without,
+    taste_directions,
+)
 
 BUDGETS = (10, 20, 50, 100, 200, 500)  # vote counts advised on (where the crowd has enough)
 MIN_HELD_OUT = 20  # a person advises on a budget only with this many more votes to test on
@@ -87,6 +95,13 @@ class Advice:
     metric: TasteMetric | None = None  # what a LinearChoice with metric > 0 stretches by
     # delta, the crowd logit's strength in the final score (None: the person's LOO chooses)
     offsets: tuple[float | None, ...] | None = None
+    images: TasteMetric | None = None  # ... and one with ``images`` set
+
+    def metric_for(self, choice: LinearChoice | None) -> TasteMetric | None:
+        """The metric that ``choice`` stretches x by (None: it names none)."""
+        if choice is None or choice.metric == 0.0:
+            return None
+        return self.images if choice.images else self.metric
 
     def at(self, n: int) -> tuple[LinearChoice | None, np.ndarray, float | None, float | None]:
         """(linear part, blend default, trust, crowd offset) for a person with n votes: the
@@ -106,6 +121,7 @@ class Advice:
             "penalties": [c.penalty for c in self.linear],
             "metric_strengths": [c.metric for c in self.linear],
             "crowd_priors": [c.crowd_prior for c in self.linear],
+            "image_metric": [c.images for c in self.linear],
             "blends": [list(b) for b in self.blends],
             "people": list(self.people),
             "trusts": None if self.trusts is None else list(self.trusts),
@@ -113,18 +129,29 @@ class Advice:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], metric: TasteMetric | None = None) -> Advice:
-        """The inverse of to_json; ``metric``: the taste metric's arrays (stored beside)."""
-        strengths = d.get("metric_strengths") or [0.0] * len(d["budgets"])
-        priors = d.get("crowd_priors") or [True] * len(d["budgets"])
-        if metric is None and any(strengths):
-            raise ValueError("the advice names a taste metric that is not there")
+    def from_json(
+        cls,
+        d: dict[str, Any],
+        metric: TasteMetric | None = None,
+        images: TasteMetric | None = None,
+    ) -> Advice:
+        """The inverse of to_json; ``metric`` and ``images``: the metrics' arrays (stored
+        beside)."""
+        n = len(d["budgets"])
+        strengths = d.get("metric_strengths") or [0.0] * n
+        priors = d.get("crowd_priors") or [True] * n
+        on_images = d.get("image_metric") or [False] * n
+        linear = tuple(
+            LinearChoice(bool(s), float(p), float(m), bool(c), bool(i))
+            for s, p, m, c, i in zip(
+                d["salient"], d["penalties"], strengths, priors, on_images, strict=True
+            )
+        )
+        if any(c.metric and (images if c.images else metric) is None for c in linear):
+            raise ValueError("the advice names a metric that is not there")
         return cls(
             tuple(int(b) for b in d["budgets"]),
-            tuple(
-                LinearChoice(bool(s), float(p), float(m), bool(c))
-                for s, p, m, c in zip(d["salient"], d["penalties"], strengths, priors, strict=True)
-            ),
+            linear,
             tuple(tuple(float(v) for v in b) for b in d["blends"]),
             tuple(int(p) for p in d["people"]),
             None if d.get("trusts") is None else tuple(float(t) for t in d["trusts"]),
@@ -132,6 +159,7 @@ class Advice:
             None
             if d.get("offsets") is None
             else tuple(None if o is None else float(o) for o in d["offsets"]),
+            images,
         )
 
 
@@ -171,11 +199,11 @@ Split = tuple[np.ndarray, np.ndarray, TasteMetric | None]  # train, held out, th
 
 
 def _option_products(
-    xt: np.ndarray, xs: np.ndarray, metric: TasteMetric | None
+    xt: np.ndarray, xs: np.ndarray, metrics: list[TasteMetric | None]
 ) -> list[np.ndarray]:
-    """For each way the linear part may read x (plain, salient, then the metric at each of
-    METRIC_STRENGTHS when there is one): the (n + k, n) inner products of the mapped training
-    votes ``xt`` and held-out images ``xs`` with the mapped training votes.
+    """For each way the linear part may read x (plain, salient, then each of ``metrics`` at
+    each of METRIC_STRENGTHS, where there is one): the (n + k, n) inner products of the mapped
+    training votes ``xt`` and held-out images ``xs`` with the mapped training votes.
 
     Ridge on x mapped by a symmetric M needs only inner products through P = M^2: for the
     salient stretch base^2 I + V diag(factors^2 - base^2) V^T, for the metric (1 - alpha) I +
@@ -185,30 +213,46 @@ def _option_products(
     base, vec, factors = _salient_axes(xt, None)
     vt, vs = xt @ vec, xs @ vec
     out = [plain, base * base * plain + np.vstack([vt, vs]) @ (vt * (factors**2 - base**2)).T]
-    if metric is not None:
-        mt, ms = xt @ metric.vectors, xs @ metric.vectors
-        taste = np.vstack([mt, ms]) @ (mt * metric.values).T
-        out += [(1.0 - a) * plain + a * taste for a in METRIC_STRENGTHS]
+    for metric in metrics:
+        if metric is not None:
+            mt, ms = xt @ metric.vectors, xs @ metric.vectors
+            stretched = np.vstack([mt, ms]) @ (mt * metric.values).T
+            out += [(1.0 - a) * plain + a * stretched for a in METRIC_STRENGTHS]
     return out
 
 
 def _linear_choice(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, splits: list[Split]
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, splits: list[Split], images: TasteMetric | None
 ) -> LinearChoice:
-    """Plain, salient or in the metric (each strength), and the penalty: the best mean
-    held-out AUC of the linear part alone."""
-    rows_tried = [(False, 0.0), (True, 0.0)] + [(False, a) for a in METRIC_STRENGTHS]
+    """Plain, salient, in the taste metric or in the image metric ``images`` (each strength),
+    and the penalty: the best mean held-out AUC of the linear part alone."""
+    # Without a metric its rows stay at 0 AUC: never chosen.
+    rows_tried = [(False, 0.0, False), (True, 0.0, False)]
+    rows_tried += [(False, a, on_images) for on_images in (False, True) for a in METRIC_STRENGTHS]
     aucs = np.zeros((len(rows_tried), len(RIDGE_LAMBDAS)))
     for train, test, other_half in splits:
         yt = y[train].astype(np.int64)
         sw = balanced_weights(yt, w[train])
         n = len(train)
-        for row, p in enumerate(_option_products(x[train], x[test], other_half)):
+        products = _option_products(x[train], x[test], [other_half, images])
+        rows = [0, 1]
+        if other_half is not None:
+            rows += list(range(2, 2 + len(METRIC_STRENGTHS)))
+        if images is not None:
+            rows += list(range(2 + len(METRIC_STRENGTHS), len(rows_tried)))
+        for row, p in zip(rows, products, strict=True):
             scores = _ridge_test_scores(p[:n], p[n:], 2.0 * yt - 1.0, sw)
             aucs[row] += column_aucs(y[test], scores)
     best_row, best_col = np.unravel_index(int(np.argmax(aucs)), aucs.shape)
-    salient, alpha = rows_tried[best_row]
-    return LinearChoice(salient, float(RIDGE_LAMBDAS[best_col]), alpha)
+    salient, alpha, on_images = rows_tried[best_row]
+    return LinearChoice(salient, float(RIDGE_LAMBDAS[best_col]), alpha, images=on_images)
+
+
+def _split_metric(
+    choice: LinearChoice, other_half: TasteMetric | None, images: TasteMetric | None
+) -> TasteMetric | None:
+    """The metric a split's parts are fitted in under ``choice``."""
+    return images if choice.images else other_half
 
 
 def _fit_splits(
@@ -218,6 +262,7 @@ def _fit_splits(
     splits: list[Split],
     choice: LinearChoice,
     held_logit: np.ndarray | None,
+    images: TasteMetric | None,
 ) -> list[Parts]:
     """The head's parts fitted on each split's training votes, the linear part as ``choice``."""
     out = []
@@ -225,7 +270,8 @@ def _fit_splits(
         yt = y[train].astype(np.int64)
         offset = None if held_logit is None else held_logit[train]
         sw = balanced_weights(yt, w[train])
-        out.append(fit_parts(x[train], yt, sw, None, offset, choice, other_half))
+        metric = _split_metric(choice, other_half, images)
+        out.append(fit_parts(x[train], yt, sw, None, offset, choice, metric))
     return out
 
 
@@ -252,6 +298,7 @@ def _prior_choice(
     owners: np.ndarray,
     choice: LinearChoice,
     held_logit: np.ndarray,
+    images: TasteMetric | None,
 ) -> tuple[LinearChoice, list[Parts]]:
     """Whether the crowd logit may be the linear part's prior (gamma by the person's own LOO)
     or not (gamma 0), by the held-out AUC of the linear part (``_best_beyond_noise``): with
@@ -259,13 +306,14 @@ def _prior_choice(
     to cost more than a crowd that shares the taste gains. Returns the choice and each split's
     parts fitted that way."""
     options = [replace(choice, crowd_prior=prior) for prior in (False, True)]
-    fits: list[list[Parts]] = [[], _fit_splits(x, y, w, splits, options[1], held_logit)]
+    fits: list[list[Parts]] = [[], _fit_splits(x, y, w, splits, options[1], held_logit, images)]
     aucs = np.zeros((len(splits), 2))
     for i, ((train, test, other_half), parts) in enumerate(zip(splits, fits[1], strict=True)):
         # Without the prior only the linear part can differ, and only where gamma > 0.
         yt = y[train].astype(np.int64)
         sw = balanced_weights(yt, w[train])
-        fits[0].append(without_crowd_prior(parts, x[train], yt, sw, options[1], other_half))
+        metric = _split_metric(choice, other_half, images)
+        fits[0].append(without_crowd_prior(parts, x[train], yt, sw, options[1], metric))
         linear = np.stack([f[i].scores(x[test], held_logit[test])[:, 0] for f in fits], axis=1)
         aucs[i] = column_aucs(y[test], linear)
     best = _best_beyond_noise(aucs, owners, safe=0)
@@ -339,6 +387,7 @@ def learn_advice(
         others = [
             metric if v is None else metric_without(metric, v, len(counted)) for v in directions
         ]
+    images = image_metric(x) if len(by_person) >= MIN_PEOPLE else None
     budgets, linear, blends, people, trusts = [], [], [], [], []
     offsets: list[float | None] = []
     for budget in BUDGETS:
@@ -349,11 +398,11 @@ def learn_advice(
         if not splits:
             continue
         owners = groups[[train[0] for train, _, _ in splits]]
-        choice = _linear_choice(x, y, w, splits)
+        choice = _linear_choice(x, y, w, splits, images)
         if held_logit is None:
-            fits = _fit_splits(x, y, w, splits, choice, None)
+            fits = _fit_splits(x, y, w, splits, choice, None, images)
         else:
-            choice, fits = _prior_choice(x, y, w, splits, owners, choice, held_logit)
+            choice, fits = _prior_choice(x, y, w, splits, owners, choice, held_logit, images)
         blend, trust, delta = _blend_choice(x, y, splits, fits, held_logit)
         budgets.append(budget)
         linear.append(choice)
@@ -369,6 +418,7 @@ def learn_advice(
         tuple(blends),
         tuple(people),
         tuple(trusts),
-        metric if any(c.metric for c in linear) else None,
+        metric if any(c.metric and not c.images for c in linear) else None,
         None if held_logit is None else tuple(offsets),
+        images if any(c.metric and c.images for c in linear) else None,
     )

@@ -21,8 +21,9 @@ votes by leave-one-out (LOO), and the person's votes decide the blend:
              that the LOO's choice cost other people more than it gained them (with few votes
              it takes chance agreement for evidence). The penalty, and whether the ridge reads x,
              x stretched along the principal directions of the person's images
-             (``_salient_stretch``) or x in the crowd's taste metric (``TasteMetric``: the
-             directions people's tastes lie along), come from the crowd model's
+             (``_salient_stretch``), x in the crowd's taste metric (``TasteMetric``: the
+             directions people's tastes lie along) or x in its image metric (the directions
+             in which everyone's voted images vary most), come from the crowd model's
              advice for this many votes (``learner.crowd_advice``: what worked best on other
              people's held-out votes); without advice, the penalty by exact LOO squared error
              and plain or salient by LOO likelihood.
@@ -269,7 +270,7 @@ def train_head(
     if default is None:
         default = np.full(len(PARTS), 1.0 / len(PARTS))
     offset = None if crowd is None else crowd.logit(x)
-    metric = None if crowd is None or crowd.advice is None else crowd.advice.metric
+    metric = None if crowd is None or crowd.advice is None else crowd.advice.metric_for(linear)
     parts = fit_parts(x, y, sw, unlabeled, offset, linear, metric, seed)
     w, b, gamma = parts.weights, parts.bias, parts.crowd_weight
     if crowd is not None and gamma > 0:
@@ -307,7 +308,8 @@ def train_head(
         "lambda": parts.penalty,
         "salient_prior": parts.salient,
         "crowd_advice": linear is not None,
-        "taste_metric": 0.0 if linear is None else linear.metric,
+        "taste_metric": 0.0 if linear is None or linear.images else linear.metric,
+        "image_metric": 0.0 if linear is None or not linear.images else linear.metric,
         "crowd_weight": gamma,
         "crowd_offset": best_delta,
         **{f"blend_{p}": float(v) for p, v in zip(PARTS, pi, strict=True)},

@@ -40,15 +40,16 @@ VETO_SE = 2.0
 @dataclass(frozen=True)
 class LinearChoice:
     """How the linear part is fitted when the person's own LOO is not trusted to choose: on
-    plain x, on the salient stretch, or on the crowd's taste metric at strength ``metric`` > 0,
-    one penalty, and whether the crowd logit may be its prior (``crowd_prior``: the person's
-    LOO then chooses its strength gamma; otherwise gamma is 0). All learnt from other people by
-    crowd_advice."""
+    plain x, on the salient stretch, or on one of the crowd's metrics at strength ``metric`` >
+    0 (the taste metric, or where the crowd's images vary when ``images``), one penalty, and
+    whether the crowd logit may be its prior (``crowd_prior``: the person's LOO then chooses
+    its strength gamma; otherwise gamma is 0). All learnt from other people by crowd_advice."""
 
     salient: bool
     penalty: float
     metric: float = 0.0
     crowd_prior: bool = True
+    images: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ def fit_parts(
 
     ``offset``: the crowd model's logit of each vote (the linear part's prior, unless
     ``linear`` says otherwise). ``linear``:
-    fit the linear part this way (``metric`` is the crowd's taste metric it may name); None
+    fit the linear part this way (``metric`` is the crowd's metric it names); None
     lets the person's LOO choose the penalty and, by LOO likelihood, plain x or the salient
     stretch. ``seed`` fixes which votes the nearest-vote part keeps when there are more than
     MAX_NEAREST."""

@@ -1,6 +1,6 @@
-"""The crowd's taste metric: where people's tastes lie in CLIP space, learnt from their votes
-(aggregate directions only, no one's votes or embeddings), and the stretch that makes a ridge
-fit in it."""
+"""The crowd's metrics: where people's tastes lie in CLIP space, learnt from their votes, and
+where the images they voted on vary (aggregate directions only, no one's votes or embeddings);
+and the stretch that makes a ridge fit in either."""
 
 from __future__ import annotations
 
@@ -78,6 +78,21 @@ def metric_of(directions: list[np.ndarray], min_people: int) -> TasteMetric | No
         ev, vectors = np.linalg.eigh(dirs.T @ dirs / p)
         ev = np.maximum(ev, 0.0)
     return _top(ev * d / float(ev.sum()), vectors)
+
+
+def image_metric(x: np.ndarray) -> TasteMetric:
+    """Where images vary: the covariance of the rows of ``x`` (every vote's image), its top
+    MAX_METRIC_RANK eigenpairs scaled to trace d. A ridge in it has the prior that a taste
+    follows the directions in which the bot's images differ most (the salient stretch's prior,
+    with the variances of thousands of images rather than of one person's few)."""
+    d = x.shape[1]
+    centred = np.asarray(x, dtype=np.float32) - x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    ev, vectors = np.linalg.eigh((centred.T @ centred).astype(np.float64))
+    top = _top(np.maximum(ev, 0.0), vectors)
+    total = float(top.values.sum())
+    if total <= 0:
+        return TasteMetric(np.zeros(0), np.zeros((d, 0)))
+    return TasteMetric(top.values * d / total, top.vectors)
 
 
 def metric_without(metric: TasteMetric, direction: np.ndarray, people: int) -> TasteMetric:

@@ -37,7 +37,14 @@ from learner.head_parts import (
     without_crowd_prior,
 )
 from learner.metrics import column_aucs, roc_auc
-from learner.taste_metric import TasteMetric, metric_without, taste_directions, taste_metric
+from learner.taste_metric import (
+    MAX_METRIC_RANK,
+    TasteMetric,
+    image_metric,
+    metric_without,
+    taste_directions,
+    taste_metric,
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -236,6 +243,70 @@ def test_the_metric_without_one_person_is_everyone_elses(people: int, d: int) ->
         assert got.values.sum() == pytest.approx(d)
 
 
+def test_the_image_metric_is_where_the_images_vary_most() -> None:
+    rng = np.random.default_rng(11)
+    loud = np.where(np.arange(40) < 3, 4.0, 1.0)
+    x = _unit(rng.normal(size=(600, 40)) * loud)
+    metric = image_metric(x)
+    assert metric.values.sum() == pytest.approx(40)  # trace d: the identity's
+    top = metric.vectors[:, np.argsort(-metric.values)[:3]]
+    assert np.linalg.norm(top[:3]) ** 2 > 0.95 * 3  # the top 3 are the loud dimensions
+    centred = x - x.mean(axis=0)
+    covariance = centred.T.astype(np.float64) @ centred / len(x)
+    explicit = metric.vectors @ np.diag(metric.values) @ metric.vectors.T
+    np.testing.assert_allclose(explicit, covariance * 40 / np.trace(covariance), atol=1e-5)
+    wide = image_metric(_unit(rng.normal(size=(300, MAX_METRIC_RANK + 16))))
+    assert len(wide.values) == MAX_METRIC_RANK  # only the largest directions are kept
+
+
+def _loud_people(
+    rng: np.random.Generator, people: int, votes: int, on_loud: bool, d: int = 48, k: int = 6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images that vary three times as much along k of the d dimensions as along the rest;
+    each person likes the top 30% along a direction of their own, drawn in the k loud
+    dimensions in proportion to how much the images vary there (``on_loud``) or in k faint
+    ones."""
+    scale = np.where(np.arange(d) < k, 3.0, 1.0)
+    dims = np.arange(k) if on_loud else np.arange(d - k, d)
+    xs, ys, ids = [], [], []
+    for p in range(people):
+        x = _unit(rng.normal(size=(votes, d)) * scale)
+        score = x[:, dims] @ (rng.normal(size=k) * scale[dims])
+        ys.append(score > np.quantile(score, 0.7))
+        xs.append(x)
+        ids.append(np.full(votes, p))
+    return np.vstack(xs), np.concatenate(ys), np.concatenate(ids)
+
+
+def test_the_image_metric_is_advised_where_tastes_follow_how_images_vary_only(
+    tmp_path: Path,
+) -> None:
+    """Where tastes lie along the directions in which the images vary most, the advice fits a
+    newcomer's linear part in the image metric at some vote count, and their head does so;
+    where tastes lie along faint directions, it never chooses the image metric."""
+    x, y, ids = _loud_people(np.random.default_rng(12), 24, 100, on_loud=True)
+    crowd = train_crowd(x, y, None, ids)
+    advice = crowd.advice
+    assert advice is not None and advice.images is not None
+    chosen = [
+        (b, c) for b, c in zip(advice.budgets, advice.linear, strict=True) if c.images and c.metric
+    ]
+    assert chosen, advice.linear
+    budget, choice = chosen[0]
+    xs, ys, _ = _loud_people(np.random.default_rng(13), 1, budget, on_loud=True)
+    head = train_head(xs, ys, crowd=crowd)
+    info, scores = head.info(), head.predict(xs)
+    assert info["image_metric"] == choice.metric and info["taste_metric"] == 0.0
+    crowd.save(tmp_path / "crowd.npz")
+    again = CrowdModel.load(tmp_path / "crowd.npz")
+    _same_advice(again.advice, advice)
+    np.testing.assert_array_equal(train_head(xs, ys, crowd=again).predict(xs), scores)
+    x, y, ids = _loud_people(np.random.default_rng(12), 24, 100, on_loud=False)
+    faint = train_crowd(x, y, None, ids)
+    assert faint.advice is not None
+    assert not any(c.images for c in faint.advice.linear), faint.advice.linear
+
+
 def test_a_head_learns_faster_in_the_crowds_taste_metric() -> None:
     """Where everyone's taste lies in a few directions, the advice fits the linear part in the
     crowd's metric, and a newcomer's 20 votes then rank new images better than with the same
@@ -273,10 +344,11 @@ def _same_advice(a: Advice | None, b: Advice | None) -> None:
         b.trusts,
         b.offsets,
     )
-    assert (a.metric is None) == (b.metric is None)
-    if a.metric is not None and b.metric is not None:
-        np.testing.assert_array_equal(a.metric.values, b.metric.values)
-        np.testing.assert_array_equal(a.metric.vectors, b.metric.vectors)
+    for mine, theirs in ((a.metric, b.metric), (a.images, b.images)):
+        assert (mine is None) == (theirs is None)
+        if mine is not None and theirs is not None:
+            np.testing.assert_array_equal(mine.values, theirs.values)
+            np.testing.assert_array_equal(mine.vectors, theirs.vectors)
 
 
 def test_the_advice_survives_the_crowd_file_and_older_files_still_load(tmp_path: Path) -> None:
@@ -394,15 +466,18 @@ def test_the_advices_inner_products_are_those_of_the_mapped_images(n: int) -> No
     xs = rng.normal(size=(7, 32))
     q, _ = np.linalg.qr(rng.normal(size=(32, 5)))
     metric = TasteMetric(np.array([9.0, 5.0, 3.0, 2.0, 1.0]), q)
+    images = TasteMetric(np.array([20.0, 6.0, 6.0]), q[:, 2:])
     axes = _salient_axes(xt, None)
     maps = [lambda v: v, lambda v: _salient_stretch(v, axes)]
-    maps += [lambda v, a=a: metric.stretch(v, a) for a in METRIC_STRENGTHS]
-    got = _option_products(xt, xs, metric)
+    maps += [
+        lambda v, m=m, a=a: m.stretch(v, a) for m in (metric, images) for a in METRIC_STRENGTHS
+    ]
+    got = _option_products(xt, xs, [metric, images])
     assert len(got) == len(maps)
     for products, mapped in zip(got, maps, strict=True):
         expected = np.vstack([mapped(xt), mapped(xs)]) @ mapped(xt).T
         np.testing.assert_allclose(products, expected, atol=1e-8)
-    assert len(_option_products(xt, xs, None)) == 2  # no metric: plain and salient only
+    assert len(_option_products(xt, xs, [None, None])) == 2  # no metric: plain and salient only
 
 
 def _shared_people(
