@@ -29,8 +29,8 @@ Privacy: the file holds the direction, two calibration numbers, the advice (a fe
 vote count), the taste metric (the eigenvectors and eigenvalues of the mean outer product of
 at least MIN_PEOPLE people's like-minus-dislike directions), the image metric (the top
 eigenvectors and eigenvalues of the covariance of at least MIN_PEOPLE people's voted images)
-and counts; no embedding, image or vote of anyone. A person's votes leave the crowd model (its advice and metric included) the
-next time it is trained without them.
+and counts; no embedding, image or vote of anyone. A person's votes and images leave the crowd
+model (its advice and metrics included) the next time it is trained without them.
 """
 
 from __future__ import annotations
