@@ -7,7 +7,7 @@ Interface (arrays in, arrays out; the caller owns IO and people's ids):
     model.logit(x)   -> (m,) the same on the logit scale (what a head uses as its prior)
     model.save(path); CrowdModel.load(path)      # self-describing .npz, no pickle
     model.info()     -> dict (what it was trained on, the chosen penalty, held-out AUC)
-    model.advice     -> learner.crowd_advice.Advice | None: how heads with few votes are fitted
+    model.advice     -> learner.advice.Advice | None: how heads with few votes are fitted
     evaluate_crowd(model, embeddings, liked, person_ids) -> mean per-person AUC | None
     promote_crowd(candidate_auc, active_auc) -> (promote?, reason)   # gating, as for heads
 
@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from learner.crowd_advice import Advice, learn_advice
+from learner.advice import Advice
+from learner.crowd_advice import learn_advice
 from learner.durable import save_npz_atomically
 from learner.metrics import roc_auc
 from learner.taste_metric import TasteMetric

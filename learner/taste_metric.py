@@ -11,6 +11,7 @@ import numpy as np
 # The metric keeps its largest directions only (a priori): applying it costs votes x d x rank
 # per fit, too slow at full rank with hundreds of people; 50-person crowds never reach it.
 MAX_METRIC_RANK = 64
+IMAGE_BLOCK = 4096  # rows of images centred at a time for the image metric
 
 
 @dataclass(frozen=True, eq=False)  # arrays: compare them with numpy, not ==
@@ -86,8 +87,14 @@ def image_metric(x: np.ndarray) -> TasteMetric:
     follows the directions in which the bot's images differ most (the salient stretch's prior,
     with the variances of thousands of images rather than of one person's few)."""
     d = x.shape[1]
-    centred = np.asarray(x, dtype=np.float32) - x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    ev, vectors = np.linalg.eigh((centred.T @ centred).astype(np.float64))
+    mean = x.mean(axis=0, dtype=np.float64)
+    scatter = np.zeros((d, d))
+    # float64 a block at a time: no (n, d) copy of every vote's image, and the same metric
+    # however many threads the product runs on (float32 sums differ with their order)
+    for start in range(0, len(x), IMAGE_BLOCK):
+        centred = np.asarray(x[start : start + IMAGE_BLOCK], dtype=np.float64) - mean
+        scatter += centred.T @ centred
+    ev, vectors = np.linalg.eigh(scatter)
     top = _top(np.maximum(ev, 0.0), vectors)
     total = float(top.values.sum())
     if total <= 0:

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from learner.advice import REACH, Advice
 from learner.crowd import CrowdModel, train_crowd
 from learner.crowd_advice import (
     METRIC_STRENGTHS,
     MIN_PEOPLE,
-    REACH,
-    Advice,
     _best_beyond_noise,
     _option_products,
     _ridge_test_scores,
